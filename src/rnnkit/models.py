@@ -1,0 +1,58 @@
+"""Models: the seed's CustomRNN and the forecaster (recurrent encoder + linear head)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ShapeError
+from .cells import check_sizes
+from .layers import pick_engine
+
+
+class CustomRNN(nn.Module):
+    """The seed's model, parameter for parameter: a one-layer tanh Elman RNN read out at the last step.
+
+        h_0 = 0
+        h_t = tanh(x_t @ W_ih + h_{t-1} @ W_hh + bias_h)
+        y   = h_T @ W_ho + bias_o
+
+    Parameters W_ih (I, H), W_hh (H, H), W_ho (H, O) — the seed's row-vector layout, the transpose of
+    torch.nn's — and biases bias_h (H), bias_o (O); kaiming_uniform_(a=sqrt(5)) on the matrices, zero
+    biases. A state_dict saved by the seed's code loads with strict=True. The time loop is
+    :mod:`rnnkit.layers`' engine with W_ih.T and W_hh.T as torch-layout weights.
+
+    forward: x (B, T, I) -> (B, O).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, output_size: int, engine: str = "auto") -> None:
+        super().__init__()
+        check_sizes(input_size, hidden_size)
+        check_sizes(output_size, hidden_size)
+        self.input_size, self.hidden_size, self.output_size = input_size, hidden_size, output_size
+        self.engine = engine
+        self.W_ih = nn.Parameter(torch.empty(input_size, hidden_size))
+        self.W_hh = nn.Parameter(torch.empty(hidden_size, hidden_size))
+        self.W_ho = nn.Parameter(torch.empty(hidden_size, output_size))
+        self.bias_h = nn.Parameter(torch.zeros(hidden_size))
+        self.bias_o = nn.Parameter(torch.zeros(output_size))
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        for W in (self.W_ih, self.W_hh, self.W_ho):
+            nn.init.kaiming_uniform_(W, a=math.sqrt(5))
+
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}, {self.output_size}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 3 or x.shape[-1] != self.input_size:
+            raise ShapeError(
+                f"CustomRNN expects input of shape (batch, seq_len, {self.input_size}), got {tuple(x.shape)}"
+            )
+        h0 = (x.new_zeros(x.shape[0], self.hidden_size),)
+        run = pick_engine(self.engine, "rnn", x, None)
+        _, (h_T,) = run("rnn", x, h0, (self.W_ih.t(), self.W_hh.t(), self.bias_h, None))
+        return h_T @ self.W_ho + self.bias_o  # (B, O)
