@@ -1,0 +1,41 @@
+"""Shared fixtures and helpers for the recurrent-core oracles (torch.nn is the reference)."""
+
+import pytest
+import torch
+
+from rnnkit.layers import ENGINES
+
+# Every concrete engine, then "auto" (what users get), so the tests keep holding as engines are added.
+ENGINES_UNDER_TEST = [e for e in ENGINES if e != "auto"] + ["auto"]
+
+DOUBLE = torch.float64
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """The oracles run thousands of tiny ops: intra-op threads only add contention (several times
+    slower on a busy 2-core machine), so those modules run single-threaded and restore the setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(params=ENGINES_UNDER_TEST)
+def engine(request) -> str:
+    return request.param
+
+
+def assert_close(actual, expected) -> None:
+    """float64 agreement to 1e-10 absolute (the contract with torch.nn)."""
+    torch.testing.assert_close(actual, expected, atol=1e-10, rtol=0)
+
+
+def cotangent(t: torch.Tensor) -> torch.Tensor:
+    """A fixed random weighting of an output, the same for every model given the same shape, so
+    sum(output * cotangent) pulls a different gradient out of every element."""
+    return torch.randn(t.shape, dtype=t.dtype, generator=torch.Generator().manual_seed(1234))
+
+
+def param_grads(model: torch.nn.Module) -> dict:
+    return {name: p.grad for name, p in model.named_parameters()}
