@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import cells
+from . import cells, kernels
 from .errors import ConfigError, ShapeError
 
 State = tuple  # (h,) for RNN and GRU, (h, c) for LSTM; each (B, H)
@@ -60,11 +60,23 @@ def run_reference(kind: str, x: Tensor, state: State, weights: Weights,
     return torch.stack(outputs, dim=1), state  # (B, T, H)
 
 
-ENGINES = ("auto", "reference")
+# "auto": the fused engine wherever it runs this input, else the reference loop; "fused": the fused
+# engine or a ConfigError; "reference": always the loop above.
+ENGINES = ("auto", "fused", "reference")
 
 
 def pick_engine(engine: str, kind: str, x: Tensor, lengths: Tensor | None) -> Callable:
     """The function that runs one layer-direction for this call (see :func:`run_reference`)."""
+    if engine == "reference":
+        return run_reference
+    if kernels.supports(x, lengths):
+        return kernels.run_fused
+    if engine == "fused":
+        raise ConfigError(
+            f"engine='fused' runs non-empty float32/float64 CPU tensors with int64 CPU lengths; got "
+            f"{x.dtype} on {x.device}, shape {tuple(x.shape)} (use engine='auto' to fall back to the "
+            f"reference loop)"
+        )
     return run_reference
 
 

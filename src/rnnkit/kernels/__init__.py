@@ -1,0 +1,30 @@
+"""Fused engines: hoisted input GEMM, hand-written BPTT, compiled time loop (see fused.py).
+
+:func:`supports` is plain torch; ``run_fused`` is imported on first use, so ``import rnnkit`` does not
+pay for numba and scipy (~0.6 s) until a fused layer runs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+DTYPES = (torch.float32, torch.float64)
+
+
+def supports(x: Tensor, lengths: Tensor | None) -> bool:
+    """Whether the fused engine can run a layer on this input (CPU, float32/float64, non-empty)."""
+    if x.device.type != "cpu" or x.dtype not in DTYPES or x.dim() != 3 or 0 in x.shape:
+        return False
+    return lengths is None or (lengths.device.type == "cpu" and lengths.dtype == torch.int64
+                               and lengths.shape == (x.shape[0],))
+
+
+def __getattr__(name: str):
+    if name == "run_fused":
+        from .fused import run_fused
+        return run_fused
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["run_fused", "supports"]

@@ -1,0 +1,158 @@
+"""The fused engine held to the reference time loop: outputs, states and every gradient.
+
+float64 within 1e-9 across cells and layer configurations, float32 within 1e-5, gradcheck of the
+autograd.Function, and the engine choice (auto falls back, fused refuses what it cannot run).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import rnnkit
+from rnnkit import kernels
+from rnnkit.errors import ConfigError
+from rnnkit.kernels.fused import FusedLayer, kind_code
+from rnnkit.layers import pick_engine, run_reference
+
+# (layer class, extra constructor arguments): every cell and both variants of RNN and GRU.
+CELLS = {
+    "rnn": (rnnkit.RNN, {}),
+    "rnn-relu": (rnnkit.RNN, {"nonlinearity": "relu"}),
+    "lstm": (rnnkit.LSTM, {}),
+    "gru": (rnnkit.GRU, {}),
+    "gru-reset-before": (rnnkit.GRU, {"reset_after": False}),
+}
+# (num_layers, bidirectional, bias, hx given, lengths: None | "padded" | "packed", batch_first)
+CONFIGS = [
+    (1, False, True, False, None, True),
+    (1, False, False, True, None, False),
+    (2, True, True, True, None, False),
+    (3, False, True, False, "packed", False),
+    (2, True, False, False, "packed", True),
+    (1, True, True, True, "packed", False),
+]
+B, T, I, H = 4, 6, 3, 5
+LENGTHS = torch.tensor([6, 2, 5, 1])  # unsorted, one full length, one single step
+
+
+def _run(layer, engine, x, hx, packed):
+    """Outputs, final states and the gradients of every input and parameter, for one engine."""
+    layer.engine = engine
+    inputs = [x] + ([] if hx is None else list(hx) if isinstance(hx, tuple) else [hx])
+    inp = pack_padded_sequence(x, LENGTHS, batch_first=layer.batch_first, enforce_sorted=False) if packed else x
+    out, state = layer(inp, hx)
+    out = out.data if packed else out
+    states = list(state) if isinstance(state, tuple) else [state]
+    # Fixed random weights on every output, so no gradient can hide behind a plain sum.
+    gen = torch.Generator().manual_seed(1)
+    loss = sum((t * torch.randn(t.shape, generator=gen, dtype=t.dtype)).sum() for t in [out] + states)
+    grads = torch.autograd.grad(loss, inputs + list(layer.parameters()))
+    return [out] + states + list(grads)
+
+
+def _compare(name, config, dtype, atol):
+    cls, extra = CELLS[name]
+    num_layers, bidirectional, bias, hx_given, lengths, batch_first = config
+    torch.manual_seed(0)
+    layer = cls(I, H, num_layers=num_layers, bias=bias, batch_first=batch_first,
+                bidirectional=bidirectional, dtype=dtype, **extra)
+    shape = (B, T, I) if batch_first else (T, B, I)
+    x = torch.randn(shape, dtype=dtype, requires_grad=True)
+    hx = None
+    if hx_given:
+        LD = num_layers * (2 if bidirectional else 1)
+        hs = [torch.randn(LD, B, H, dtype=dtype, requires_grad=True) for _ in range(2 if name == "lstm" else 1)]
+        hx = tuple(hs) if name == "lstm" else hs[0]
+    ref = _run(layer, "reference", x, hx, lengths == "packed")
+    fused = _run(layer, "fused", x, hx, lengths == "packed")
+    assert len(ref) == len(fused)
+    for k, (a, b) in enumerate(zip(ref, fused)):
+        torch.testing.assert_close(b, a, atol=atol, rtol=0, msg=lambda m: f"tensor {k}: {m}")
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(map(str, c)))
+@pytest.mark.parametrize("name", CELLS)
+def test_fused_matches_reference_float64(name, config):
+    _compare(name, config, torch.float64, 1e-9)
+
+
+@pytest.mark.parametrize("name", CELLS)
+def test_fused_matches_reference_float32(name):
+    _compare(name, (2, True, True, True, "packed", True), torch.float32, 1e-5)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("name", CELLS)
+def test_gradcheck(name, reverse):
+    kind = name.split("-")[0]
+    code = kind_code(kind, "relu" if name == "rnn-relu" else "tanh", name != "gru-reset-before")
+    G = {"rnn": 1, "lstm": 4, "gru": 3}[kind]
+    torch.manual_seed(0)
+    b, t, i, h = 3, 4, 2, 3
+    # Weights away from zero pre-activations, where relu's derivative jumps.
+    args = [torch.randn(b, t, i), torch.randn(b, h), torch.randn(b, h) if kind == "lstm" else None,
+            torch.randn(G * h, i), torch.randn(G * h, h), torch.randn(G * h), torch.randn(G * h)]
+    args = [None if a is None else a.double().requires_grad_() for a in args]
+    lengths = torch.tensor([4, 1, 3])
+
+    def f(*tensors):
+        out, h_n, c_n = FusedLayer.apply(code, reverse, lengths, *tensors)
+        return (out, h_n) if c_n is None else (out, h_n, c_n)
+
+    assert torch.autograd.gradcheck(f, tuple(args), atol=1e-7)
+
+
+def test_transposed_weights_without_b_hh():
+    """CustomRNN's call: non-contiguous W_ih.t(), W_hh.t() and b_hh None."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 7, 2, dtype=torch.float64, requires_grad=True)
+    W_ih, W_hh = (torch.randn(n, H, dtype=torch.float64, requires_grad=True) for n in (2, H))
+    bias = torch.randn(H, dtype=torch.float64, requires_grad=True)
+    h0 = (torch.zeros(4, H, dtype=torch.float64),)
+    results = []
+    for run in (run_reference, kernels.run_fused):
+        _, (h_T,) = run("rnn", x, h0, (W_ih.t(), W_hh.t(), bias, None))
+        results.append([h_T, *torch.autograd.grad(h_T.sum(), [x, W_ih, W_hh, bias])])
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a, atol=1e-9, rtol=0)
+
+
+def test_inference_matches_training_forward():
+    layer = rnnkit.LSTM(I, H, num_layers=2, engine="fused", dtype=torch.float64)
+    x = torch.randn(B, T, I, dtype=torch.float64)
+    out, _ = layer(x)
+    with torch.no_grad():
+        out_no_grad, _ = layer(x)
+    torch.testing.assert_close(out_no_grad, out, atol=0, rtol=0)
+
+
+def test_double_backward_raises_instead_of_a_wrong_answer():
+    layer = rnnkit.GRU(I, H, engine="fused", dtype=torch.float64)
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(layer(x)[0].sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        g.sum().backward()
+
+
+def test_engine_choice():
+    x = torch.randn(B, T, I)
+    assert pick_engine("auto", "rnn", x, None) is kernels.run_fused
+    assert pick_engine("auto", "rnn", x, LENGTHS) is kernels.run_fused
+    assert pick_engine("reference", "rnn", x, None) is run_reference
+    half = x.to(torch.bfloat16)
+    assert pick_engine("auto", "gru", half, None) is run_reference
+    assert pick_engine("auto", "gru", x[:, :0], None) is run_reference
+    with pytest.raises(ConfigError, match="fused"):
+        pick_engine("fused", "gru", half, None)
+    assert rnnkit.LSTM(I, H).engine == "auto"
+
+
+def test_auto_falls_back_for_unsupported_dtype():
+    layer = rnnkit.GRU(I, H, dtype=torch.bfloat16)
+    x = torch.randn(T, B, I, dtype=torch.bfloat16)
+    out, h = layer(x)
+    layer.engine = "reference"
+    ref, h_ref = layer(x)
+    assert torch.equal(out, ref) and torch.equal(h, h_ref)
