@@ -108,8 +108,9 @@ def init_uniform(module: nn.Module, hidden_size: int) -> None:
             p.uniform_(-bound, bound)
 
 
-def check_sizes(input_size: int, hidden_size: int) -> None:
-    for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
+def check_sizes(input_size: int, hidden_size: int, **more: int) -> None:
+    """Every size, including those named in ``more`` (e.g. output_size=O), is a positive int."""
+    for name, value in (("input_size", input_size), ("hidden_size", hidden_size), *more.items()):
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ConfigError(f"{name} must be a positive integer, got {value!r}")
 

@@ -80,6 +80,11 @@ def pick_engine(engine: str, kind: str, x: Tensor, lengths: Tensor | None) -> Ca
     return run_reference
 
 
+def check_engine(engine: str) -> None:
+    if engine not in ENGINES:
+        raise ConfigError(f"unknown engine {engine!r} (use one of: {', '.join(ENGINES)})")
+
+
 class RNNBase(nn.Module):
     """Shared machinery of :class:`RNN`, :class:`LSTM` and :class:`GRU` (see torch.nn.RNNBase)."""
 
@@ -96,8 +101,7 @@ class RNNBase(nn.Module):
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
             raise ConfigError(f"dropout must be a number in [0, 1], got {dropout!r}")
         cells.check_nonlinearity(nonlinearity)
-        if engine not in ENGINES:
-            raise ConfigError(f"unknown engine {engine!r} (use one of: {', '.join(ENGINES)})")
+        check_engine(engine)
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers

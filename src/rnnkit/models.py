@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from .errors import ShapeError
 from .cells import check_sizes
-from .layers import pick_engine
+from .layers import check_engine, pick_engine
 
 
 class CustomRNN(nn.Module):
@@ -29,8 +29,8 @@ class CustomRNN(nn.Module):
 
     def __init__(self, input_size: int, hidden_size: int, output_size: int, engine: str = "auto") -> None:
         super().__init__()
-        check_sizes(input_size, hidden_size)
-        check_sizes(output_size, hidden_size)
+        check_sizes(input_size, hidden_size, output_size=output_size)
+        check_engine(engine)
         self.input_size, self.hidden_size, self.output_size = input_size, hidden_size, output_size
         self.engine = engine
         self.W_ih = nn.Parameter(torch.empty(input_size, hidden_size))
