@@ -6,6 +6,7 @@ from .cells import GRUCell, LSTMCell, RNNCell
 from .errors import RnnkitError
 from .layers import GRU, LSTM, RNN
 from .models import CustomRNN
+from .forecaster import Forecaster
 
-__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "CustomRNN", "RnnkitError",
+__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "CustomRNN", "Forecaster", "RnnkitError",
            "__version__"]

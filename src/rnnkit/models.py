@@ -7,9 +7,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .errors import ShapeError
+from .errors import ConfigError, ShapeError
 from .cells import check_sizes
-from .layers import check_engine, pick_engine
+from .layers import GRU, LSTM, RNN, check_engine, pick_engine
 
 
 class CustomRNN(nn.Module):
@@ -56,3 +56,41 @@ class CustomRNN(nn.Module):
         run = pick_engine(self.engine, "rnn", x, None)
         _, (h_T,) = run("rnn", x, h0, (self.W_ih.t(), self.W_hh.t(), self.bias_h, None))
         return h_T @ self.W_ho + self.bias_o  # (B, O)
+
+
+class RecurrentForecaster(nn.Module):
+    """A recurrent encoder (rnnkit.RNN, LSTM or GRU, batch-first) read by a linear head.
+
+        out_t = encoder(x)_t          (B, T, H)
+        y_t   = head(out_t)           prediction of the value after step t
+
+    forward(x (B, T, I)) -> (B, O), the prediction after the last step (the seed's target);
+    forward(x, every_step=True) -> (B, T, O), one prediction after every step.
+    """
+
+    def __init__(self, cell: str, input_size: int, hidden_size: int, output_size: int,
+                 num_layers: int = 1, dropout: float = 0.0, engine: str = "auto") -> None:
+        super().__init__()
+        if cell not in ENCODERS:
+            raise ConfigError(f"unknown cell {cell!r} (use one of: {', '.join(ENCODERS)})")
+        self.cell = cell
+        self.encoder = ENCODERS[cell](input_size, hidden_size, num_layers, batch_first=True,
+                                      dropout=dropout, engine=engine)
+        self.head = nn.Linear(hidden_size, output_size)
+
+    def forward(self, x: Tensor, every_step: bool = False) -> Tensor:
+        out, _ = self.encoder(x)  # (B, T, H)
+        return self.head(out if every_step else out[:, -1])  # (B, T, O) or (B, O)
+
+
+ENCODERS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
+
+
+def build_model(model: str, cell: str, input_size: int, hidden_size: int, output_size: int,
+                num_layers: int = 1, dropout: float = 0.0) -> nn.Module:
+    """The network a ModelConfig names: ``"recurrent"`` (RecurrentForecaster) or ``"custom"`` (CustomRNN)."""
+    if model == "custom":
+        return CustomRNN(input_size, hidden_size, output_size)
+    if model == "recurrent":
+        return RecurrentForecaster(cell, input_size, hidden_size, output_size, num_layers, dropout)
+    raise ConfigError(f"unknown model {model!r} (use recurrent or custom)")

@@ -1,0 +1,243 @@
+"""Configuration: one dataclass per concern (data, model, train), a TOML file and CLI-style overrides.
+
+Precedence, lowest first: the dataclass defaults below < a preset (``seed``) < a TOML file < explicit
+overrides (CLI flags or ``Forecaster(**kwargs)``). The resolved :class:`RunConfig` is saved in the run
+directory as JSON and a run is rebuilt from it alone. An unknown section, key or preset, or a value of
+the wrong type or out of range, raises :class:`~rnnkit.errors.ConfigError`.
+
+TOML layout (every key optional)::
+
+    [data]
+    source = "combined"
+    seq_length = 50
+    [model]
+    cell = "gru"
+    [train]
+    epochs = 60
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+SOURCES = ("combined", "sine")
+SCALINGS = ("standard", "none")
+MODELS = ("recurrent", "custom")
+CELLS = ("rnn", "lstm", "gru")
+SCHEDULES = ("cosine", "plateau", "none")
+LOSS_STEPS = ("all", "last")
+
+
+@dataclass
+class DataConfig:
+    """What series, how it is cut into windows and split, and how it is scaled."""
+
+    source: str = "combined"      # the seed's waves: "combined" = sin+cos+sign(sin), or "sine"
+    num_samples: int = 1000       # points in the generated series (seed: 1000)
+    seq_length: int = 50          # input steps per window (seed: 50)
+    horizon: int = 1              # target steps per window; only 1 is supported for now
+    train_ratio: float = 0.8      # first 80% of the windows train (plus validation), the rest test (seed)
+    val_ratio: float = 0.1        # this share of the training windows, taken from their end, validates
+    batch_size: int = 32          # seed: 32
+    scaling: str = "standard"     # "standard" (mean/std fit on the training part only) or "none" (seed)
+
+    def validate(self) -> None:
+        _choice("data.source", self.source, SOURCES)
+        _choice("data.scaling", self.scaling, SCALINGS)
+        for name in ("num_samples", "seq_length", "batch_size"):
+            _at_least(f"data.{name}", getattr(self, name), 1)
+        if self.horizon != 1:
+            raise ConfigError(f"data.horizon must be 1 for now (multi-step forecasts are not supported "
+                              f"yet), got {self.horizon}")
+        if not 0 < self.train_ratio < 1:
+            raise ConfigError(f"data.train_ratio must be between 0 and 1 (exclusive), got {self.train_ratio}")
+        if not 0 <= self.val_ratio < 1:
+            raise ConfigError(f"data.val_ratio must be in [0, 1), got {self.val_ratio}")
+
+
+@dataclass
+class ModelConfig:
+    """The network: a recurrent encoder (+ linear head), or the seed's CustomRNN."""
+
+    model: str = "recurrent"      # "recurrent" = rnnkit.RNN/LSTM/GRU encoder + linear head; "custom" = the seed's CustomRNN
+    cell: str = "gru"             # encoder cell for model="recurrent": "rnn", "lstm" or "gru"
+    hidden_size: int = 32         # seed: 32
+    num_layers: int = 1           # stacked recurrent layers (recurrent only)
+    dropout: float = 0.0          # between stacked layers, as torch.nn (recurrent only)
+
+    def validate(self) -> None:
+        _choice("model.model", self.model, MODELS)
+        _choice("model.cell", self.cell, CELLS)
+        _at_least("model.hidden_size", self.hidden_size, 1)
+        _at_least("model.num_layers", self.num_layers, 1)
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.model == "custom" and (self.num_layers != 1 or self.dropout):
+            raise ConfigError("model 'custom' (the seed's CustomRNN) has one layer and no dropout; "
+                              "drop --num-layers/--dropout or use the recurrent model")
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation: Adam, a learning-rate schedule, clipping, early stopping."""
+
+    epochs: int = 40              # upper bound; early stopping may end sooner (seed: 100)
+    lr: float = 0.01              # Adam learning rate (seed: 0.01)
+    weight_decay: float = 0.0     # Adam's L2 penalty
+    schedule: str = "cosine"      # "cosine" anneals lr to ~0 over the epochs; "plateau" halves it when the
+                                  # validation loss stalls; "none" keeps it constant (seed)
+    clip_grad_norm: float = 1.0   # max global gradient norm; 0 turns clipping off (seed)
+    patience: int = 10            # stop after this many epochs without a better validation loss; 0 = never
+    loss_steps: str = "all"       # "all": every step predicts the next value; "last": only the window's
+                                  # last step, the seed's target
+    seed: int = 0                 # seeds weights and shuffling, for reproducible runs
+    log_every: int = 10           # print the seed's "Epoch e/E, Loss: ..., Time: ...s" line every N epochs
+
+    def validate(self) -> None:
+        _at_least("train.epochs", self.epochs, 1)
+        _at_least("train.log_every", self.log_every, 1)
+        _at_least("train.patience", self.patience, 0)
+        if not self.lr > 0:
+            raise ConfigError(f"train.lr must be positive, got {self.lr}")
+        if self.weight_decay < 0 or self.clip_grad_norm < 0:
+            raise ConfigError("train.weight_decay and train.clip_grad_norm must be >= 0")
+        _choice("train.schedule", self.schedule, SCHEDULES)
+        _choice("train.loss_steps", self.loss_steps, LOSS_STEPS)
+
+
+@dataclass
+class RunConfig:
+    """Everything needed to rebuild a run's data, model and training."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> "RunConfig":
+        self.data.validate()
+        self.model.validate()
+        self.train.validate()
+        if self.model.model == "custom" and self.train.loss_steps == "all":
+            raise ConfigError("model 'custom' (the seed's CustomRNN) only outputs the last step; "
+                              "use --loss-steps last (as --preset seed does)")
+        return self
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], base: "RunConfig | None" = None) -> "RunConfig":
+        """A config from nested ``{"data": {...}, "model": {...}, "train": {...}}`` over ``base``
+        (default: the dataclass defaults). Unknown sections or keys raise ConfigError."""
+        cfg = dataclasses.replace(base) if base is not None else cls()
+        if not isinstance(d, dict):
+            raise ConfigError(f"a config must be a table of sections, got {type(d).__name__}")
+        parts = {}
+        for section in SECTIONS:
+            current = getattr(cfg, section)
+            values = d.get(section, {})
+            if not isinstance(values, dict):
+                raise ConfigError(f"config section [{section}] must be a table, got {values!r}")
+            parts[section] = _override(current, values, section)
+        unknown = sorted(set(d) - set(SECTIONS))
+        if unknown:
+            raise ConfigError(f"unknown config section(s) {', '.join(unknown)} "
+                              f"(use: {', '.join(SECTIONS)})")
+        return cls(**parts)
+
+    def override(self, **values: Any) -> "RunConfig":
+        """A copy with flat overrides, e.g. ``override(cell="lstm", epochs=5)``; None values are
+        skipped (flags not given). Every field name is unique across the three sections."""
+        nested: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+        for key, value in values.items():
+            if value is None:
+                continue
+            if key not in FIELD_SECTION:
+                raise ConfigError(f"unknown setting {key!r} (known: {', '.join(sorted(FIELD_SECTION))})")
+            nested[FIELD_SECTION[key]][key] = value
+        return RunConfig.from_dict(nested, base=self)
+
+
+SECTIONS = ("data", "model", "train")
+_CLASSES = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+FIELD_SECTION = {f.name: s for s, c in _CLASSES.items() for f in fields(c)}
+assert len(FIELD_SECTION) == sum(len(fields(c)) for c in _CLASSES.values()), "field names must be unique"
+
+# The seed's exact setup: CustomRNN(1, 32, 1), Adam 0.01, 100 epochs, batch 32, no scaling, no
+# validation, the last step's loss only, constant lr, no clipping, no early stopping.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "seed": {
+        "data": {"source": "combined", "num_samples": 1000, "seq_length": 50, "train_ratio": 0.8,
+                 "val_ratio": 0.0, "batch_size": 32, "scaling": "none"},
+        "model": {"model": "custom", "hidden_size": 32, "num_layers": 1, "dropout": 0.0},
+        "train": {"epochs": 100, "lr": 0.01, "weight_decay": 0.0, "schedule": "none",
+                  "clip_grad_norm": 0.0, "patience": 0, "loss_steps": "last"},
+    },
+}
+
+
+def resolve(preset: str | None = None, toml_path: str | Path | None = None,
+            **overrides: Any) -> RunConfig:
+    """Defaults < preset < TOML file < overrides, validated."""
+    cfg = RunConfig()
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r} (use one of: {', '.join(PRESETS)})")
+        cfg = RunConfig.from_dict(PRESETS[preset], base=cfg)
+    if toml_path is not None:
+        cfg = RunConfig.from_dict(load_toml(toml_path), base=cfg)
+    return cfg.override(**overrides).validate()
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        try:
+            import tomli as tomllib  # type: ignore[no-redef]
+        except ModuleNotFoundError:
+            raise ConfigError("reading a TOML config needs Python >= 3.11 (or `pip install tomli`)") from None
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+
+
+def _override(obj: Any, values: dict[str, Any], section: str) -> Any:
+    known = {f.name: f for f in fields(obj)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown key(s) in [{section}]: {', '.join(unknown)} "
+                          f"(known: {', '.join(known)})")
+    typed = {k: _coerce(f"{section}.{k}", v, type(getattr(obj, k))) for k, v in values.items()}
+    return dataclasses.replace(obj, **typed)
+
+
+def _coerce(name: str, value: Any, kind: type) -> Any:
+    """Check a value against its field's type; ints are accepted where a float is expected."""
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{name} must be {kind.__name__}, got {value!r}")
+
+
+def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise ConfigError(f"{name} must be one of {', '.join(options)}; got {value!r}")
+
+
+def _at_least(name: str, value: int, low: int) -> None:
+    if value < low:
+        raise ConfigError(f"{name} must be >= {low}, got {value}")
