@@ -204,7 +204,7 @@ def test_layer_gradcheck(kind, packed, engine):
         out, h_n = functional_call(model, dict(zip(names, rest[len(hs):])), (inp, hx if kind == "lstm" else hx[0]))
         return (out.data if packed else out), *(h_n if isinstance(h_n, tuple) else (h_n,))
 
-    assert torch.autograd.gradcheck(f, (x, *hs, *params))
+    assert torch.autograd.gradcheck(f, (x, *hs, *params), fast_mode=True)
 
 
 # ---- GRU reset_after=False against its equations, written here ----------------------------------
