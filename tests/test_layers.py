@@ -338,6 +338,15 @@ def test_wrong_hx_shape_says_the_expected_shape(kind, batched):
             assert isinstance(err.value, ValueError)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_hx_dtype_must_match_the_input(kind, engine):
+    _, ours_cls, extra = KINDS[kind]
+    h = torch.zeros(1, B, H, dtype=DOUBLE)
+    with raises_user_error("h_0 dtype torch.float64 does not match the input's torch.float32") as err:
+        ours_cls(I, H, engine=engine, **extra)(torch.randn(T, B, I), (h, h) if kind == "lstm" else h)
+    assert isinstance(err.value, ValueError)
+
+
 @pytest.mark.parametrize("hx", ["tensor", "triple", "single"])
 def test_lstm_hx_must_be_a_pair(hx):
     model = rnnkit.LSTM(I, H)

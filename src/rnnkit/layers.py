@@ -202,6 +202,8 @@ class RNNBase(nn.Module):
                         f"(num_layers*num_directions, {'batch, ' if batched else ''}hidden_size), "
                         f"got {tuple(p.shape)}"
                     )
+                if p.dtype != like.dtype:  # engines differ here (cast or fail), so say it once
+                    raise ShapeError(f"{name} dtype {p.dtype} does not match the input's {like.dtype}")
             if not batched:
                 parts = tuple(p.unsqueeze(1) for p in parts)  # (L*D, 1, H)
         return [tuple(p[k] for p in parts) for k in range(LD)]
