@@ -15,6 +15,14 @@ from .errors import RnnkitError
 
 DEFAULT_RUN = "runs/default"
 
+def _yes_no(text: str) -> bool:
+    if text.lower() in ("yes", "true", "1", "on"):
+        return True
+    if text.lower() in ("no", "false", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected yes or no, got {text!r}")
+
+
 # (flag, config field, type, help) of the training overrides; a flag left out keeps the config's value.
 TRAIN_FLAGS = [
     ("--data", "source", str, "series: combined (sin+cos+sign(sin), default) or sine"),
@@ -29,12 +37,15 @@ TRAIN_FLAGS = [
     ("--hidden-size", "hidden_size", int, "hidden units per layer"),
     ("--num-layers", "num_layers", int, "stacked recurrent layers"),
     ("--dropout", "dropout", float, "dropout between stacked layers"),
+    ("--residual", "residual", _yes_no, "yes (default): the head predicts the change from the last value; "
+                                        "no: the value itself"),
     ("--epochs", "epochs", int, "maximum epochs (early stopping may end sooner)"),
     ("--lr", "lr", float, "Adam learning rate"),
     ("--schedule", "schedule", str, "learning-rate schedule: cosine, plateau or none"),
     ("--clip-grad-norm", "clip_grad_norm", float, "max gradient norm, 0 = no clipping"),
     ("--patience", "patience", int, "epochs without a better validation loss before stopping, 0 = never"),
-    ("--loss-steps", "loss_steps", str, "all (every step predicts its next value) or last (the seed)"),
+    ("--loss-steps", "loss_steps", str, "all (every step predicts its next value), last (the seed) or auto "
+                                          "(default: all, but last for --model custom)"),
     ("--seed", "seed", int, "random seed for weights and shuffling"),
     ("--log-every", "log_every", int, "print the epoch line every N epochs"),
 ]
@@ -59,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE.toml", help="TOML file with [data], [model], [train] tables")
     for flag, dest, kind, text in TRAIN_FLAGS:
         p.add_argument(flag, dest=dest, type=kind, choices=CHOICES.get(dest),
-                       metavar=None if dest in CHOICES else dest.upper(), help=text)
+                       metavar="{yes,no}" if kind is _yes_no else None if dest in CHOICES else dest.upper(), help=text)
     p.add_argument("--out", default=DEFAULT_RUN, metavar="DIR", help=f"run directory (default {DEFAULT_RUN})")
     p.add_argument("--threads", type=int, default=1, metavar="N",
                    help="torch CPU threads (default 1: fastest for these small models)")

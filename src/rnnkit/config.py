@@ -30,7 +30,7 @@ SCALINGS = ("standard", "none")
 MODELS = ("recurrent", "custom")
 CELLS = ("rnn", "lstm", "gru")
 SCHEDULES = ("cosine", "plateau", "none")
-LOSS_STEPS = ("all", "last")
+LOSS_STEPS = ("auto", "all", "last")
 
 
 @dataclass
@@ -69,6 +69,7 @@ class ModelConfig:
     hidden_size: int = 32         # seed: 32
     num_layers: int = 1           # stacked recurrent layers (recurrent only)
     dropout: float = 0.0          # between stacked layers, as torch.nn (recurrent only)
+    residual: bool = True         # the head predicts the change from the last input value (recurrent only)
 
     def validate(self) -> None:
         _choice("model.model", self.model, MODELS)
@@ -93,8 +94,9 @@ class TrainConfig:
                                   # validation loss stalls; "none" keeps it constant (seed)
     clip_grad_norm: float = 1.0   # max global gradient norm; 0 turns clipping off (seed)
     patience: int = 10            # stop after this many epochs without a better validation loss; 0 = never
-    loss_steps: str = "all"       # "all": every step predicts the next value; "last": only the window's
-                                  # last step, the seed's target
+    loss_steps: str = "auto"      # "all": every step predicts the next value; "last": only the window's
+                                  # last step, the seed's target; "auto": "all" where the model can
+                                  # (recurrent), else "last" (custom)
     seed: int = 0                 # seeds weights and shuffling, for reproducible runs
     log_every: int = 10           # print the seed's "Epoch e/E, Loss: ..., Time: ...s" line every N epochs
 
@@ -174,7 +176,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "seed": {
         "data": {"source": "combined", "num_samples": 1000, "seq_length": 50, "train_ratio": 0.8,
                  "val_ratio": 0.0, "batch_size": 32, "scaling": "none"},
-        "model": {"model": "custom", "hidden_size": 32, "num_layers": 1, "dropout": 0.0},
+        "model": {"model": "custom", "hidden_size": 32, "num_layers": 1, "dropout": 0.0, "residual": False},
         "train": {"epochs": 100, "lr": 0.01, "weight_decay": 0.0, "schedule": "none",
                   "clip_grad_norm": 0.0, "patience": 0, "loss_steps": "last"},
     },

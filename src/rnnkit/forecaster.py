@@ -11,6 +11,7 @@ over it.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Callable
 
@@ -67,15 +68,24 @@ class Forecaster:
         loaders = make_loaders(windows, cfg.data.batch_size, cfg.train.seed)
         torch.manual_seed(cfg.train.seed)  # the initial weights
         x, y = windows.train.tensors
-        self.model = self._build(x.shape[-1], y.shape[1] * y.shape[2])
+        self.model = self._build(x.shape[-1], y.shape[1] * y.shape[2], y.shape[2])
         self.scaler = windows.scaler
-        self.history = train_model(self.model, loaders.train, loaders.val, cfg.train, log=log, progress=progress)
+        train_cfg = dataclasses.replace(cfg.train, loss_steps=self.loss_steps())
+        self.history = train_model(self.model, loaders.train, loaders.val, train_cfg, log=log, progress=progress)
         return self
 
-    def _build(self, input_size: int, output_size: int) -> torch.nn.Module:
+    def loss_steps(self) -> str:
+        """The training target the config resolves to: "all" or "last" ("auto": all unless custom)."""
+        steps = self.config.train.loss_steps
+        if steps == "auto":
+            return "last" if self.config.model.model == "custom" else "all"
+        return steps
+
+    def _build(self, input_size: int, output_size: int, n_targets: int) -> torch.nn.Module:
         m = self.config.model
-        self._io = {"input_size": input_size, "output_size": output_size}
-        return build_model(m.model, m.cell, input_size, m.hidden_size, output_size, m.num_layers, m.dropout)
+        self._io = {"input_size": input_size, "output_size": output_size, "n_targets": n_targets}
+        return build_model(m.model, m.cell, input_size, m.hidden_size, output_size, m.num_layers, m.dropout,
+                           m.residual, n_targets)
 
     def _fitted(self) -> torch.nn.Module:
         if self.model is None:
@@ -123,7 +133,7 @@ class Forecaster:
                              f"(seq_length,) for one feature), got {np.shape(x)}")
         z = torch.as_tensor(self.scaler.transform(a), dtype=torch.float32)  # (N, T, F)
         H = self.config.data.horizon
-        pred = self._forward(z, (H, self._io["output_size"] // H))
+        pred = self._forward(z, (H, self._io["n_targets"]))
         return self.scaler.inverse(pred, list(range(pred.shape[2])))
 
     # ---- persistence ------------------------------------------------------------------------
@@ -144,7 +154,7 @@ class Forecaster:
             f = cls(RunConfig.from_dict(meta["config"]))
             f.scaler = Scaler.from_dict(meta["scaler"])
             io = meta["io"]
-            f.model = f._build(int(io["input_size"]), int(io["output_size"]))
+            f.model = f._build(int(io["input_size"]), int(io["output_size"]), int(io["n_targets"]))
         except (ConfigError, KeyError, TypeError, ValueError) as e:
             raise RunError(f"{Path(directory) / 'config.json'} is not a valid rnnkit run config ({e}); "
                            f"retrain with `rnnkit train --out {directory}`") from None

@@ -61,36 +61,53 @@ class CustomRNN(nn.Module):
 class RecurrentForecaster(nn.Module):
     """A recurrent encoder (rnnkit.RNN, LSTM or GRU, batch-first) read by a linear head.
 
-        out_t = encoder(x)_t          (B, T, H)
-        y_t   = head(out_t)           prediction of the value after step t
+        out_t = encoder(x)_t                      (B, T, H)
+        y_t   = head(out_t)                       prediction of the value(s) after step t
+        y_t   = x_t[:targets] + head(out_t)       with residual=True: the head predicts the change
+
+    The targets are the first ``n_targets`` input features; ``output_size`` = horizon * n_targets,
+    laid out horizon-major as the data's y (horizon, targets). The residual form suits series that
+    move little per step (the seed's waves, except at their jumps) and trains several times faster.
 
     forward(x (B, T, I)) -> (B, O), the prediction after the last step (the seed's target);
     forward(x, every_step=True) -> (B, T, O), one prediction after every step.
     """
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, output_size: int,
-                 num_layers: int = 1, dropout: float = 0.0, engine: str = "auto") -> None:
+                 num_layers: int = 1, dropout: float = 0.0, residual: bool = False, n_targets: int = 1,
+                 engine: str = "auto") -> None:
         super().__init__()
         if cell not in ENCODERS:
             raise ConfigError(f"unknown cell {cell!r} (use one of: {', '.join(ENCODERS)})")
-        self.cell = cell
+        if residual and (n_targets > input_size or output_size % n_targets):
+            raise ConfigError(f"residual=True needs the {n_targets} target(s) among the {input_size} input "
+                              f"features and output_size a multiple of them (got {output_size})")
+        self.cell, self.residual, self.n_targets = cell, residual, n_targets
         self.encoder = ENCODERS[cell](input_size, hidden_size, num_layers, batch_first=True,
                                       dropout=dropout, engine=engine)
         self.head = nn.Linear(hidden_size, output_size)
 
     def forward(self, x: Tensor, every_step: bool = False) -> Tensor:
         out, _ = self.encoder(x)  # (B, T, H)
-        return self.head(out if every_step else out[:, -1])  # (B, T, O) or (B, O)
+        if not every_step:
+            out, x = out[:, -1], x[:, -1]  # (B, H), (B, I)
+        pred = self.head(out)  # (B, [T,] O)
+        if self.residual:
+            last = x[..., :self.n_targets]  # (B, [T,] targets)
+            pred = pred + last.tile(pred.shape[-1] // self.n_targets)  # one copy per horizon step
+        return pred
 
 
 ENCODERS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
 
 
 def build_model(model: str, cell: str, input_size: int, hidden_size: int, output_size: int,
-                num_layers: int = 1, dropout: float = 0.0) -> nn.Module:
+                num_layers: int = 1, dropout: float = 0.0, residual: bool = False,
+                n_targets: int = 1) -> nn.Module:
     """The network a ModelConfig names: ``"recurrent"`` (RecurrentForecaster) or ``"custom"`` (CustomRNN)."""
     if model == "custom":
         return CustomRNN(input_size, hidden_size, output_size)
     if model == "recurrent":
-        return RecurrentForecaster(cell, input_size, hidden_size, output_size, num_layers, dropout)
+        return RecurrentForecaster(cell, input_size, hidden_size, output_size, num_layers, dropout,
+                                   residual, n_targets)
     raise ConfigError(f"unknown model {model!r} (use recurrent or custom)")
