@@ -7,8 +7,8 @@ import re
 import pytest
 import torch
 
-from rnnkit.config import RunConfig, TrainConfig, resolve
-from rnnkit.data import DataConfig, make_loaders, prepare
+from rnnkit.config import DataConfig, RunConfig, TrainConfig, resolve
+from rnnkit.data import make_loaders, prepare
 from rnnkit.errors import ConfigError, TrainingError
 from rnnkit.models import RecurrentForecaster
 from rnnkit.train import fit, mean_loss, next_step_targets

@@ -95,7 +95,8 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | Non
             line = f"Epoch {epoch}/{cfg.epochs}, Loss: {train_loss:.6f}, Time: {seconds:.2f}s"
             if val_loss is not None:
                 line += f", Val Loss: {val_loss:.6f}"
-            bar.write(line) if not bar.disable else log(line)
+            with tqdm.external_write_mode():  # print above the bar, not through it
+                log(line)
         if val_loss is not None:
             if val_loss < best:
                 best, bad, hist["best_epoch"] = val_loss, 0, epoch
