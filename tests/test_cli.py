@@ -89,3 +89,14 @@ def test_help_for_every_subcommand(tmp_path):
     for sub, expect in (("train", "--preset"), ("test", "metrics.json"), ("visualize", "predictions_vs_true.png")):
         proc = rnnkit(sub, "--help", cwd=tmp_path)
         assert expect in proc.stdout
+
+
+def test_bench_is_loaded_only_when_asked_for(tmp_path):
+    import importlib.util
+
+    proc = rnnkit("bench", "--help", cwd=tmp_path, check=False)
+    if importlib.util.find_spec("rnnkit.bench") is None:
+        assert proc.returncode == 2 and proc.stderr == "error: `rnnkit bench` is not available in this version of rnnkit\n"
+    else:
+        assert proc.returncode == 0 and proc.stdout.startswith("usage: rnnkit bench")
+    assert rnnkit("test", "--run", "r", "--bogus", cwd=tmp_path, check=False).returncode == 2  # argparse's own

@@ -92,7 +92,6 @@ def build_parser() -> argparse.ArgumentParser:
     # bench lives in rnnkit.bench, imported only when run, so a missing or broken bench module never
     # breaks the other commands; its own parser parses the rest of the line.
     p = sub.add_parser("bench", help="speed benchmarks (see `rnnkit bench --help`)", add_help=False)
-    p.add_argument("bench_args", nargs=argparse.REMAINDER)
     p.set_defaults(handler=cmd_bench)
     return parser
 
@@ -142,7 +141,7 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
+def cmd_bench(args: argparse.Namespace, rest: list[str]) -> int:
     try:
         from . import bench
     except ModuleNotFoundError as e:
@@ -151,13 +150,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise RnnkitError("`rnnkit bench` is not available in this version of rnnkit") from None
     parser = argparse.ArgumentParser(prog="rnnkit bench", description="Speed benchmarks.")
     bench.add_arguments(parser)
-    return bench.run(parser.parse_args(args.bench_args))
+    return bench.run(parser.parse_args(rest))
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)  # the rest of the line is bench's to parse
+    if rest and args.handler is not cmd_bench:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
-        return int(args.handler(args) or 0)
+        return int((args.handler(args, rest) if args.handler is cmd_bench else args.handler(args)) or 0)
     except RnnkitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
