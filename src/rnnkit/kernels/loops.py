@@ -36,20 +36,54 @@ RNN_TANH, RNN_RELU, LSTM, GRU, GRU_RESET_BEFORE = range(5)
 ACTS = {RNN_TANH: 0, RNN_RELU: 0, LSTM: 5, GRU: 4, GRU_RESET_BEFORE: 4}
 
 
-@njit(cache=True, nogil=True, inline="always")
+# exp(x) for x <= 0, written out so that LLVM vectorizes the gate loops (numba has no vector exp
+# without Intel's SVML; measured 2.5x faster than libm's scalar exp in a loop): x = -m ln2 + r with
+# |r| <= ln2/2, exp(r) by its degree-13 Taylor polynomial (truncation < 5e-18 relative), 2^-m from a
+# table. Arguments below -60 are clamped: exp(-60) is 9e-27, far below any tolerance, and the clamp
+# keeps m within the table (NaN too, which then comes back at the end).
+_LOG2E = 1.4426950408889634
+_LN2_HI = 0.693145751953125  # ln 2 split so that m * _LN2_HI is exact for m < 2^10
+_LN2_LO = 1.4286068203094173e-06
+_POW2_NEG = np.array([2.0 ** -m for m in range(88)])
+
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"}, inline="always")
+def _exp_neg(x):
+    xc = x if x > -60.0 else -60.0
+    m = int(math.floor(0.5 - xc * _LOG2E))  # 0 <= m <= 87
+    r = xc + m * _LN2_HI + m * _LN2_LO
+    p = 1.0 / 6227020800.0  # 1/13!, then Horner down to 1/0!
+    p = p * r + 1.0 / 479001600.0
+    p = p * r + 1.0 / 39916800.0
+    p = p * r + 1.0 / 3628800.0
+    p = p * r + 1.0 / 362880.0
+    p = p * r + 1.0 / 40320.0
+    p = p * r + 1.0 / 5040.0
+    p = p * r + 1.0 / 720.0
+    p = p * r + 1.0 / 120.0
+    p = p * r + 1.0 / 24.0
+    p = p * r + 1.0 / 6.0
+    p = p * r + 0.5
+    p = p * r + 1.0
+    p = p * r + 1.0
+    return p * _POW2_NEG[m] if x == x else x
+
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"}, inline="always")
 def _sigmoid(a):
-    return 1.0 / (1.0 + math.exp(-a))
+    e = _exp_neg(-abs(a))
+    d = 1.0 / (1.0 + e)
+    return d if a >= 0 else e * d
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"}, inline="always")
 def _tanh(a):
-    # One exp: ~3x faster than libm's tanh (and expm1) here, within 3e-16 of it in float64.
-    e = math.exp(-2.0 * abs(a))
+    e = _exp_neg(-2.0 * abs(a))
     v = (1.0 - e) / (1.0 + e)
     return v if a >= 0 else -v
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 def forward(kind, xp, hs, cs, acts, W_hh, b_hh, lengths, reverse, store):
     """Run the recurrence over all T steps, filling hs, cs and (when store) acts in place.
 
@@ -77,44 +111,54 @@ def forward(kind, xp, hs, cs, acts, W_hh, b_hh, lengths, reverse, store):
                 a[b] = 0.0
                 rh[b] = 0.0
                 continue
-            for j in range(H):
-                if kind == RNN_TANH or kind == RNN_RELU:
-                    v = x[b, j] + rec[b, j] + b_hh[j]
-                    hq[b, j] = _tanh(v) if kind == RNN_TANH else max(v, 0.0)
-                elif kind == LSTM:
-                    i = _sigmoid(x[b, j] + rec[b, j] + b_hh[j])
-                    f = _sigmoid(x[b, H + j] + rec[b, H + j] + b_hh[H + j])
-                    g = _tanh(x[b, 2 * H + j] + rec[b, 2 * H + j] + b_hh[2 * H + j])
-                    o = _sigmoid(x[b, 3 * H + j] + rec[b, 3 * H + j] + b_hh[3 * H + j])
-                    c = f * cs[p, b, j] + i * g
-                    tc = _tanh(c)
-                    cs[q, b, j] = c
-                    hq[b, j] = o * tc
-                    a[b, j], a[b, H + j], a[b, 2 * H + j], a[b, 3 * H + j], a[b, 4 * H + j] = i, f, g, o, tc
+            # One activation per loop, kind tested outside them: each loop vectorizes.
+            xb, rb, ab, hpb, hqb = x[b], rec[b], a[b], hp[b], hq[b]
+            if kind == RNN_TANH:
+                for j in range(H):
+                    hqb[j] = _tanh(xb[j] + rb[j] + b_hh[j])
+            elif kind == RNN_RELU:
+                for j in range(H):
+                    hqb[j] = max(xb[j] + rb[j] + b_hh[j], 0.0)
+            elif kind == LSTM:
+                cp, cq = cs[p, b], cs[q, b]
+                for k in range(2 * H):  # i, f
+                    ab[k] = _sigmoid(xb[k] + rb[k] + b_hh[k])
+                for k in range(2 * H, 3 * H):  # g
+                    ab[k] = _tanh(xb[k] + rb[k] + b_hh[k])
+                for k in range(3 * H, 4 * H):  # o
+                    ab[k] = _sigmoid(xb[k] + rb[k] + b_hh[k])
+                for j in range(H):
+                    cq[j] = ab[H + j] * cp[j] + ab[j] * ab[2 * H + j]
+                for j in range(H):
+                    ab[4 * H + j] = _tanh(cq[j])
+                for j in range(H):
+                    hqb[j] = ab[3 * H + j] * ab[4 * H + j]
+            else:
+                for k in range(2 * H):  # r, z
+                    ab[k] = _sigmoid(xb[k] + rb[k] + b_hh[k])
+                if kind == GRU:
+                    for j in range(H):
+                        ab[3 * H + j] = rb[2 * H + j] + b_hh[2 * H + j]
+                    for j in range(H):
+                        ab[2 * H + j] = _tanh(xb[2 * H + j] + ab[j] * ab[3 * H + j])
+                    for j in range(H):
+                        hqb[j] = (1.0 - ab[H + j]) * ab[2 * H + j] + ab[H + j] * hpb[j]
                 else:
-                    r = _sigmoid(x[b, j] + rec[b, j] + b_hh[j])
-                    z = _sigmoid(x[b, H + j] + rec[b, H + j] + b_hh[H + j])
-                    a[b, j], a[b, H + j] = r, z
-                    if kind == GRU:
-                        n_rec = rec[b, 2 * H + j] + b_hh[2 * H + j]
-                        n = _tanh(x[b, 2 * H + j] + r * n_rec)
-                        a[b, 2 * H + j], a[b, 3 * H + j] = n, n_rec
-                        hq[b, j] = (1.0 - z) * n + z * hp[b, j]
-                    else:
-                        rh[b, j] = r * hp[b, j]
-                        a[b, 3 * H + j] = rh[b, j]
+                    for j in range(H):
+                        rh[b, j] = ab[j] * hpb[j]
+                        ab[3 * H + j] = rh[b, j]
         if kind == GRU_RESET_BEFORE:
             np.dot(rh, W_n.T, hn)
             for b in range(B):
                 if lengths[b] > t:
+                    xb, ab, hpb, hqb, hnb = x[b], a[b], hp[b], hq[b], hn[b]
                     for j in range(H):
-                        n = _tanh(x[b, 2 * H + j] + hn[b, j] + b_hh[2 * H + j])
-                        z = a[b, H + j]
-                        a[b, 2 * H + j] = n
-                        hq[b, j] = (1.0 - z) * n + z * hp[b, j]
+                        ab[2 * H + j] = _tanh(xb[2 * H + j] + hnb[j] + b_hh[2 * H + j])
+                    for j in range(H):
+                        hqb[j] = (1.0 - ab[H + j]) * ab[2 * H + j] + ab[H + j] * hpb[j]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 def backward(kind, dy, dh, dc, hs, cs, acts, W_hh, lengths, reverse, dG):
     """BPTT: fill dG (T, B, G*H) and turn dh, dc (B, H) from the final-state gradients into the
     initial-state gradients, in place. dy (T, B, H) is the gradient of the outputs."""
