@@ -1,4 +1,5 @@
-"""The `rnnkit` command: train, test, visualize (and bench), a thin layer over :class:`rnnkit.Forecaster`.
+"""The `rnnkit` command: train, test, backtest, predict, visualize (and bench), a thin layer over
+:class:`rnnkit.Forecaster`.
 
 Any :class:`~rnnkit.errors.RnnkitError` (a mistake the user can fix) becomes one line
 ``error: <message>`` on stderr and exit code 2; any other exception is a bug and keeps its traceback.
@@ -10,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import CELLS, LOSS_STEPS, MODELS, SCALINGS, SCHEDULES, SOURCES
+from .config import CELLS, FILLS, LOSS_STEPS, MODELS, SCALINGS, SCHEDULES, STRATEGIES
 from .errors import RnnkitError
 
 DEFAULT_RUN = "runs/default"
@@ -25,12 +26,27 @@ def _yes_no(text: str) -> bool:
 
 # (flag, config field, type, help) of the training overrides; a flag left out keeps the config's value.
 TRAIN_FLAGS = [
-    ("--data", "source", str, "series: combined (sin+cos+sign(sin), default) or sine"),
+    ("--data", "source", str, "series: combined (sin+cos+sign(sin), default), sine, or PATH.csv (a header row, "
+                              "one row per time step, oldest first; needs --target)"),
+    ("--target", "target", str, "CSV: target column(s), comma-separated; they are inputs too"),
+    ("--features", "features", str, "CSV: extra input column(s), comma-separated (default: none)"),
+    ("--time-col", "time_col", str, "CSV: time column (dates, increasing); sets --season and the dates of "
+                                    "`rnnkit predict`"),
+    ("--fill", "fill", str, "CSV missing values: none (an error naming the rows, default), interpolate "
+                            "(linear) or ffill (previous value)"),
     ("--num-samples", "num_samples", int, "points in the generated series (default 1000)"),
-    ("--seq-length", "seq_length", int, "input steps per window (default 50)"),
+    ("--seq-length", "seq_length", int, "input steps per window; default auto: 50 for the waves (seed), for a "
+                                        "CSV of N points min(max(2*season, N/10), 64, N/4), e.g. 24 for 144 "
+                                        "monthly points"),
+    ("--horizon", "horizon", int, "steps to forecast (default 1)"),
+    ("--strategy", "strategy", str, "multi-step: direct (the head outputs all --horizon steps, default) or "
+                                    "recursive (one step, fed back; every input must be a target)"),
+    ("--season", "season", int, "seasonal period for seasonal naive and MASE; default auto: 12 for a monthly "
+                                "--time-col, 4 quarterly, else 1 (MASE scaled by the naive error)"),
     ("--val-ratio", "val_ratio", float, "share of the training windows, from their end, used to "
                                         "validate and stop early (default 0.1; seed 0)"),
-    ("--scaling", "scaling", str, "standard (fit on the training part) or none (seed)"),
+    ("--scaling", "scaling", str, "standard (mean/std of the training part), log (standard on log values; "
+                                  "positive series) or none (seed)"),
     ("--batch-size", "batch_size", int, "windows per batch"),
     ("--model", "model", str, "recurrent (encoder + linear head, default) or custom (the seed's CustomRNN)"),
     ("--cell", "cell", str, "encoder cell: rnn, lstm or gru"),
@@ -49,16 +65,18 @@ TRAIN_FLAGS = [
     ("--seed", "seed", int, "random seed for weights and shuffling"),
     ("--log-every", "log_every", int, "print the epoch line every N epochs"),
 ]
-CHOICES = {"source": SOURCES, "scaling": SCALINGS, "model": MODELS, "cell": CELLS, "schedule": SCHEDULES,
+CHOICES = {"fill": FILLS, "strategy": STRATEGIES, "scaling": SCALINGS, "model": MODELS, "cell": CELLS, "schedule": SCHEDULES,
            "loss_steps": LOSS_STEPS}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rnnkit",
-        description="Train, test and plot recurrent forecasters of a time series (the seed's waves).",
+        description="Train, test and plot recurrent forecasters of a time series (the seed's waves or a CSV).",
         epilog="Typical run: rnnkit train --out runs/a && rnnkit test --run runs/a && "
-               "rnnkit visualize --run runs/a",
+               "rnnkit visualize --run runs/a. A CSV: rnnkit train --data FILE.csv --target COL --horizon 12 "
+               "--out runs/b && rnnkit test --run runs/b && rnnkit predict --run runs/b --data FILE.csv "
+               "--out forecast.csv",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -77,11 +95,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no epoch lines")
     p.set_defaults(handler=cmd_train)
 
-    p = sub.add_parser("test", help="evaluate a run on its test split",
+    p = sub.add_parser("test", help="evaluate a run and the baselines on its test split",
                        description="Print the test MSE (as the seed does), MAE and RMSE in the data's "
-                                   "original units and write DIR/metrics.json.")
+                                   "original units, then MSE, RMSE, MAE, sMAPE and MASE of the model and, on the "
+                                   "same test windows, of naive, seasonal naive and linear AR baselines; write "
+                                   "DIR/metrics.json (the model's metrics at the top level, the baselines under "
+                                   "'baselines').")
     p.add_argument("--run", default=DEFAULT_RUN, metavar="DIR", help=f"run directory (default {DEFAULT_RUN})")
+    p.add_argument("--season", type=int, metavar="M", help="seasonal period for seasonal naive and MASE "
+                   "(default: the run's, see `rnnkit train --help`)")
     p.set_defaults(handler=cmd_test)
+
+    p = sub.add_parser("backtest", help="rolling-origin evaluation of a run, one row per fold",
+                       description="Cut the last FOLDS * P points into FOLDS blocks; fold k forecasts the "
+                                   "windows whose targets lie in block k from the points before it, and is "
+                                   "scored with the model's and the baselines' metrics. Without --refit the "
+                                   "run's model is used and the blocks must lie in its test part (P default: "
+                                   "test part / FOLDS); with --refit a fresh model with the run's settings is "
+                                   "trained on the points before each block (P default: the test part). "
+                                   "Writes DIR/backtest.json.")
+    p.add_argument("--run", default=DEFAULT_RUN, metavar="DIR", help=f"run directory (default {DEFAULT_RUN})")
+    p.add_argument("--folds", type=int, default=3, metavar="K", help="number of folds (default 3)")
+    p.add_argument("--refit", action="store_true", help="retrain on the points before each fold")
+    p.add_argument("--fold-size", type=int, metavar="P", help="points per fold")
+    p.add_argument("--season", type=int, metavar="M", help="seasonal period (default: the run's)")
+    p.add_argument("--threads", type=int, default=1, metavar="N", help="torch CPU threads (default 1)")
+    p.set_defaults(handler=cmd_backtest)
+
+    p = sub.add_parser("predict", help="forecast the steps after the end of a CSV",
+                       description="Forecast the H steps after the last row of --data (read with the run's "
+                                   "--target/--features/--time-col/--fill; it may be longer than the training "
+                                   "series) and write FILE.csv: a column step (1..H), the time column's future "
+                                   "dates when the time column has a regular frequency, and one column per "
+                                   "target, named as the target.")
+    p.add_argument("--run", default=DEFAULT_RUN, metavar="DIR", help=f"run directory (default {DEFAULT_RUN})")
+    p.add_argument("--data", metavar="PATH.csv", help="history to forecast from (default: the run's own series)")
+    p.add_argument("--horizon", type=int, metavar="H", help="steps (default: the run's --horizon; more only "
+                   "with --strategy recursive)")
+    p.add_argument("--out", required=True, metavar="FILE.csv", help="where to write the forecast")
+    p.add_argument("--plot", metavar="FILE.png", help="also draw the history and the forecast")
+    p.set_defaults(handler=cmd_predict)
 
     p = sub.add_parser("visualize", help="plot a run's test predictions and loss curve",
                        description="Write DIR/predictions_vs_true.png (the whole test split) and "
@@ -100,10 +153,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
     from .config import resolve
+    from .data import GENERATORS
     from .forecaster import Forecaster
 
     torch.set_num_threads(max(1, args.threads))
     overrides = {dest: getattr(args, dest) for _, dest, _, _ in TRAIN_FLAGS}
+    if overrides["source"] is not None and overrides["source"] not in GENERATORS:  # --data PATH.csv
+        overrides["csv"], overrides["source"] = overrides["source"], "csv"
     cfg = resolve(args.preset, args.config, **overrides)
     f = Forecaster(cfg).fit(log=None if args.quiet else print)
     out = f.save(args.out)
@@ -113,15 +169,71 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def metrics_table(rows: dict[str, dict]) -> str:
+    """Rows of metrics as an aligned text table: name, MSE, RMSE, MAE, sMAPE %, MASE."""
+    head = f"{'':<16}{'MSE':>12}{'RMSE':>10}{'MAE':>10}{'sMAPE %':>9}{'MASE':>8}"
+    lines = [head] + [f"{name:<16}{m['mse']:>12.4g}{m['rmse']:>10.4g}{m['mae']:>10.4g}{m['smape']:>9.2f}"
+                      f"{m['mase']:>8.3f}" for name, m in rows.items()]
+    return "\n".join(lines)
+
+
 def cmd_test(args: argparse.Namespace) -> int:
     from .forecaster import Forecaster
     from .runs import METRICS, write_json
 
-    m = Forecaster.load(args.run).evaluate("test")
+    m = Forecaster.load(args.run).evaluate("test", season=args.season, baselines=True)
     print(f"Test MSE Loss: {m['mse']:.6f}")
     print(f"Test MAE: {m['mae']:.6f}")
     print(f"Test RMSE: {m['rmse']:.6f}")
+    print(f"\n{m['windows']} test windows, horizon {m['horizon']}, season {m['season']} (MASE < 1: better than "
+          f"the training part's seasonal naive error); original units:")
+    print(metrics_table({"model": m, **{BASELINE_NAMES[k]: v for k, v in m["baselines"].items()}}))
     write_json(Path(args.run) / METRICS, m)
+    return 0
+
+
+BASELINE_NAMES = {"naive": "naive", "seasonal_naive": "seasonal naive", "linear_ar": "linear AR"}
+
+
+def cmd_backtest(args: argparse.Namespace) -> int:
+    import torch
+
+    from .forecaster import Forecaster
+    from .runs import write_json
+
+    torch.set_num_threads(max(1, args.threads))
+    f = Forecaster.load(args.run)
+    bt = f.backtest(args.folds, args.refit, args.fold_size, args.season)
+    print(f"Backtest of {args.run}: {args.folds} folds of {bt['fold_size']} points, "
+          f"{'refit on the points before each fold' if args.refit else 'the run model, no refit'}, "
+          f"season {bt['season']}")
+    head = (f"{'fold':>4}{'origin':>8}{'train pts':>10}{'windows':>8}{'RMSE':>10}{'sMAPE %':>9}{'MASE':>8}"
+            f"{'naive':>8}{'s.naive':>8}{'lin.AR':>8}")
+    print(head + "   (naive, s.naive, lin.AR: MASE)")
+    for r in bt["folds"] + [dict(bt["mean"], fold="mean", origin="", train_points="", windows="")]:
+        b = r["baselines"]
+        print(f"{r['fold']:>4}{r['origin']:>8}{r['train_points']:>10}{r['windows']:>8}{r['rmse']:>10.4g}"
+              f"{r['smape']:>9.2f}{r['mase']:>8.3f}{b['naive']['mase']:>8.3f}{b['seasonal_naive']['mase']:>8.3f}"
+              f"{b['linear_ar']['mase']:>8.3f}")
+    write_json(Path(args.run) / "backtest.json", bt)
+    print(f"wrote {Path(args.run) / 'backtest.json'}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .forecaster import Forecaster
+    from .runs import write_bytes
+
+    f = Forecaster.load(args.run)
+    history = f.history_series(args.data)
+    fc = f.forecast(history, args.horizon)
+    write_bytes(args.out, fc.to_csv(index=False).encode())
+    print(f"wrote {args.out} ({len(fc)} steps after row {len(history.values)} of "
+          f"{args.data or 'the run series'})")
+    if args.plot:
+        from .visualize import plot_forecast
+
+        print(f"wrote {plot_forecast(history, fc, args.plot)}")
     return 0
 
 

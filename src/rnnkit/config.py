@@ -25,8 +25,10 @@ from typing import Any
 
 from .errors import ConfigError
 
-SOURCES = ("combined", "sine")
-SCALINGS = ("standard", "none")
+SOURCES = ("combined", "sine", "csv")
+SCALINGS = ("standard", "log", "none")
+FILLS = ("none", "interpolate", "ffill")
+STRATEGIES = ("direct", "recursive")
 MODELS = ("recurrent", "custom")
 CELLS = ("rnn", "lstm", "gru")
 SCHEDULES = ("cosine", "plateau", "none")
@@ -37,10 +39,20 @@ LOSS_STEPS = ("auto", "all", "last")
 class DataConfig:
     """What series, how it is cut into windows and split, and how it is scaled."""
 
-    source: str = "combined"      # the seed's waves: "combined" = sin+cos+sign(sin), or "sine"
+    source: str = "combined"      # the seed's waves: "combined" = sin+cos+sign(sin), or "sine"; or "csv"
     num_samples: int = 1000       # points in the generated series (seed: 1000)
-    seq_length: int = 50          # input steps per window (seed: 50)
-    horizon: int = 1              # target steps per window; only 1 is supported for now
+    csv: str = ""                 # source "csv": the file read at training (the run keeps its own copy)
+    target: str = ""              # source "csv": target column(s), comma-separated; also inputs
+    features: str = ""            # source "csv": extra input column(s), comma-separated
+    time_col: str = ""            # source "csv": time column (sorted, parsed as dates), optional
+    fill: str = "none"            # missing values: "none" (an error naming the rows), "interpolate", "ffill"
+    seq_length: int = 0           # input steps per window; 0 = auto: 50 for the waves (seed), for a CSV
+                                  # min(max(2*season, N//10), 64, N//4) of its N points
+    horizon: int = 1              # target steps per window (forecast steps)
+    strategy: str = "direct"      # "direct": the head outputs all horizon steps; "recursive": one step,
+                                  # fed back horizon times (needs every input to be a target)
+    season: int = 0               # seasonal period for seasonal naive and MASE; 0 = auto: 12 for a
+                                  # monthly time column, 4 quarterly, else 1
     train_ratio: float = 0.8      # first 80% of the windows train (plus validation), the rest test (seed)
     val_ratio: float = 0.1        # this share of the training windows, taken from their end, validates
     batch_size: int = 16          # more, smaller steps learn the jumps sooner (seed: 32)
@@ -49,11 +61,14 @@ class DataConfig:
     def validate(self) -> None:
         _choice("data.source", self.source, SOURCES)
         _choice("data.scaling", self.scaling, SCALINGS)
-        for name in ("num_samples", "seq_length", "batch_size"):
+        _choice("data.fill", self.fill, FILLS)
+        _choice("data.strategy", self.strategy, STRATEGIES)
+        for name in ("num_samples", "batch_size", "horizon"):
             _at_least(f"data.{name}", getattr(self, name), 1)
-        if self.horizon != 1:
-            raise ConfigError(f"data.horizon must be 1 for now (multi-step forecasts are not supported "
-                              f"yet), got {self.horizon}")
+        _at_least("data.seq_length", self.seq_length, 0)
+        _at_least("data.season", self.season, 0)
+        if self.source == "csv" and not self.target.strip():
+            raise ConfigError("a CSV series needs its target column(s): --target COL[,COL]")
         if not 0 < self.train_ratio < 1:
             raise ConfigError(f"data.train_ratio must be between 0 and 1 (exclusive), got {self.train_ratio}")
         if not 0 <= self.val_ratio < 1:

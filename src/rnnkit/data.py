@@ -2,25 +2,28 @@
 
 The flow, one call per arrow (see DESIGN.md)::
 
-    make_series(cfg) -> chronological_split(...) -> Scaler.fit(train part) -> make_windows(...) -> make_loaders(...)
+    load_series(cfg) -> resolve_data(...) -> chronological_split(...) -> split_windows(...) -> make_loaders(...)
 
-A *series* is an array (N, F) of N time points and F features. A *window* i takes the points
-``i .. i+seq_length-1`` as input x (seq_length, F) and the next ``horizon`` points' target columns as
-y (horizon, T). With the defaults this is the seed exactly: 950 windows of the 1000-point wave,
-x = data[i:i+50], y = data[i+50]; the first int(0.8 * 950) = 760 windows train, the other 190 test.
+``split_windows`` fits the scaler on the training part only (or takes a saved one) and cuts the windows.
+A *series* is an array (N, F) of N time points and F features, the target columns first (CSV tables:
+:mod:`rnnkit.csvdata`). A *window* i takes the points ``i .. i+seq_length-1`` as input x
+(seq_length, F) and the next ``horizon`` points' target columns as y (horizon, T). With the defaults
+this is the seed exactly: 950 windows of the 1000-point wave, x = data[i:i+50], y = data[i+50]; the
+first int(0.8 * 950) = 760 windows train, the other 190 test.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import NamedTuple
+from dataclasses import dataclass, replace
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from .config import DataConfig
-from .errors import DataError
+from .csvdata import TableSeries, frame_series, read_csv
+from .errors import ConfigError, DataError
 
 
 # ---- the seed's generators -----------------------------------------------------------------------
@@ -45,9 +48,34 @@ def generate_combined_wave(seq_length: int = 50, num_samples: int = 1000) -> np.
 GENERATORS = {"combined": generate_combined_wave, "sine": generate_sine_wave}
 
 
-def make_series(cfg: DataConfig) -> np.ndarray:
-    """The configured series as float64 (N, F)."""
-    return GENERATORS[cfg.source](cfg.seq_length, cfg.num_samples)[:, None]  # (N, 1)
+def load_series(cfg: DataConfig, table: Any = None) -> TableSeries:
+    """The configured series: a seed wave, the CSV file ``cfg.csv``, or ``table`` (a DataFrame or array,
+    read with the config's column settings) when given."""
+    if table is None and cfg.source in GENERATORS:
+        wave = GENERATORS[cfg.source](cfg.seq_length or 50, cfg.num_samples)[:, None]  # (N, 1)
+        return TableSeries(wave, ("value",), 1)
+    if table is not None:
+        return frame_series(table, cfg.target, cfg.features, cfg.time_col, cfg.fill)
+    if not cfg.csv:
+        raise ConfigError("a CSV series needs its file (--data PATH.csv)")
+    return read_csv(cfg.csv, cfg.target, cfg.features, cfg.time_col, cfg.fill)
+
+
+def auto_seq_length(n_points: int, season: int) -> int:
+    """Input steps for a real series of n_points: two seasons, or a tenth of the series if longer, but
+    at most 64 and a quarter of the series (so a short series keeps enough windows to train and test)."""
+    return max(2, min(max(2 * season, n_points // 10), 64, n_points // 4))
+
+
+def resolve_data(cfg: DataConfig, series: TableSeries) -> DataConfig:
+    """``cfg`` with its automatic settings made concrete for this series: season (0 -> what the time
+    column implies, else 1) and seq_length (0 -> 50 for the seed's waves, else auto_seq_length)."""
+    season = cfg.season or series.season
+    seq_length = cfg.seq_length or (50 if cfg.source in GENERATORS else auto_seq_length(len(series.values), season))
+    if cfg.strategy == "recursive" and series.n_targets != series.values.shape[1]:
+        raise ConfigError("--strategy recursive feeds its forecasts back as inputs, so every input must be a "
+                          "target; drop --features or use --strategy direct")
+    return replace(cfg, season=season, seq_length=seq_length)
 
 
 # ---- split ---------------------------------------------------------------------------------------
@@ -77,25 +105,47 @@ def chronological_split(n_points: int, seq_length: int, horizon: int = 1, train_
     """Split the windows of an n_points series in time order.
 
     The first int(train_ratio * W) of the W windows are the seed's training windows; the last
-    int(val_ratio * that) of them become validation; the rest of the windows test. Test (and
-    validation) windows read their first inputs from the points before them, as in the seed.
+    int(val_ratio * that) of them become validation; the windows after them test. Test (and
+    validation) windows read their first inputs from the points before them, as in the seed. With
+    horizon H > 1 no target is in two parts: see :func:`fold_split`.
     """
     W = num_windows(n_points, seq_length, horizon)
     n_fit = int(train_ratio * W)
     n_val = int(val_ratio * n_fit)
-    if n_fit - n_val < 1 or W - n_fit < 1:
+    gap = horizon - 1
+    if n_fit - n_val - (gap if n_val else 0) < 1 or W - n_fit - gap < 1:
         raise DataError(
-            f"a series of {n_points} points gives {W} windows of seq_length={seq_length}, too few to "
-            f"split into training ({n_fit - n_val}), validation ({n_val}) and test ({W - n_fit}) windows; "
-            f"use more samples or a shorter --seq-length"
+            f"a series of {n_points} points gives {W} windows of seq_length={seq_length} and "
+            f"horizon={horizon}, too few to split into training, validation and test windows; use a "
+            f"longer series, a shorter --seq-length or a shorter --horizon"
         )
-    return Split(range(0, n_fit - n_val), range(n_fit - n_val, n_fit), range(n_fit, W), seq_length, horizon)
+    return fold_split(n_fit + seq_length + gap, n_points, seq_length, horizon, val_ratio)
+
+
+def fold_split(origin: int, stop: int, seq_length: int, horizon: int = 1, val_ratio: float = 0.0) -> Split:
+    """Train on the points before ``origin``, test on the windows whose targets are all in [origin, stop).
+
+    The windows whose targets end before origin are the fitting windows; the last int(val_ratio * them)
+    validate, and the H-1 windows before those are dropped so that no target is both a training and a
+    validation target (H = horizon; none are dropped for H = 1, the seed's split).
+    """
+    S, H = seq_length, horizon
+    n_fit = num_windows(origin, S, H)
+    n_val = int(val_ratio * n_fit)
+    train_stop = n_fit - n_val - (H - 1 if n_val else 0)
+    test = range(max(origin - S, 0), max(stop - S - H + 1, 0))
+    if train_stop < 1 or len(test) < 1:
+        raise DataError(f"{origin} points before the test part leave {max(train_stop, 0)} training windows of "
+                        f"seq_length={S} and horizon={H}, and the test part has {len(test)} windows; "
+                        f"use a longer series, a shorter --seq-length or a shorter --horizon")
+    return Split(range(0, train_stop), range(n_fit - n_val, n_fit), test, S, H)
 
 
 # ---- scaling -------------------------------------------------------------------------------------
 
 class Scaler:
-    """Per-feature standardisation z = (v - mean) / std; the identity when kind == "none"."""
+    """Per-feature standardisation z = (v - mean) / std; "log" standardises log(v) (positive series
+    whose swings grow with their level); the identity when kind == "none"."""
 
     def __init__(self, kind: str = "none", mean=None, std=None) -> None:
         self.kind = kind
@@ -108,18 +158,28 @@ class Scaler:
         if kind == "none":
             F = train_part.shape[1]
             return cls(kind, np.zeros(F), np.ones(F))
-        std = train_part.std(axis=0)
         if not np.all(np.isfinite(train_part)):
             raise DataError("the training part of the series contains NaN or inf values")
+        if kind == "log":
+            train_part = cls._log(train_part)
+        std = train_part.std(axis=0)
         return cls(kind, train_part.mean(axis=0), np.where(std > 0, std, 1.0))
 
+    @staticmethod
+    def _log(v: np.ndarray) -> np.ndarray:
+        if np.any(v <= 0):
+            raise DataError("--scaling log needs every value of the series to be positive; "
+                            "use --scaling standard")
+        return np.log(v)
+
     def transform(self, v: np.ndarray) -> np.ndarray:
-        return (v - self.mean) / self.std
+        return ((self._log(v) if self.kind == "log" else v) - self.mean) / self.std
 
     def inverse(self, z: np.ndarray, cols=None) -> np.ndarray:
         """Back to original units; ``cols`` picks the features z holds (default: all)."""
         mean, std = (self.mean, self.std) if cols is None else (self.mean[cols], self.std[cols])
-        return z * std + mean
+        v = z * std + mean
+        return np.exp(v) if self.kind == "log" else v
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "mean": self.mean.tolist(), "std": self.std.tolist()}
@@ -149,23 +209,31 @@ def make_windows(series: np.ndarray, seq_length: int, horizon: int = 1, windows:
 
 
 class Windows(NamedTuple):
-    """The scaled windows of each part of a split, and the scaler fit on the training part."""
+    """The scaled windows of each part of a split, the scaler fit on the training part, and the split."""
 
     train: TensorDataset
     val: TensorDataset
     test: TensorDataset
     scaler: Scaler
+    split: Split
+
+
+def split_windows(values: np.ndarray, split: Split, scaler: Scaler | str, n_targets: int = 1) -> Windows:
+    """Scaler (fit on the points the training windows touch, or a saved Scaler) -> scaled windows of
+    each part. values (N, F), the first n_targets columns the targets."""
+    if isinstance(scaler, str):
+        scaler = Scaler.fit(values[:split.fit_end], scaler)
+    scaled = scaler.transform(values)
+    part = lambda r: make_windows(scaled, split.seq_length, split.horizon, r, tuple(range(n_targets)))  # noqa: E731
+    return Windows(part(split.train), part(split.val), part(split.test), scaler, split)
 
 
 def prepare(cfg: DataConfig, scaler: Scaler | None = None) -> Windows:
     """Series -> split -> scaler (fit on the training part, unless a saved one is given) -> windows."""
-    series = make_series(cfg)
-    split = chronological_split(len(series), cfg.seq_length, cfg.horizon, cfg.train_ratio, cfg.val_ratio)
-    if scaler is None:
-        scaler = Scaler.fit(series[:split.fit_end], cfg.scaling)
-    scaled = scaler.transform(series)
-    part = lambda r: make_windows(scaled, cfg.seq_length, cfg.horizon, r)  # noqa: E731
-    return Windows(part(split.train), part(split.val), part(split.test), scaler)
+    series = load_series(cfg)
+    cfg = resolve_data(cfg, series)
+    split = chronological_split(len(series.values), cfg.seq_length, cfg.horizon, cfg.train_ratio, cfg.val_ratio)
+    return split_windows(series.values, split, scaler or cfg.scaling, series.n_targets)
 
 
 class Loaders(NamedTuple):

@@ -20,14 +20,18 @@ from .config import TrainConfig
 from .errors import TrainingError
 
 
-def next_step_targets(x: Tensor, y: Tensor, target_cols: tuple[int, ...] = (0,)) -> Tensor:
-    """Targets for every step's next-value prediction: step t of a window predicts input t+1, and the
-    last step predicts y. x (B, T, F), y (B, 1, T') -> (B, T, T')."""
-    return torch.cat([x[:, 1:, list(target_cols)], y], dim=1)  # (B, T, T')
+def next_step_targets(x: Tensor, y: Tensor, target_cols: tuple[int, ...] | None = None) -> Tensor:
+    """Targets for every step's forecast: step t of a window predicts the H values after input t (the
+    later inputs, then y), horizon-major as the model's output. The target columns default to the
+    first T input features. x (B, S, F), y (B, H, T) -> (B, S, H*T)."""
+    cols = list(range(y.shape[2]) if target_cols is None else target_cols)
+    seq = torch.cat([x[:, 1:, cols], y], dim=1)  # (B, S-1+H, T)
+    B, S, H = x.shape[0], x.shape[1], y.shape[1]
+    return seq.unfold(1, H, 1).transpose(2, 3).reshape(B, S, -1)  # (B, S, H*T)
 
 
 def batch_loss(model: nn.Module, x: Tensor, y: Tensor, loss_steps: str) -> Tensor:
-    """MSE of the last step's forecast (the seed's loss), or of every step's next-value forecast."""
+    """MSE of the last step's forecast (the seed's loss), or of every step's forecast."""
     if loss_steps == "all":
         return nn.functional.mse_loss(model(x, every_step=True), next_step_targets(x, y))
     return nn.functional.mse_loss(model(x).view_as(y), y)

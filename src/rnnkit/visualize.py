@@ -60,3 +60,26 @@ def plot_loss_curve(history: dict, path: str | Path) -> Path:
     ax.legend()
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def plot_forecast(history, forecast, path: str | Path, last: int = 240) -> Path:
+    """The end of a history (a TableSeries: its last ``last`` points) and the forecast after it (a
+    DataFrame from Forecaster.forecast: step, [time column,] one column per target), one panel per
+    target, against time when the history has dates, else against the row number."""
+    T = history.n_targets
+    values = history.values[-last:, :T]  # (n, T)
+    n, N = len(values), len(history.values)
+    dated = history.time is not None and len(forecast.columns) > T + 1
+    x_hist = history.time[-last:] if dated else np.arange(N - n, N) + 1
+    x_next = forecast.iloc[:, 1].to_numpy() if dated else N + forecast["step"].to_numpy()
+    fig = _figure(10, 3.2 * T)
+    for j, name in enumerate(history.columns[:T]):
+        ax = fig.add_subplot(T, 1, j + 1)
+        ax.plot(x_hist, values[:, j], label="history", linewidth=1.5)
+        # The forecast line starts at the last known point so the two read as one series.
+        ax.plot(np.concatenate([x_hist[-1:], x_next]), np.concatenate([values[-1:, j], forecast[name].to_numpy()]),
+                label=f"forecast ({len(forecast)} steps)", linewidth=2, linestyle="--", marker=".")
+        ax.set(title=name, xlabel="time" if dated else "row", ylabel=name)
+        ax.legend()
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
