@@ -32,19 +32,17 @@ def kind_code(kind: str, nonlinearity: str = "tanh", reset_after: bool = True) -
 
 
 @functools.cache
-def _openblas_threads_setter():
-    """openblas_set_num_threads_local of the OpenBLAS that scipy loaded, or None (another BLAS, or
-    no /proc to find it in: the loop then runs with that BLAS's own threading)."""
+def _openblas_threads_setters() -> tuple:
+    """openblas_set_num_threads_local of every loaded OpenBLAS (numpy and scipy each bring one; numba
+    calls scipy's), or none (another BLAS, or no /proc to find them in: the loop then runs with that
+    BLAS's own threading)."""
     try:
         with open("/proc/self/maps") as maps:
             paths = {line.split()[-1] for line in maps if "openblas" in line.lower() and ".so" in line}
     except OSError:
-        return None
-    for path in sorted(paths):
-        setter = getattr(ctypes.CDLL(path), "openblas_set_num_threads_local", None)
-        if setter is not None:
-            return setter
-    return None
+        return ()
+    setters = (getattr(ctypes.CDLL(path), "openblas_set_num_threads_local", None) for path in sorted(paths))
+    return tuple(s for s in setters if s is not None)
 
 
 @contextlib.contextmanager
@@ -52,15 +50,13 @@ def single_thread_blas():
     """Run the loop's per-step BLAS calls on the calling thread only. They are small (B x H by
     H x G*H), and measured on 2 busy cores OpenBLAS's thread pool made them 3x slower
     (benchmarks/README.md); the setting is per thread and restored on exit."""
-    setter = _openblas_threads_setter()
-    if setter is None:
-        yield
-        return
-    old = setter(1)
+    setters = _openblas_threads_setters()
+    old = [setter(1) for setter in setters]
     try:
         yield
     finally:
-        setter(old)
+        for setter, n in zip(setters, old):
+            setter(n)
 
 
 def _lengths(lengths: Tensor | None, B: int, T: int):
