@@ -1,20 +1,30 @@
 """The `rnnkit` command: train, test, backtest, predict, visualize (and bench), a thin layer over
 :class:`rnnkit.Forecaster`.
 
-Any :class:`~rnnkit.errors.RnnkitError` (a mistake the user can fix) becomes one line
-``error: <message>`` on stderr and exit code 2; any other exception is a bug and keeps its traceback.
+Any :class:`~rnnkit.errors.RnnkitError` (a mistake the user can fix) and any argparse error becomes one
+line ``error: <message>`` on stderr and exit code 2; any other exception is a bug and keeps its
+traceback. Ctrl-C exits 130 (during training, after saving the epoch it finishes).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from .config import CELLS, FILLS, LOSS_STEPS, MODELS, SCALINGS, SCHEDULES, STRATEGIES
-from .errors import RnnkitError
+from .errors import ConfigError, Interrupted, RnnkitError
 
 DEFAULT_RUN = "runs/default"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with rnnkit's error format: one line ``error: ...`` and exit 2, no usage block.
+    Subparsers are made of the same class."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
 
 def _yes_no(text: str) -> bool:
     if text.lower() in ("yes", "true", "1", "on"):
@@ -64,13 +74,15 @@ TRAIN_FLAGS = [
                                           "(default: all, but last for --model custom)"),
     ("--seed", "seed", int, "random seed for weights and shuffling"),
     ("--log-every", "log_every", int, "print the epoch line every N epochs"),
+    ("--checkpoint-every", "checkpoint_every", int, "save a resumable checkpoint every N epochs (default 1; "
+                                                    "also after the last epoch and on Ctrl-C)"),
 ]
 CHOICES = {"fill": FILLS, "strategy": STRATEGIES, "scaling": SCALINGS, "model": MODELS, "cell": CELLS, "schedule": SCHEDULES,
            "loss_steps": LOSS_STEPS}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="rnnkit",
         description="Train, test and plot recurrent forecasters of a time series (the seed's waves or a CSV).",
         epilog="Typical run: rnnkit train --out runs/a && rnnkit test --run runs/a && "
@@ -82,18 +94,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model and write a run directory",
                        description="Train a forecaster and write DIR/model.safetensors, config.json and "
-                                   "history.json. Settings: defaults < --preset < --config FILE.toml < flags.")
+                                   "history.json. Settings: defaults < --preset < --config FILE.toml < flags. "
+                                   "DIR/config.json is written before training and DIR/checkpoint.safetensors "
+                                   "after every --checkpoint-every epochs; a killed or interrupted run "
+                                   "continues with --resume DIR, bitwise as if it had never stopped. Ctrl-C "
+                                   "finishes the current epoch, saves it and exits 130 (twice: at once).")
     p.add_argument("--preset", choices=["seed"], help="seed: the seed's exact setup (CustomRNN, hidden 32, "
                    "Adam 0.01, 100 epochs, batch 32, no scaling, last-step loss)")
     p.add_argument("--config", metavar="FILE.toml", help="TOML file with [data], [model], [train] tables")
     for flag, dest, kind, text in TRAIN_FLAGS:
         p.add_argument(flag, dest=dest, type=kind, choices=CHOICES.get(dest),
                        metavar="{yes,no}" if kind is _yes_no else None if dest in CHOICES else dest.upper(), help=text)
-    p.add_argument("--out", default=DEFAULT_RUN, metavar="DIR", help=f"run directory (default {DEFAULT_RUN})")
+    p.add_argument("--out", metavar="DIR", help=f"run directory (default {DEFAULT_RUN}); refused if it already "
+                   f"holds a run, unless --force")
+    p.add_argument("--force", action="store_true", help="replace the run already in --out (its weights, "
+                   "checkpoint, history, metrics and plots)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint, with the "
+                   "settings in DIR/config.json (no other settings flags)")
     p.add_argument("--threads", type=int, default=1, metavar="N",
                    help="torch CPU threads (default 1: fastest for these small models)")
     p.add_argument("--quiet", action="store_true", help="no epoch lines")
     p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser("import-seed", help="make a run directory from the seed's rnn_custom_model.pth",
+                       description="Load FILE.pth, a CustomRNN state_dict saved by the seed's train.py, with "
+                                   "torch.load(weights_only=True): tensors only, a file holding any other "
+                                   "object is refused, nothing is executed. Write it as a run directory "
+                                   "with the seed's settings (--preset seed, the file's hidden size), for "
+                                   "`rnnkit test` and `rnnkit visualize`.")
+    p.add_argument("pth", metavar="FILE.pth", help="the seed's saved model")
+    p.add_argument("--out", required=True, metavar="DIR", help="run directory to write")
+    p.add_argument("--force", action="store_true", help="replace the run already in --out")
+    p.set_defaults(handler=cmd_import_seed)
 
     p = sub.add_parser("test", help="evaluate a run and the baselines on its test split",
                        description="Print the test MSE (as the seed does), MAE and RMSE in the data's "
@@ -155,18 +187,61 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .config import resolve
     from .data import GENERATORS
     from .forecaster import Forecaster
+    from .runs import HISTORY, WEIGHTS, check_new_run_dir, load_run, read_meta, remove_stale_temp_files
 
-    torch.set_num_threads(max(1, args.threads))
+    torch.set_num_threads(args.threads)
+    log = None if args.quiet else print
     overrides = {dest: getattr(args, dest) for _, dest, _, _ in TRAIN_FLAGS}
-    if overrides["source"] is not None and overrides["source"] not in GENERATORS:  # --data PATH.csv
-        overrides["csv"], overrides["source"] = overrides["source"], "csv"
-    cfg = resolve(args.preset, args.config, **overrides)
-    f = Forecaster(cfg).fit(log=None if args.quiet else print)
-    out = f.save(args.out)
+    try:
+        if args.resume is not None:
+            out = Path(args.resume)
+            given = [flag for flag, dest, _, _ in TRAIN_FLAGS if overrides[dest] is not None]
+            given += [f"--{k}" for k in ("preset", "config", "out", "force") if getattr(args, k)]
+            if given:
+                raise ConfigError(f"--resume continues a run with the settings in its config.json; drop "
+                                  f"{', '.join(given)} (or start a new run with --out)")
+            read_meta(out)
+            if (out / WEIGHTS).exists() and (out / HISTORY).exists():
+                load_run(out)  # checks it
+                print(f"{out} has finished training; nothing to resume")
+                return 0
+            remove_stale_temp_files(out)
+            f = Forecaster.resume(out, log=log)
+        else:
+            if overrides["source"] is not None and overrides["source"] not in GENERATORS:  # --data PATH.csv
+                overrides["csv"], overrides["source"] = overrides["source"], "csv"
+            cfg = resolve(args.preset, args.config, **overrides)
+            out = Path(args.out or DEFAULT_RUN)
+            check_new_run_dir(out, args.force)
+            f = Forecaster(cfg).fit(log=log, run_dir=out, force=args.force)
+    except Interrupted as e:
+        print(f"interrupted after epoch {e.epoch}; its checkpoint is saved in {out} "
+              f"(continue with `rnnkit train --resume {out}`)", file=sys.stderr)
+        return 130
     h = f.history
     print(f"Trained {len(h['epoch'])} epochs in {sum(h['time']):.1f}s (kept epoch {h['best_epoch']}); "
           f"run saved to {out}")
     return 0
+
+
+def cmd_import_seed(args: argparse.Namespace) -> int:
+    from .forecaster import Forecaster
+    from .runs import begin_run, check_new_run_dir
+
+    check_new_run_dir(args.out, args.force)
+    f = Forecaster.from_seed(args.pth)
+    begin_run(args.out, f._meta(), args.force)
+    f.save(args.out)
+    print(f"imported {args.pth} (CustomRNN, hidden size {f.config.model.hidden_size}) into {args.out}")
+    return 0
+
+
+def _weights_note(run: str) -> None:
+    from .runs import weights_source
+
+    note = weights_source(run)
+    if note:
+        print(note, file=sys.stderr)
 
 
 def metrics_table(rows: dict[str, dict]) -> str:
@@ -181,7 +256,9 @@ def cmd_test(args: argparse.Namespace) -> int:
     from .forecaster import Forecaster
     from .runs import METRICS, write_json
 
-    m = Forecaster.load(args.run).evaluate("test", season=args.season, baselines=True)
+    f = Forecaster.load(args.run)
+    _weights_note(args.run)
+    m = f.evaluate("test", season=args.season, baselines=True)
     print(f"Test MSE Loss: {m['mse']:.6f}")
     print(f"Test MAE: {m['mae']:.6f}")
     print(f"Test RMSE: {m['rmse']:.6f}")
@@ -242,6 +319,7 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     from .visualize import plot_loss_curve, plot_predictions
 
     f = Forecaster.load(args.run)
+    _weights_note(args.run)
     true, pred = f.predictions("test")
     written = [plot_predictions(true, pred, Path(args.run) / "predictions_vs_true.png")]
     if f.history:
@@ -260,7 +338,7 @@ def cmd_bench(args: argparse.Namespace, rest: list[str]) -> int:
         if e.name != f"{__package__}.bench":
             raise
         raise RnnkitError("`rnnkit bench` is not available in this version of rnnkit") from None
-    parser = argparse.ArgumentParser(prog="rnnkit bench", description="Speed benchmarks.")
+    parser = Parser(prog="rnnkit bench", description="Speed benchmarks.")
     bench.add_arguments(parser)
     return bench.run(parser.parse_args(rest))
 
@@ -270,11 +348,19 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)  # the rest of the line is bench's to parse
     if rest and args.handler is not cmd_bench:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if getattr(args, "threads", 1) < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
     try:
         return int((args.handler(args, rest) if args.handler is cmd_bench else args.handler(args)) or 0)
     except RnnkitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `rnnkit test | head`: the reader left; not an error of ours
+        sys.stdout = open(os.devnull, "w")
+        return 0
 
 
 if __name__ == "__main__":

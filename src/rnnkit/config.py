@@ -19,6 +19,7 @@ TOML layout (every key optional)::
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -114,10 +115,13 @@ class TrainConfig:
                                   # (recurrent), else "last" (custom)
     seed: int = 0                 # seeds weights and shuffling, for reproducible runs
     log_every: int = 10           # print the seed's "Epoch e/E, Loss: ..., Time: ...s" line every N epochs
+    checkpoint_every: int = 1     # training into a run directory: save a resumable checkpoint every N
+                                  # epochs (and after the last one, and on Ctrl-C)
 
     def validate(self) -> None:
         _at_least("train.epochs", self.epochs, 1)
         _at_least("train.log_every", self.log_every, 1)
+        _at_least("train.checkpoint_every", self.checkpoint_every, 1)
         _at_least("train.patience", self.patience, 0)
         if not self.lr > 0:
             raise ConfigError(f"train.lr must be positive, got {self.lr}")
@@ -136,6 +140,12 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> "RunConfig":
+        for section in SECTIONS:
+            part = getattr(self, section)
+            for f in fields(part):
+                value = getattr(part, f.name)
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise ConfigError(f"{section}.{f.name} must be a finite number, got {value}")
         self.data.validate()
         self.model.validate()
         self.train.validate()

@@ -28,3 +28,12 @@ class RunError(RnnkitError):
 
 class TrainingError(RnnkitError):
     """Training diverged (NaN/inf loss or exploding gradients)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training after a finished epoch, whose checkpoint was saved. A KeyboardInterrupt,
+    so code that does not know rnnkit stops as it would on any Ctrl-C."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__(f"training interrupted after epoch {epoch}")
+        self.epoch = epoch

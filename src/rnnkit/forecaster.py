@@ -36,7 +36,8 @@ from .errors import ConfigError, DataError, RunError, ShapeError
 from .evaluate import backtest as run_backtest
 from .evaluate import metrics, report
 from .models import build_model
-from .runs import begin_run, load_checkpoint, load_run, meta_digest, read_meta, save_checkpoint, save_run
+from .runs import (begin_run, load_checkpoint, load_run, load_seed_checkpoint, meta_digest, read_meta,
+                   save_checkpoint, save_run)
 from .train import fit as train_model
 
 SPLITS = ("train", "val", "test")
@@ -340,6 +341,24 @@ class Forecaster:
         f.model.eval()
         f.history = history
         f.series = f._run_series(directory)
+        return f
+
+    @classmethod
+    def from_seed(cls, path: str | Path) -> "Forecaster":
+        """The seed's trained ``rnn_custom_model.pth`` as a fitted Forecaster with the seed's settings
+        (preset "seed", the file's hidden size); loaded without unpickling any object, see
+        :func:`rnnkit.runs.load_seed_checkpoint`."""
+        model = load_seed_checkpoint(path)
+        if (model.input_size, model.output_size) != (1, 1):
+            raise RunError(f"{path} is a CustomRNN({model.input_size}, {model.hidden_size}, {model.output_size}); the "
+                           f"seed's wave needs input and output size 1 (give the seed's rnn_custom_model.pth)")
+        f = cls(preset="seed", hidden_size=model.hidden_size)
+        f.series = load_series(f.config.data)
+        f.config = dataclasses.replace(f.config, data=resolve_data(f.config.data, f.series))
+        f.scaler = Scaler.fit(f.series.values, f.config.data.scaling)  # "none": the seed does not scale
+        f.model = f._build(1, 1, 1)
+        f.model.load_state_dict(model.state_dict(), strict=True)
+        f.model.eval()
         return f
 
     def _run_series(self, directory: str | Path) -> TableSeries:

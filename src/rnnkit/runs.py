@@ -1,18 +1,30 @@
-"""The run directory: weights, config, history, metrics and plots, written atomically, loaded without pickle.
+"""The run directory: weights, config, checkpoint, history, metrics and plots, written atomically,
+loaded without pickle.
 
-    DIR/model.safetensors   the model's state_dict (safetensors: tensors only, nothing to unpickle)
-    DIR/config.json         {"rnnkit_version", "config": RunConfig as a dict, "scaler": {...}, "io": {...}}
-    DIR/history.json        the training history (per-epoch losses, lr, time)
-    DIR/metrics.json        written by `rnnkit test`
-    DIR/*.png               written by `rnnkit visualize`
+    DIR/config.json             {"rnnkit_version", "config": RunConfig as a dict, "scaler": {...}, "io": {...}};
+                                written first, before training starts
+    DIR/checkpoint.safetensors  the latest resumable training state (see :mod:`rnnkit.train`): weights,
+                                optimizer, schedule and RNG states as tensors, the rest as JSON in the
+                                safetensors header; replaced after every ``checkpoint_every`` epochs
+    DIR/model.safetensors       the trained model's state_dict (safetensors: tensors only, nothing to unpickle)
+    DIR/history.json            the training history (per-epoch losses, lr, time)
+    DIR/metrics.json            written by `rnnkit test`
+    DIR/*.png                   written by `rnnkit visualize`
 
 Every file is written to a temporary file in DIR, fsynced and renamed over the target, so a crash
-never leaves a half-written file under a final name.
+never leaves a half-written file under a final name, and a checkpoint is one file, so it is never a
+mix of two epochs. The weights and the checkpoint record the SHA-256 of config.json's content: a
+config.json edited or replaced after training is refused instead of silently mismatching the weights.
+
+A run killed before it finished has no model.safetensors yet: loading it takes the weights training
+would keep if it ended at the last checkpoint (the best validation epoch so far, else the latest).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -22,8 +34,12 @@ from .errors import RunError
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+CHECKPOINT = "checkpoint.safetensors"
 HISTORY = "history.json"
 METRICS = "metrics.json"
+PLOTS = ("predictions_vs_true.png", "loss_curve.png")
+# What `train --force` removes from a run directory before starting over: the files of the old run.
+RUN_FILES = (CONFIG, CHECKPOINT, WEIGHTS, HISTORY, METRICS, "series.csv") + PLOTS  # series.csv: a CSV run's data
 
 
 def _file_mode() -> int:
@@ -38,8 +54,11 @@ _FILE_MODE = _file_mode()
 def write_bytes(path: str | Path, data: bytes) -> None:
     """Atomically replace ``path`` with ``data`` (temp file in the same directory, fsync, rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise RunError(f"cannot write {path}: {e.strerror or e} (choose a writable directory)") from None
     try:
         os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; give the file the mode open() would
         with os.fdopen(fd, "wb") as f:
@@ -47,6 +66,9 @@ def write_bytes(path: str | Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise RunError(f"cannot write {path}: {e.strerror or e} (check the free space and permissions)") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -61,42 +83,255 @@ def read_json(path: str | Path) -> Any:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise RunError(f"{path} is missing; is {path.parent} a run directory made by `rnnkit train --out`?") from None
+        raise RunError(f"{path} is missing (is {path.parent} a run directory made by `rnnkit train --out`?)") from None
     except (OSError, ValueError) as e:
-        raise RunError(f"cannot read {path}: {e}; retrain with `rnnkit train --out {path.parent}`") from None
+        raise RunError(f"cannot read {path}: {e} (retrain with `rnnkit train --out {path.parent} --force`)") from None
 
+
+def meta_digest(meta: dict) -> str:
+    """SHA-256 of a run's config.json content, independent of its formatting."""
+    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
+
+
+# ---- starting and checkpointing a training run ---------------------------------------------------
+
+def holds_run(directory: Path) -> bool:
+    return any((directory / name).exists() for name in (CONFIG, CHECKPOINT, WEIGHTS))
+
+
+def check_new_run_dir(directory: str | Path, force: bool = False) -> None:
+    """Refuse an --out that cannot become a new run without writing anything: a file, a run already
+    there (unless ``force``), a path under a file or in a directory we cannot write to."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise RunError(f"--out {directory} is a file, not a directory (choose another --out)")
+    if directory.is_dir() and holds_run(directory) and not force:
+        raise RunError(f"{directory} already holds a run (continue it with `rnnkit train --resume {directory}`, "
+                       f"or replace it with --force)")
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RunError(f"cannot create --out {directory}: {existing} is a file (choose another --out)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunError(f"cannot write to --out {directory}: {existing} is not writable (choose another --out)")
+
+
+def begin_run(directory: str | Path, meta: dict, force: bool = False) -> None:
+    """Make ``directory`` a fresh run: check it, remove an old run's files (``force``), write config.json."""
+    directory = Path(directory)
+    check_new_run_dir(directory, force)
+    if force:
+        for name in RUN_FILES:
+            (directory / name).unlink(missing_ok=True)
+    write_json(directory / CONFIG, meta)
+
+
+def save_checkpoint(directory: str | Path, meta: dict, tensors: dict, state: dict) -> None:
+    """Replace DIR/checkpoint.safetensors with one training state (see :func:`rnnkit.train.fit`)."""
+    from safetensors.torch import save
+
+    flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    header = {"rnnkit": "checkpoint", "config_sha256": meta_digest(meta), "state": json.dumps(state)}
+    write_bytes(Path(directory) / CHECKPOINT, save(flat, metadata=header))
+
+
+def load_checkpoint(directory: str | Path, meta: dict | None = None) -> tuple[dict, dict] | None:
+    """(tensors, state) of DIR/checkpoint.safetensors, or None when there is none. It must belong to
+    ``meta`` (default: DIR/config.json's content)."""
+    directory = Path(directory)
+    path = directory / CHECKPOINT
+    if not path.exists():
+        return None
+    meta = read_meta(directory) if meta is None else meta
+    tensors, header = _load_safetensors(path)
+    try:
+        if header.get("rnnkit") != "checkpoint":
+            raise ValueError("no rnnkit checkpoint header")
+        state = json.loads(header["state"])
+        loop, hist = state["loop"], state["history"]
+        epoch = loop["epoch"]
+        if not (isinstance(epoch, int) and epoch >= 1 and hist["epoch"] == list(range(1, epoch + 1))):
+            raise ValueError(f"epoch {epoch!r} disagrees with its history")
+        if any(len(hist[k]) != epoch for k in ("train_loss", "val_loss", "lr", "time")):
+            raise ValueError("its history is incomplete")
+    except (KeyError, TypeError, ValueError) as e:
+        raise RunError(f"{path} is damaged ({e}); delete it to train {directory} from the start, "
+                       f"or retrain with --force") from None
+    if header.get("config_sha256") != meta_digest(meta):
+        raise RunError(f"{path} does not belong to {directory / CONFIG} (it was edited or replaced); "
+                       f"restore it, or retrain with `rnnkit train --out {directory} --force`")
+    return tensors, state
+
+
+def remove_stale_temp_files(directory: str | Path) -> None:
+    """Delete the temporary files of writes a killed process never finished (they are never read)."""
+    for path in Path(directory).glob(".*.tmp"):
+        if any(path.name.startswith(f".{name}.") for name in RUN_FILES):
+            path.unlink(missing_ok=True)
+
+
+# ---- finished runs -------------------------------------------------------------------------------
 
 def save_run(directory: str | Path, state_dict: dict, meta: dict, history: dict | None = None) -> Path:
-    """Write weights, config.json (``meta``) and history.json into ``directory``; returns it."""
+    """Write config.json (``meta``), the weights and history.json into ``directory``; returns it."""
     from safetensors.torch import save
 
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
-        raise RunError(f"--out {directory} exists and is not a directory")
+        raise RunError(f"--out {directory} is a file, not a directory (choose another --out)")
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    write_bytes(directory / WEIGHTS, save(tensors))
     write_json(directory / CONFIG, meta)
+    write_bytes(directory / WEIGHTS, save(tensors, metadata={"config_sha256": meta_digest(meta)}))
     if history is not None:
         write_json(directory / HISTORY, history)
     return directory
 
 
+def read_meta(directory: str | Path) -> dict:
+    """config.json of a run directory, checked to be one."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise RunError(f"run directory {directory} does not exist (train one with `rnnkit train --out {directory}`)")
+    if not (directory / CONFIG).exists():
+        what = "is empty" if not any(directory.iterdir()) else "has no config.json"
+        raise RunError(f"{directory} {what}, so it is not a run directory (train one with "
+                       f"`rnnkit train --out {directory}`)")
+    meta = read_json(directory / CONFIG)
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise RunError(f"{directory / CONFIG} is not an rnnkit run config (no 'config' table); "
+                       f"retrain with `rnnkit train --out {directory} --force`")
+    _check_meta(directory, meta)
+    return meta
+
+
 def load_run(directory: str | Path) -> tuple[dict, dict, dict | None]:
-    """(meta from config.json, state_dict, history or None) of a run directory; nothing is unpickled."""
+    """(meta from config.json, state_dict, history or None) of a run directory; nothing is unpickled.
+
+    Without model.safetensors (training was stopped before the end) the weights come from the last
+    checkpoint: those training would keep if it ended there."""
+    directory = Path(directory)
+    meta = read_meta(directory)
+    history = read_json(directory / HISTORY) if (directory / HISTORY).exists() else None
+    if (directory / WEIGHTS).exists():
+        state, header = _load_safetensors(directory / WEIGHTS)
+        recorded = header.get("config_sha256")
+        if recorded is not None and recorded != meta_digest(meta):
+            raise RunError(f"the weights in {directory} do not match its config.json (it was edited or replaced "
+                           f"after training); restore it, or retrain with `rnnkit train --out {directory} --force`")
+    else:
+        ckpt = load_checkpoint(directory, meta)
+        if ckpt is None:
+            raise RunError(f"{directory / WEIGHTS} is missing and there is no checkpoint (training stopped before "
+                           f"its first epoch ended); continue with `rnnkit train --resume {directory}`")
+        tensors, ck_state = ckpt
+        prefix = "best." if ck_state.get("has_best") else "model."
+        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        history = history if history is not None else ck_state["history"]
+    _check_finite(directory, state)
+    return meta, state, history
+
+
+def weights_source(directory: str | Path) -> str | None:
+    """None for a finished run; else a note saying which checkpoint's weights load_run used."""
+    directory = Path(directory)
+    if (directory / WEIGHTS).exists() or not (directory / CHECKPOINT).exists():
+        return None
+    _, state = load_checkpoint(directory)
+    epoch = state["loop"]["epoch"]
+    return (f"note: {directory} has no {WEIGHTS} yet (training did not finish); using its checkpoint of epoch "
+            f"{epoch} (finish it with `rnnkit train --resume {directory}`)")
+
+
+def _load_safetensors(path: Path) -> tuple[dict, dict]:
+    """(tensors, header metadata) of a safetensors file; anything else is a RunError, never unpickled."""
     from safetensors import SafetensorError
     from safetensors.torch import load
 
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise RunError(f"run directory {directory} does not exist; train one with `rnnkit train --out {directory}`")
-    meta = read_json(directory / CONFIG)
-    if not isinstance(meta, dict) or "config" not in meta:
-        raise RunError(f"{directory / CONFIG} is not an rnnkit run config (no 'config' key)")
     try:
-        state = load((directory / WEIGHTS).read_bytes())
-    except FileNotFoundError:
-        raise RunError(f"{directory / WEIGHTS} is missing; retrain with `rnnkit train --out {directory}`") from None
-    except SafetensorError as e:
-        raise RunError(f"{directory / WEIGHTS} is not a valid safetensors file ({e}); retrain the run") from None
-    history = read_json(directory / HISTORY) if (directory / HISTORY).exists() else None
-    return meta, state, history
+        data = path.read_bytes()
+        tensors = load(data)  # validates the header and every tensor's extent
+        n = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + n]).get("__metadata__") or {}
+    except OSError as e:
+        raise RunError(f"cannot read {path}: {e.strerror or e} (check the path)") from None
+    except (SafetensorError, ValueError) as e:
+        raise RunError(f"{path} is not a valid safetensors file ({e}); rnnkit never unpickles weights, so "
+                       f"retrain the run") from None
+    return tensors, header
+
+
+def _check_meta(directory: Path, meta: dict) -> None:
+    """The parts of config.json the config classes do not check: sizes and the scaler."""
+    where = f"{directory / CONFIG}"
+    try:
+        io, scaler = meta["io"], meta["scaler"]
+        for key in ("input_size", "output_size", "n_targets"):
+            if not (isinstance(io[key], int) and not isinstance(io[key], bool) and io[key] >= 1):
+                raise ValueError(f"io.{key} must be a positive integer, got {io[key]!r}")
+        mean, std = scaler["mean"], scaler["std"]
+        if not (isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std) >= 1):
+            raise ValueError("scaler.mean and scaler.std must be lists of the same length")
+        for v in mean + std:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"the scaler holds {v!r}, not a finite number")
+        if any(v <= 0 for v in std):
+            raise ValueError("scaler.std must be positive")
+    except (KeyError, TypeError, ValueError) as e:
+        raise RunError(f"{where} is not a valid rnnkit run config ({e}); retrain with "
+                       f"`rnnkit train --out {directory} --force`") from None
+
+
+def _check_finite(directory: Path, state: dict) -> None:
+    import torch
+
+    for name, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise RunError(f"the weights in {directory} hold NaN or inf ({name}); retrain the run")
+
+
+# ---- the seed's .pth -----------------------------------------------------------------------------
+
+SEED_KEYS = ("W_ih", "W_hh", "W_ho", "bias_h", "bias_o")
+
+
+def load_seed_checkpoint(path: str | Path):
+    """The seed's ``rnn_custom_model.pth`` (a CustomRNN state_dict) as an :class:`rnnkit.CustomRNN`.
+
+    Loaded with ``torch.load(weights_only=True)``: tensors and plain containers only. A file holding
+    any other object (which a full unpickle could run as code) is refused with a RunError."""
+    import pickle
+
+    import torch
+
+    from .models import CustomRNN
+
+    path = Path(path)
+    if not path.is_file():
+        raise RunError(f"{path} does not exist or is not a file (give the seed's rnn_custom_model.pth)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise RunError(f"refused to load {path}: it holds objects other than tensors, and unpickling them "
+                       f"could run code (save a plain state_dict: torch.save(model.state_dict(), PATH))") from None
+    except (RuntimeError, EOFError, ValueError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RunError(f"{path} is not a PyTorch checkpoint ({first[:200]}); give the seed's "
+                       f"rnn_custom_model.pth") from None
+    if not isinstance(state, dict) or set(state) != set(SEED_KEYS) or \
+            not all(isinstance(state[k], torch.Tensor) for k in SEED_KEYS):
+        keys = sorted(map(str, state)) if isinstance(state, dict) else type(state).__name__
+        raise RunError(f"{path} is not a CustomRNN state_dict (expected tensors {', '.join(SEED_KEYS)}, got "
+                       f"{keys}); give the seed's rnn_custom_model.pth")
+    W_ih, W_ho = state["W_ih"], state["W_ho"]
+    if W_ih.dim() != 2 or W_ho.dim() != 2:
+        raise RunError(f"{path}: W_ih and W_ho must be matrices, got shapes {tuple(W_ih.shape)} and "
+                       f"{tuple(W_ho.shape)}")
+    model = CustomRNN(W_ih.shape[0], W_ih.shape[1], W_ho.shape[1])
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[-1].strip()
+        raise RunError(f"{path} is not a consistent CustomRNN state_dict ({first})") from None
+    _check_finite(path, model.state_dict())
+    return model.eval()

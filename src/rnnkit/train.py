@@ -1,23 +1,41 @@
-"""The training loop: Adam, a learning-rate schedule, gradient clipping, early stopping, seeds.
+"""The training loop: Adam, a learning-rate schedule, gradient clipping, early stopping, seeds,
+checkpoints and resume.
 
 Every ``log_every`` epochs it prints the seed's line ``Epoch 10/100, Loss: 0.095100, Time: 0.04s``
 where Loss is the mean of that epoch's batch losses and Time that epoch's seconds (plus
 ``, Val Loss: ...`` when there is a validation part). A tqdm bar shows progress on a terminal.
+
+A *checkpoint* is everything the loop needs to go on as if it had never stopped: the weights, the
+optimizer's and the schedule's state, every random generator (torch's, the training loader's shuffling
+generator, Python's and numpy's), the epoch, the history and the early-stopping state. It is a pair
+(tensors, state): ``tensors`` a flat dict of tensors, ``state`` JSON-able. Resuming from the checkpoint
+of epoch e gives bitwise the same final weights as an uninterrupted run (on CPU).
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import random
+import signal
+import sys
+import threading
 import time
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from .config import TrainConfig
-from .errors import TrainingError
+from .errors import Interrupted, RunError, TrainingError
+
+Checkpoint = tuple[dict[str, Tensor], dict]
+
+# A pre-clipping gradient norm above this means training is diverging, whatever the clipping.
+EXPLODING_GRAD_NORM = 1e6
 
 
 def next_step_targets(x: Tensor, y: Tensor, target_cols: tuple[int, ...] | None = None) -> Tensor:
@@ -49,67 +67,79 @@ def mean_loss(model: nn.Module, loader: DataLoader) -> float:
 
 
 def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | None, cfg: TrainConfig,
-        log: Callable[[str], None] | None = print, progress: bool | None = None) -> dict:
+        log: Callable[[str], None] | None = print, progress: bool | None = None,
+        checkpoint: Callable[[dict[str, Tensor], dict], None] | None = None,
+        resume: Checkpoint | None = None) -> dict:
     """Train ``model`` in place and return its history.
 
     Early stopping (cfg.patience > 0 and a validation loader) restores the weights of the best
     validation epoch. The plateau schedule watches the validation loss (the training loss without
     one). ``progress``: tqdm bar on stderr; None shows it only on a terminal.
 
+    ``checkpoint(tensors, state)`` is called every ``cfg.checkpoint_every`` epochs, after the last
+    epoch, and after the epoch in which Ctrl-C was pressed (in the main thread): that epoch is finished
+    and saved, then :class:`~rnnkit.errors.Interrupted` is raised; a second Ctrl-C stops at once.
+    ``resume``: a checkpoint to continue from (the model and loaders must be built as for the first run).
+
+    A NaN/inf loss or an exploding gradient norm raises TrainingError; the checkpoints already
+    written are those of healthy epochs.
+
     History: epoch, train_loss (mean batch loss), val_loss (or None), lr, time (per epoch, s),
     best_epoch, stopped_early.
     """
     from tqdm.auto import tqdm
 
-    torch.manual_seed(cfg.seed)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = _scheduler(opt, cfg)
-    hist: dict = {"epoch": [], "train_loss": [], "val_loss": [], "lr": [], "time": [],
-                  "best_epoch": None, "stopped_early": False}
-    best, best_state, bad = math.inf, None, 0
-    bar = tqdm(range(1, cfg.epochs + 1), desc="train", unit="epoch", leave=False,
+    shuffle = getattr(train_loader, "generator", None)
+    if resume is None:
+        torch.manual_seed(cfg.seed)
+        hist: dict = {"epoch": [], "train_loss": [], "val_loss": [], "lr": [], "time": [],
+                      "best_epoch": None, "stopped_early": False}
+        loop = {"epoch": 0, "best": math.inf, "bad": 0}
+        best_state = None
+    else:
+        hist, loop, best_state = _restore(resume, model, opt, sched, shuffle)
+    done = loop["epoch"] >= cfg.epochs or hist["stopped_early"]
+    bar = tqdm(total=cfg.epochs, initial=loop["epoch"], desc="train", unit="epoch", leave=False,
                disable=(not progress) if progress is not None else None)
-    for epoch in bar:
-        t0 = time.perf_counter()
-        model.train()
-        losses = []
-        for x, y in train_loader:
-            loss = batch_loss(model, x, y, cfg.loss_steps)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"the training loss became {loss.item()} at epoch {epoch}; "
-                                    f"lower --lr (now {cfg.lr}) or keep gradient clipping on")
-            opt.zero_grad()
-            loss.backward()
-            if cfg.clip_grad_norm:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
-            opt.step()
-            losses.append(loss.item())
-        train_loss = sum(losses) / len(losses)
-        val_loss = mean_loss(model, val_loader) if val_loader is not None else None
-        lr = opt.param_groups[0]["lr"]
-        watched = val_loss if val_loss is not None else train_loss
-        if sched is not None:
-            sched.step(watched) if cfg.schedule == "plateau" else sched.step()
-        seconds = time.perf_counter() - t0
-        for k, v in zip(("epoch", "train_loss", "val_loss", "lr", "time"),
-                        (epoch, train_loss, val_loss, lr, seconds)):
-            hist[k].append(v)
-        bar.set_postfix(loss=f"{train_loss:.5f}", **({"val": f"{val_loss:.5f}"} if val_loss is not None else {}))
-        if log is not None and epoch % cfg.log_every == 0:
-            line = f"Epoch {epoch}/{cfg.epochs}, Loss: {train_loss:.6f}, Time: {seconds:.2f}s"
+    with _ctrl_c_finishes_the_epoch(enabled=checkpoint is not None) as ctrl_c:
+        for epoch in range(loop["epoch"] + 1, cfg.epochs + 1) if not done else ():
+            t0 = time.perf_counter()
+            train_loss = _train_epoch(model, train_loader, opt, cfg, epoch)
+            val_loss = mean_loss(model, val_loader) if val_loader is not None else None
+            lr = opt.param_groups[0]["lr"]
+            watched = val_loss if val_loss is not None else train_loss
+            if sched is not None:
+                sched.step(watched) if cfg.schedule == "plateau" else sched.step()
+            seconds = time.perf_counter() - t0
+            for k, v in zip(("epoch", "train_loss", "val_loss", "lr", "time"),
+                            (epoch, train_loss, val_loss, lr, seconds)):
+                hist[k].append(v)
+            bar.update()
+            bar.set_postfix(loss=f"{train_loss:.5f}", **({"val": f"{val_loss:.5f}"} if val_loss is not None else {}))
+            if log is not None and epoch % cfg.log_every == 0:
+                line = f"Epoch {epoch}/{cfg.epochs}, Loss: {train_loss:.6f}, Time: {seconds:.2f}s"
+                if val_loss is not None:
+                    line += f", Val Loss: {val_loss:.6f}"
+                with tqdm.external_write_mode():  # print above the bar, not through it
+                    log(line)
             if val_loss is not None:
-                line += f", Val Loss: {val_loss:.6f}"
-            with tqdm.external_write_mode():  # print above the bar, not through it
-                log(line)
-        if val_loss is not None:
-            if val_loss < best:
-                best, bad, hist["best_epoch"] = val_loss, 0, epoch
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                bad += 1
-                if cfg.patience and bad >= cfg.patience:
-                    hist["stopped_early"] = True
-                    break
+                if val_loss < loop["best"]:
+                    loop["best"], loop["bad"], hist["best_epoch"] = val_loss, 0, epoch
+                    best_state = copy.deepcopy(model.state_dict())
+                else:
+                    loop["bad"] += 1
+                    hist["stopped_early"] = bool(cfg.patience and loop["bad"] >= cfg.patience)
+            loop["epoch"] = epoch
+            last = epoch == cfg.epochs or hist["stopped_early"]
+            if checkpoint is not None and (epoch % cfg.checkpoint_every == 0 or last or ctrl_c.pressed):
+                checkpoint(*_capture(model, opt, sched, shuffle, hist, loop, best_state))
+            if ctrl_c.pressed and not last:
+                bar.close()
+                raise Interrupted(epoch)
+            if hist["stopped_early"]:
+                break
     bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
@@ -117,9 +147,135 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | Non
         hist["best_epoch"] = hist["epoch"][-1]
     if log is not None and hist["stopped_early"]:
         log(f"Stopped early at epoch {hist['epoch'][-1]}; kept epoch {hist['best_epoch']} "
-            f"(best validation loss {best:.6f})")
+            f"(best validation loss {loop['best']:.6f})")
     model.eval()
     return hist
+
+
+def _train_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer, cfg: TrainConfig,
+                 epoch: int) -> float:
+    """One pass over the training windows; the mean batch loss. Stops on a NaN/inf loss or gradient."""
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    losses = []
+    for x, y in loader:
+        loss = batch_loss(model, x, y, cfg.loss_steps)
+        if not torch.isfinite(loss):
+            raise TrainingError(f"the training loss became {loss.item()} at epoch {epoch} (lower --lr, now "
+                                f"{cfg.lr}, or keep gradient clipping on, e.g. --clip-grad-norm 1)")
+        opt.zero_grad()
+        loss.backward()
+        if cfg.clip_grad_norm:
+            norm = nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm)
+        else:
+            norm = nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        if not torch.isfinite(norm) or norm > EXPLODING_GRAD_NORM:
+            raise TrainingError(f"the gradient norm exploded to {norm.item():.3g} at epoch {epoch} (lower --lr, "
+                                f"now {cfg.lr}, or clip gradients, e.g. --clip-grad-norm 1)")
+        opt.step()
+        losses.append(loss.item())
+    return sum(losses) / len(losses)
+
+
+# ---- checkpoints -----------------------------------------------------------------------------------
+
+def _capture(model: nn.Module, opt: torch.optim.Optimizer, sched, shuffle: torch.Generator | None,
+             hist: dict, loop: dict, best_state: dict | None) -> Checkpoint:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    if best_state is not None:
+        tensors.update({f"best.{k}": v for k, v in best_state.items()})
+    o = opt.state_dict()
+    scalars: dict = {}
+    for i, entry in o["state"].items():
+        for k, v in entry.items():
+            if isinstance(v, Tensor):
+                tensors[f"optim.{i}.{k}"] = v
+            else:
+                scalars.setdefault(str(i), {})[k] = v
+    tensors["rng.torch"] = torch.get_rng_state()
+    if shuffle is not None:
+        tensors["rng.shuffle"] = shuffle.get_state()
+    np_state = np.random.get_state()
+    state = {
+        "loop": dict(loop), "history": hist, "has_best": best_state is not None,
+        "optimizer": {"param_groups": o["param_groups"], "scalars": scalars},
+        "scheduler": sched.state_dict() if sched is not None else None,
+        "rng": {"python": random.getstate(), "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]},
+    }
+    return tensors, state
+
+
+def _restore(ckpt: Checkpoint, model: nn.Module, opt: torch.optim.Optimizer, sched,
+             shuffle: torch.Generator | None) -> tuple[dict, dict, dict | None]:
+    """Put a checkpoint's state into the model, optimizer, schedule and generators; returns
+    (history, loop counters, best weights or None). A checkpoint that does not fit raises RunError."""
+    tensors, state = ckpt
+    try:
+        model.load_state_dict(_section(tensors, "model"), strict=True)
+        best_state = _section(tensors, "best") if state["has_best"] else None
+        if best_state is not None:
+            model.load_state_dict(best_state, strict=True)  # checks it; the current weights go back next
+            model.load_state_dict(_section(tensors, "model"), strict=True)
+        o = state["optimizer"]
+        per_param: dict = {}
+        for key, v in _section(tensors, "optim").items():
+            i, k = key.split(".", 1)
+            per_param.setdefault(int(i), {})[k] = v
+        for i, entry in o["scalars"].items():
+            per_param.setdefault(int(i), {}).update(entry)
+        groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in o["param_groups"]]
+        opt.load_state_dict({"state": per_param, "param_groups": groups})
+        if (sched is None) != (state["scheduler"] is None):
+            raise ValueError("the checkpoint's schedule differs from the config's")
+        if sched is not None:
+            sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(tensors["rng.torch"])
+        if shuffle is not None:
+            shuffle.set_state(tensors["rng.shuffle"])
+        py, npy = state["rng"]["python"], state["rng"]["numpy"]
+        random.setstate((py[0], tuple(py[1]), py[2]))
+        np.random.set_state((npy[0], np.asarray(npy[1], dtype=np.uint32), *npy[2:]))
+        loop = {k: state["loop"][k] for k in ("epoch", "best", "bad")}
+        hist = state["history"]
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RunError(f"the checkpoint does not fit this run ({first}); retrain without --resume") from None
+    return hist, loop, best_state
+
+
+def _section(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    n = len(prefix) + 1
+    return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
+class _CtrlC:
+    pressed = False
+
+
+@contextmanager
+def _ctrl_c_finishes_the_epoch(enabled: bool) -> Iterator[_CtrlC]:
+    """While enabled (and in the main thread): the first Ctrl-C only sets ``pressed``, so the loop can
+    finish its epoch and save it; a second Ctrl-C raises KeyboardInterrupt at once, as usual."""
+    flag = _CtrlC()
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.SIG_IGN:  # e.g. started with nohup: leave it ignored
+        yield flag
+        return
+
+    def first_press(signum, frame):
+        flag.pressed = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        print("\nCtrl-C: finishing this epoch and saving a checkpoint (Ctrl-C again to stop now)",
+              file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGINT, first_press)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig):
