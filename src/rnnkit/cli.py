@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from .config import CELLS, FILLS, LOSS_STEPS, MODELS, SCALINGS, SCHEDULES, STRATEGIES
+from .config import CSV_PRESET, CELLS, FILLS, LOSS_STEPS, MODELS, SCALINGS, SCHEDULES, STRATEGIES
 from .errors import ConfigError, Interrupted, RnnkitError
 
 DEFAULT_RUN = "runs/default"
@@ -99,8 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "after every --checkpoint-every epochs; a killed or interrupted run "
                                    "continues with --resume DIR, bitwise as if it had never stopped. Ctrl-C "
                                    "finishes the current epoch, saves it and exits 130 (twice: at once).")
-    p.add_argument("--preset", choices=["seed"], help="seed: the seed's exact setup (CustomRNN, hidden 32, "
-                   "Adam 0.01, 100 epochs, batch 32, no scaling, last-step loss)")
+    p.add_argument("--preset", choices=["seed", CSV_PRESET], help="seed: the seed's exact setup (CustomRNN, "
+                   "hidden 32, Adam 0.01, 100 epochs, batch 32, no scaling, last-step loss); csv (the default for "
+                   "--data PATH.csv): --scaling auto (log for a positive series), --lr 0.001, --loss-steps last, "
+                   "and the head's linear skip starts at the ridge fit of the training windows")
     p.add_argument("--config", metavar="FILE.toml", help="TOML file with [data], [model], [train] tables")
     for flag, dest, kind, text in TRAIN_FLAGS:
         p.add_argument(flag, dest=dest, type=kind, choices=CHOICES.get(dest),
@@ -208,9 +210,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             remove_stale_temp_files(out)
             f = Forecaster.resume(out, log=log)
         else:
+            preset = args.preset
             if overrides["source"] is not None and overrides["source"] not in GENERATORS:  # --data PATH.csv
                 overrides["csv"], overrides["source"] = overrides["source"], "csv"
-            cfg = resolve(args.preset, args.config, **overrides)
+                preset = preset or CSV_PRESET
+            cfg = resolve(preset, args.config, **overrides)
             out = Path(args.out or DEFAULT_RUN)
             check_new_run_dir(out, args.force)
             f = Forecaster(cfg).fit(log=log, run_dir=out, force=args.force)

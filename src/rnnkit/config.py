@@ -27,7 +27,7 @@ from typing import Any
 from .errors import ConfigError
 
 SOURCES = ("combined", "sine", "csv")
-SCALINGS = ("standard", "log", "none")
+SCALINGS = ("standard", "log", "auto", "none")
 FILLS = ("none", "interpolate", "ffill")
 STRATEGIES = ("direct", "recursive")
 MODELS = ("recurrent", "custom")
@@ -57,7 +57,9 @@ class DataConfig:
     train_ratio: float = 0.8      # first 80% of the windows train (plus validation), the rest test (seed)
     val_ratio: float = 0.1        # this share of the training windows, taken from their end, validates
     batch_size: int = 16          # more, smaller steps learn the jumps sooner (seed: 32)
-    scaling: str = "standard"     # "standard" (mean/std fit on the training part only) or "none" (seed)
+    scaling: str = "standard"     # "standard" (mean/std fit on the training part only), "log" (standard on
+                                  # log values), "auto" (log if the series is positive, else standard) or
+                                  # "none" (seed)
 
     def validate(self) -> None:
         _choice("data.source", self.source, SOURCES)
@@ -86,10 +88,14 @@ class ModelConfig:
     num_layers: int = 1           # stacked recurrent layers (recurrent only)
     dropout: float = 0.0          # between stacked layers, as torch.nn (recurrent only)
     residual: bool = True         # the head predicts the change from the last input value (recurrent only)
+    linear_skip: str = "auto"     # "yes": the head adds a linear autoregression over the window, ridge-fit
+                                  # before training (the network learns what it misses); "auto": yes for
+                                  # a CSV series, no for the waves; "no" (recurrent only)
 
     def validate(self) -> None:
         _choice("model.model", self.model, MODELS)
         _choice("model.cell", self.cell, CELLS)
+        _choice("model.linear_skip", self.linear_skip, ("auto", "yes", "no"))
         _at_least("model.hidden_size", self.hidden_size, 1)
         _at_least("model.num_layers", self.num_layers, 1)
         if not 0 <= self.dropout < 1:
@@ -195,6 +201,12 @@ _CLASSES = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 FIELD_SECTION = {f.name: s for s, c in _CLASSES.items() for f in fields(c)}
 assert len(FIELD_SECTION) == sum(len(fields(c)) for c in _CLASSES.values()), "field names must be unique"
 
+# A real series read from a CSV or a DataFrame (applied by `rnnkit train --data FILE.csv` and
+# Forecaster.fit(table) unless a preset or config is given; flags and settings override it): log scaling
+# where the series is positive, and the network trained slowly on the last step, from the ridge fit of
+# its linear skip. Measured on the airline series (benchmarks/examples_table.py).
+CSV_PRESET = "csv"
+
 # The seed's exact setup: CustomRNN(1, 32, 1), Adam 0.01, 100 epochs, batch 32, no scaling, no
 # validation, the last step's loss only, constant lr, no clipping, no early stopping.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
@@ -204,6 +216,10 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "model": {"model": "custom", "hidden_size": 32, "num_layers": 1, "dropout": 0.0, "residual": False},
         "train": {"epochs": 100, "lr": 0.01, "weight_decay": 0.0, "schedule": "none",
                   "clip_grad_norm": 0.0, "patience": 0, "loss_steps": "last"},
+    },
+    CSV_PRESET: {
+        "data": {"scaling": "auto"},
+        "train": {"lr": 0.001, "loss_steps": "last"},
     },
 }
 

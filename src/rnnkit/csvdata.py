@@ -118,7 +118,9 @@ def frame_series(df: Any, target: str | list = "", features: str | list = "", ti
             raise DataError(f"time column {time_col!r} of {where} does not increase at {at(back)}; "
                             f"sort the rows by time and drop repeated times")
         time = t.to_numpy()
-        freq = pd.infer_freq(t) if len(t) >= 3 else None
+        with pd.option_context("future.infer_freq_returns_offset", True):
+            offset = pd.infer_freq(t) if len(t) >= 3 else None
+        freq = offset.freqstr if offset is not None else None
 
     values = {}
     for c in cols:

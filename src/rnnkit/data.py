@@ -75,7 +75,10 @@ def resolve_data(cfg: DataConfig, series: TableSeries) -> DataConfig:
     if cfg.strategy == "recursive" and series.n_targets != series.values.shape[1]:
         raise ConfigError("--strategy recursive feeds its forecasts back as inputs, so every input must be a "
                           "target; drop --features or use --strategy direct")
-    return replace(cfg, season=season, seq_length=seq_length)
+    scaling = cfg.scaling
+    if scaling == "auto":
+        scaling = "log" if np.all(series.values > 0) else "standard"
+    return replace(cfg, season=season, seq_length=seq_length, scaling=scaling)
 
 
 # ---- split ---------------------------------------------------------------------------------------

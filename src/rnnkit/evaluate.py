@@ -82,20 +82,24 @@ def ridge_predict(w: np.ndarray, x: np.ndarray) -> np.ndarray:
     return x @ w[:-1] + w[-1]
 
 
-def linear_ar(train: tuple, val: tuple, test_x: np.ndarray) -> tuple[np.ndarray, float]:
-    """Ridge autoregression on flattened windows: train/val (x (N, S, F), y (N, H, T)) scaled. The
-    penalty with the lowest validation MSE (or 1e-2 without validation windows). -> (test prediction
-    (W, H, T) scaled, alpha)."""
-    flat = lambda a: np.asarray(a, dtype=np.float64).reshape(len(a), -1)  # noqa: E731
-    (xt, yt), (xv, yv) = train, val
-    H, T = yt.shape[1:]
+def ridge_ar(train: Any, val: Any, residual: bool = False) -> tuple[np.ndarray, float]:
+    """Ridge autoregression on flattened windows: train/val are datasets of scaled windows (x (N, S, F),
+    y (N, H, T)). The penalty with the lowest validation MSE (1e-2 without validation windows).
+    residual=True fits y minus the window's last target values (the recurrent head's residual form).
+    -> (weights (S*F + 1, H*T), the last row the intercept; alpha)."""
+    def xy(ds):
+        x, y = (t.double().numpy() for t in ds.tensors)
+        if residual:
+            y = y - x[:, -1:, :y.shape[2]]
+        return x.reshape(len(x), -1), y.reshape(len(y), -1)
+
+    (xt, yt) = xy(train)
     alpha = 1e-2
-    if len(xv):
-        errors = [np.mean((ridge_predict(ridge_fit(flat(xt), flat(yt), a), flat(xv)) - flat(yv)) ** 2)
-                  for a in RIDGE_ALPHAS]
+    if len(val):
+        xv, yv = xy(val)
+        errors = [np.mean((ridge_predict(ridge_fit(xt, yt, a), xv) - yv) ** 2) for a in RIDGE_ALPHAS]
         alpha = RIDGE_ALPHAS[int(np.argmin(errors))]
-    w = ridge_fit(flat(xt), flat(yt), alpha)
-    return ridge_predict(w, flat(test_x)).reshape(len(test_x), H, T), alpha
+    return ridge_fit(xt, yt, alpha), alpha
 
 
 def report(forecaster: Any, split: Any, season: int | None = None, baselines: bool = True) -> dict:
@@ -118,8 +122,9 @@ def report(forecaster: Any, split: Any, season: int | None = None, baselines: bo
     out.update(season=m, windows=len(w.test), horizon=split.horizon)
     if not baselines:
         return out
-    tensors = lambda ds: tuple(t.double().numpy() for t in ds.tensors)  # noqa: E731
-    ar, alpha = linear_ar(tensors(w.train), tensors(w.val), tensors(w.test)[0])
+    weights, alpha = ridge_ar(w.train, w.val)
+    x_test = w.test.tensors[0].double().numpy()
+    ar = ridge_predict(weights, x_test.reshape(len(x_test), -1)).reshape(len(x_test), split.horizon, T)
     preds = {"naive": naive(targets, starts, split.horizon),
              "seasonal_naive": seasonal_naive(targets, starts, split.horizon, m),
              "linear_ar": f.scaler.inverse(ar, list(range(T)))}

@@ -28,14 +28,14 @@ import torch
 from torch.utils.data import TensorDataset
 
 from . import __version__
-from .config import RunConfig, resolve
+from .config import CSV_PRESET, RunConfig, resolve
 from .csvdata import TableSeries, frame_series, names, read_csv, write_csv
 from .data import (Scaler, Split, Windows, chronological_split, load_series, make_loaders, resolve_data,
                    split_windows)
 from .errors import ConfigError, DataError, RunError, ShapeError
 from .evaluate import backtest as run_backtest
-from .evaluate import metrics, report
-from .models import build_model
+from .evaluate import metrics, report, ridge_ar
+from .models import build_model, init_linear_skip
 from .runs import (begin_run, load_checkpoint, load_run, load_seed_checkpoint, meta_digest, read_meta,
                    save_checkpoint, save_run)
 from .train import fit as train_model
@@ -62,6 +62,8 @@ class Forecaster:
             raise ConfigError("give either a config or a preset, not both")
         base = config if config is not None else resolve(preset)
         self.config = base.override(**settings).validate()
+        self._csv_defaults = config is None and preset is None  # fit(table) may switch to the csv preset
+        self._settings = settings
         self.model: torch.nn.Module | None = None
         self.scaler: Scaler | None = None
         self.series: TableSeries | None = None
@@ -99,7 +101,10 @@ class Forecaster:
             table = data
             if settings["target"] is None and not self.config.data.target:
                 settings["target"] = ""  # an array's default target; a DataFrame's is an error
-        cfg = self.config.override(**settings)
+        base = self.config
+        if self._csv_defaults and "source" in settings and self.config.data.source != "csv":
+            base = resolve(CSV_PRESET).override(**self._settings)
+        cfg = base.override(**settings)
         if table is None:
             cfg.validate()
         series = load_series(cfg.data, table)
@@ -125,6 +130,9 @@ class Forecaster:
         x, y = windows.train.tensors
         self.model = self._build(x.shape[-1], y.shape[1] * y.shape[2], y.shape[2])
         self.scaler = windows.scaler
+        if self._io.get("linear_window"):  # start from the ridge AR of the same windows
+            weights, _ = ridge_ar(windows.train, windows.val, residual=self.config.model.residual)
+            init_linear_skip(self.model, torch.as_tensor(weights))
         train_cfg = dataclasses.replace(cfg.train, loss_steps=self.loss_steps())
         checkpoint = start = None
         if run_dir is not None:
@@ -157,11 +165,15 @@ class Forecaster:
             return "last" if self.config.model.model == "custom" else "all"
         return steps
 
-    def _build(self, input_size: int, output_size: int, n_targets: int) -> torch.nn.Module:
+    def _build(self, input_size: int, output_size: int, n_targets: int, linear_window: int | None = None) -> torch.nn.Module:
         m = self.config.model
-        self._io = {"input_size": input_size, "output_size": output_size, "n_targets": n_targets}
+        if linear_window is None:
+            on = m.linear_skip == "yes" or (m.linear_skip == "auto" and self.config.data.source == "csv")
+            linear_window = self.config.data.seq_length if on and m.model == "recurrent" else 0
+        self._io = {"input_size": input_size, "output_size": output_size, "n_targets": n_targets,
+                    "linear_window": linear_window}
         return build_model(m.model, m.cell, input_size, m.hidden_size, output_size, m.num_layers, m.dropout,
-                           m.residual, n_targets)
+                           m.residual, n_targets, linear_window)
 
     def _fitted(self) -> torch.nn.Module:
         if self.model is None:
@@ -328,7 +340,8 @@ class Forecaster:
             f = cls(RunConfig.from_dict(meta["config"]))
             f.scaler = Scaler.from_dict(meta["scaler"])
             io = meta["io"]
-            f.model = f._build(int(io["input_size"]), int(io["output_size"]), int(io["n_targets"]))
+            f.model = f._build(int(io["input_size"]), int(io["output_size"]), int(io["n_targets"]),
+                               int(io.get("linear_window", 0)))
         except (ConfigError, KeyError, TypeError, ValueError) as e:
             raise RunError(f"{Path(directory) / 'config.json'} is not a valid rnnkit run config ({e}); "
                            f"retrain with `rnnkit train --out {directory}`") from None

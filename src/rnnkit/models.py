@@ -75,7 +75,7 @@ class RecurrentForecaster(nn.Module):
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, output_size: int,
                  num_layers: int = 1, dropout: float = 0.0, residual: bool = False, n_targets: int = 1,
-                 engine: str = "auto") -> None:
+                 engine: str = "auto", linear_window: int = 0) -> None:
         super().__init__()
         if cell not in ENCODERS:
             raise ConfigError(f"unknown cell {cell!r} (use one of: {', '.join(ENCODERS)})")
@@ -86,12 +86,24 @@ class RecurrentForecaster(nn.Module):
         self.encoder = ENCODERS[cell](input_size, hidden_size, num_layers, batch_first=True,
                                       dropout=dropout, engine=engine)
         self.head = nn.Linear(hidden_size, output_size)
+        # The linear autoregressive skip (LSTNet's "highway"): a causal convolution over the last
+        # `linear_window` inputs, so each step's forecast adds a linear AR of its own past.
+        self.linear_window = linear_window
+        self.linear = nn.Conv1d(input_size, output_size, linear_window) if linear_window else None
 
     def forward(self, x: Tensor, every_step: bool = False) -> Tensor:
         out, _ = self.encoder(x)  # (B, T, H)
+        skip = None
+        if self.linear is not None:
+            past = x[:, -self.linear_window:] if not every_step else x
+            past = nn.functional.pad(past.transpose(1, 2), (self.linear_window - past.shape[1], 0))  # (B, I, >=L)
+            skip = self.linear(past).transpose(1, 2)  # (B, T or 1, O)
+            skip = skip if every_step else skip[:, -1]
         if not every_step:
             out, x = out[:, -1], x[:, -1]  # (B, H), (B, I)
         pred = self.head(out)  # (B, [T,] O)
+        if skip is not None:
+            pred = pred + skip
         if self.residual:
             last = x[..., :self.n_targets]  # (B, [T,] targets)
             pred = pred + last.tile(pred.shape[-1] // self.n_targets)  # one copy per horizon step
@@ -103,11 +115,24 @@ ENCODERS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
 
 def build_model(model: str, cell: str, input_size: int, hidden_size: int, output_size: int,
                 num_layers: int = 1, dropout: float = 0.0, residual: bool = False,
-                n_targets: int = 1) -> nn.Module:
+                n_targets: int = 1, linear_window: int = 0) -> nn.Module:
     """The network a ModelConfig names: ``"recurrent"`` (RecurrentForecaster) or ``"custom"`` (CustomRNN)."""
     if model == "custom":
         return CustomRNN(input_size, hidden_size, output_size)
     if model == "recurrent":
         return RecurrentForecaster(cell, input_size, hidden_size, output_size, num_layers, dropout,
-                                   residual, n_targets)
+                                   residual, n_targets, linear_window=linear_window)
     raise ConfigError(f"unknown model {model!r} (use recurrent or custom)")
+
+
+@torch.no_grad()
+def init_linear_skip(model: RecurrentForecaster, weights: Tensor) -> None:
+    """Start the forecaster as a given linear autoregression: the skip takes ridge ``weights``
+    (L*I + 1, O) (rows: the window flattened time-major, then the intercept) and the recurrent head
+    starts at zero, so training begins from the AR forecast and learns what it misses."""
+    L, I = model.linear_window, model.linear.in_channels
+    w = weights.to(model.linear.weight.dtype)
+    model.linear.weight.copy_(w[:-1].reshape(L, I, -1).permute(2, 1, 0))  # (O, I, L)
+    model.linear.bias.copy_(w[-1])
+    model.head.weight.zero_()
+    model.head.bias.zero_()
