@@ -25,10 +25,10 @@ activations (so the caller's GEMMs over them add exact zeros) and passes its gra
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
+from llvmlite import ir
 from numba import njit
+from numba.extending import intrinsic
 
 RNN_TANH, RNN_RELU, LSTM, GRU, GRU_RESET_BEFORE = range(5)
 
@@ -38,49 +38,68 @@ ACTS = {RNN_TANH: 0, RNN_RELU: 0, LSTM: 5, GRU: 4, GRU_RESET_BEFORE: 4}
 
 # exp(x) for x <= 0, written out so that LLVM vectorizes the gate loops (numba has no vector exp
 # without Intel's SVML; measured 2.5x faster than libm's scalar exp in a loop): x = -m ln2 + r with
-# |r| <= ln2/2, exp(r) by its degree-13 Taylor polynomial (truncation < 5e-18 relative), 2^-m from a
-# table. Arguments below -60 are clamped: exp(-60) is 9e-27, far below any tolerance, and the clamp
-# keeps m within the table (NaN too, which then comes back at the end).
+# |r| <= ln2/2, exp(r) by its degree-13 Taylor polynomial (truncation < 5e-18 relative), 2^-m built
+# from its exponent bits. Arguments below -60 are clamped: exp(-60) is 9e-27, far below any tolerance,
+# and the clamp keeps 2^-m a normal number in float32 (NaN too, which then comes back at the end).
+# The activations compute in the argument's own type F (numba types a Python float constant as
+# float64, which would turn float32 gate math into float64 and halve the vector width).
 _LOG2E = 1.4426950408889634
 _LN2_HI = 0.693145751953125  # ln 2 split so that m * _LN2_HI is exact for m < 2^10
 _LN2_LO = 1.4286068203094173e-06
-_POW2_NEG = np.array([2.0 ** -m for m in range(88)])
+
+
+@intrinsic
+def _pow2_neg(typingctx, m):
+    """2^-m for a whole float m in [0, 126], as the bits of a float of m's type. A table lookup instead
+    is a gather, and measured the slowest instruction of the vectorized gate loops."""
+    width = m.bitwidth
+    mantissa, bias = (23, 127) if width == 32 else (52, 1023)
+
+    def codegen(context, builder, sig, args):
+        int_t = ir.IntType(width)
+        exponent = builder.sub(ir.Constant(int_t, bias), builder.fptosi(args[0], int_t))
+        return builder.bitcast(builder.shl(exponent, ir.Constant(int_t, mantissa)), args[0].type)
+
+    return m(m), codegen
 
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"}, inline="always")
 def _exp_neg(x):
-    xc = x if x > -60.0 else -60.0
-    m = int(math.floor(0.5 - xc * _LOG2E))  # 0 <= m <= 87
-    r = xc + m * _LN2_HI + m * _LN2_LO
-    p = 1.0 / 6227020800.0  # 1/13!, then Horner down to 1/0!
-    p = p * r + 1.0 / 479001600.0
-    p = p * r + 1.0 / 39916800.0
-    p = p * r + 1.0 / 3628800.0
-    p = p * r + 1.0 / 362880.0
-    p = p * r + 1.0 / 40320.0
-    p = p * r + 1.0 / 5040.0
-    p = p * r + 1.0 / 720.0
-    p = p * r + 1.0 / 120.0
-    p = p * r + 1.0 / 24.0
-    p = p * r + 1.0 / 6.0
-    p = p * r + 0.5
-    p = p * r + 1.0
-    p = p * r + 1.0
-    return p * _POW2_NEG[m] if x == x else x
+    F = type(x)
+    xc = x if x > F(-60.0) else F(-60.0)
+    m = np.floor(F(0.5) - xc * F(_LOG2E))  # 0 <= m <= 87, in type F (math.floor gives an int)
+    r = xc + m * F(_LN2_HI) + m * F(_LN2_LO)
+    p = F(1.0 / 6227020800.0)  # 1/13!, then Horner down to 1/0!
+    p = p * r + F(1.0 / 479001600.0)
+    p = p * r + F(1.0 / 39916800.0)
+    p = p * r + F(1.0 / 3628800.0)
+    p = p * r + F(1.0 / 362880.0)
+    p = p * r + F(1.0 / 40320.0)
+    p = p * r + F(1.0 / 5040.0)
+    p = p * r + F(1.0 / 720.0)
+    p = p * r + F(1.0 / 120.0)
+    p = p * r + F(1.0 / 24.0)
+    p = p * r + F(1.0 / 6.0)
+    p = p * r + F(0.5)
+    p = p * r + F(1.0)
+    p = p * r + F(1.0)
+    return p * _pow2_neg(m) if x == x else x
 
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"}, inline="always")
 def _sigmoid(a):
+    F = type(a)
     e = _exp_neg(-abs(a))
-    d = 1.0 / (1.0 + e)
-    return d if a >= 0 else e * d
+    d = F(1.0) / (F(1.0) + e)
+    return d if a >= F(0.0) else e * d
 
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"}, inline="always")
 def _tanh(a):
-    e = _exp_neg(-2.0 * abs(a))
-    v = (1.0 - e) / (1.0 + e)
-    return v if a >= 0 else -v
+    F = type(a)
+    e = _exp_neg(F(-2.0) * abs(a))
+    v = (F(1.0) - e) / (F(1.0) + e)
+    return v if a >= F(0.0) else -v
 
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
@@ -90,7 +109,7 @@ def forward(kind, xp, hs, cs, acts, W_hh, b_hh, lengths, reverse, store):
     xp (T, B, G*H) input pre-activations incl. b_ih; W_hh (G*H, H); b_hh (G*H,), zeros when absent;
     lengths (B,) int64. With store False (no gradient wanted) acts is (1, B, A) scratch.
     """
-    T, B, _ = xp.shape
+    T, B, GH = xp.shape
     H = hs.shape[2]
     # GRU with the reset gate before the matrix multiplies r ⊙ h by W_hn, so only r, z rows go first.
     W_rec = W_hh[: 2 * H] if kind == GRU_RESET_BEFORE else W_hh
@@ -98,10 +117,18 @@ def forward(kind, xp, hs, cs, acts, W_hh, b_hh, lengths, reverse, store):
     rec = np.empty((B, W_rec.shape[0]), xp.dtype)  # (B, G*H) h W_hh^T
     rh = np.zeros((B, H), xp.dtype)  # (B, H) r ⊙ h, then reused for (r ⊙ h) W_hn^T
     hn = np.empty((B, H), xp.dtype)
+    one, zero = xp.dtype.type(1.0), xp.dtype.type(0.0)  # typed constants, see _exp_neg
+    # Gate-block views: gate k's element j is [.., k, j] with j from range(H), which LLVM knows is
+    # >= 0. Written [.., k * H + j] it may be negative as far as LLVM knows, and numba's wraparound
+    # of negative indices then turns every vector load into a gather (measured 2x slower loops).
+    xg = xp.reshape(T, B, GH // H, H)  # (T, B, G, H)
+    recg = rec.reshape(B, W_rec.shape[0] // H, H)  # (B, G, H)
+    bg = b_hh.reshape(GH // H, H)  # (G, H)
+    ag = acts.reshape(acts.shape[0], B, acts.shape[2] // H, H)  # (T, B, A/H, H)
     for step in range(T):
         t = T - 1 - step if reverse else step
         p, q = (t + 1, t) if reverse else (t, t + 1)
-        x, hp, hq, a = xp[t], hs[p], hs[q], acts[t if store else 0]
+        x, hp, hq, a = xg[t], hs[p], hs[q], ag[t if store else 0]
         np.dot(hp, W_rec.T, rec)
         for b in range(B):
             if lengths[b] <= t:
@@ -112,50 +139,52 @@ def forward(kind, xp, hs, cs, acts, W_hh, b_hh, lengths, reverse, store):
                 rh[b] = 0.0
                 continue
             # One activation per loop, kind tested outside them: each loop vectorizes.
-            xb, rb, ab, hpb, hqb = x[b], rec[b], a[b], hp[b], hq[b]
+            xb, rb, ab, hpb, hqb = x[b], recg[b], a[b], hp[b], hq[b]
             if kind == RNN_TANH:
                 for j in range(H):
-                    hqb[j] = _tanh(xb[j] + rb[j] + b_hh[j])
+                    hqb[j] = _tanh(xb[0, j] + rb[0, j] + bg[0, j])
             elif kind == RNN_RELU:
                 for j in range(H):
-                    hqb[j] = max(xb[j] + rb[j] + b_hh[j], 0.0)
+                    hqb[j] = max(xb[0, j] + rb[0, j] + bg[0, j], zero)
             elif kind == LSTM:
                 cp, cq = cs[p, b], cs[q, b]
-                for k in range(2 * H):  # i, f
-                    ab[k] = _sigmoid(xb[k] + rb[k] + b_hh[k])
-                for k in range(2 * H, 3 * H):  # g
-                    ab[k] = _tanh(xb[k] + rb[k] + b_hh[k])
-                for k in range(3 * H, 4 * H):  # o
-                    ab[k] = _sigmoid(xb[k] + rb[k] + b_hh[k])
+                for k in range(2):  # i, f
+                    for j in range(H):
+                        ab[k, j] = _sigmoid(xb[k, j] + rb[k, j] + bg[k, j])
+                for j in range(H):  # g
+                    ab[2, j] = _tanh(xb[2, j] + rb[2, j] + bg[2, j])
+                for j in range(H):  # o
+                    ab[3, j] = _sigmoid(xb[3, j] + rb[3, j] + bg[3, j])
                 for j in range(H):
-                    cq[j] = ab[H + j] * cp[j] + ab[j] * ab[2 * H + j]
+                    cq[j] = ab[1, j] * cp[j] + ab[0, j] * ab[2, j]
                 for j in range(H):
-                    ab[4 * H + j] = _tanh(cq[j])
+                    ab[4, j] = _tanh(cq[j])
                 for j in range(H):
-                    hqb[j] = ab[3 * H + j] * ab[4 * H + j]
+                    hqb[j] = ab[3, j] * ab[4, j]
             else:
-                for k in range(2 * H):  # r, z
-                    ab[k] = _sigmoid(xb[k] + rb[k] + b_hh[k])
+                for k in range(2):  # r, z
+                    for j in range(H):
+                        ab[k, j] = _sigmoid(xb[k, j] + rb[k, j] + bg[k, j])
                 if kind == GRU:
                     for j in range(H):
-                        ab[3 * H + j] = rb[2 * H + j] + b_hh[2 * H + j]
+                        ab[3, j] = rb[2, j] + bg[2, j]
                     for j in range(H):
-                        ab[2 * H + j] = _tanh(xb[2 * H + j] + ab[j] * ab[3 * H + j])
+                        ab[2, j] = _tanh(xb[2, j] + ab[0, j] * ab[3, j])
                     for j in range(H):
-                        hqb[j] = (1.0 - ab[H + j]) * ab[2 * H + j] + ab[H + j] * hpb[j]
+                        hqb[j] = (one - ab[1, j]) * ab[2, j] + ab[1, j] * hpb[j]
                 else:
                     for j in range(H):
-                        rh[b, j] = ab[j] * hpb[j]
-                        ab[3 * H + j] = rh[b, j]
+                        rh[b, j] = ab[0, j] * hpb[j]
+                        ab[3, j] = rh[b, j]
         if kind == GRU_RESET_BEFORE:
             np.dot(rh, W_n.T, hn)
             for b in range(B):
                 if lengths[b] > t:
                     xb, ab, hpb, hqb, hnb = x[b], a[b], hp[b], hq[b], hn[b]
                     for j in range(H):
-                        ab[2 * H + j] = _tanh(xb[2 * H + j] + hnb[j] + b_hh[2 * H + j])
+                        ab[2, j] = _tanh(xb[2, j] + hnb[j] + bg[2, j])
                     for j in range(H):
-                        hqb[j] = (1.0 - ab[H + j]) * ab[2 * H + j] + ab[H + j] * hpb[j]
+                        hqb[j] = (one - ab[1, j]) * ab[2, j] + ab[1, j] * hpb[j]
 
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
@@ -172,57 +201,64 @@ def backward(kind, dy, dh, dc, hs, cs, acts, W_hh, lengths, reverse, dG):
     dan = np.zeros((B, H), dG.dtype)  # GRU reset before: gradient of the n pre-activation
     drh = np.empty((B, H), dG.dtype)
     back = np.empty((B, H), dG.dtype)
+    one, zero = dG.dtype.type(1.0), dG.dtype.type(0.0)  # typed constants, see _exp_neg
+    # Gate-block views, for vector loads instead of gathers (see forward).
+    dGg = dG.reshape(T, B, GH // H, H)  # (T, B, G, H)
+    grecg = grec.reshape(B, W_rec.shape[0] // H, H)  # (B, G, H)
+    ag = acts.reshape(T, B, acts.shape[2] // H, H)  # (T, B, A/H, H)
     for step in range(T):
         t = step if reverse else T - 1 - step
         p, q = (t + 1, t) if reverse else (t, t + 1)
-        g, a, hp, hq = dG[t], acts[t], hs[p], hs[q]
+        g, a, hp, hq = dGg[t], ag[t], hs[p], hs[q]
         for b in range(B):
             if lengths[b] <= t:
                 g[b] = 0.0
                 grec[b] = 0.0
                 dan[b] = 0.0
                 continue
+            gb, ab, grb, dhb, dyb, hpb, hqb = g[b], a[b], grecg[b], dh[b], dy[t, b], hp[b], hq[b]
             for j in range(H):
-                d = dh[b, j] + dy[t, b, j]  # gradient of this step's h
+                d = dhb[j] + dyb[j]  # gradient of this step's h
                 if kind == RNN_TANH:
-                    g[b, j] = d * (1.0 - hq[b, j] * hq[b, j])
-                    dh[b, j] = 0.0
+                    gb[0, j] = d * (one - hqb[j] * hqb[j])
+                    dhb[j] = zero
                 elif kind == RNN_RELU:
-                    g[b, j] = d if hq[b, j] > 0.0 else 0.0
-                    dh[b, j] = 0.0
+                    gb[0, j] = d if hqb[j] > zero else zero
+                    dhb[j] = zero
                 elif kind == LSTM:
-                    i, f, gg, o, tc = a[b, j], a[b, H + j], a[b, 2 * H + j], a[b, 3 * H + j], a[b, 4 * H + j]
-                    dcv = dc[b, j] + d * o * (1.0 - tc * tc)
-                    g[b, j] = dcv * gg * i * (1.0 - i)
-                    g[b, H + j] = dcv * cs[p, b, j] * f * (1.0 - f)
-                    g[b, 2 * H + j] = dcv * i * (1.0 - gg * gg)
-                    g[b, 3 * H + j] = d * tc * o * (1.0 - o)
+                    i, f, gg, o, tc = ab[0, j], ab[1, j], ab[2, j], ab[3, j], ab[4, j]
+                    dcv = dc[b, j] + d * o * (one - tc * tc)
+                    gb[0, j] = dcv * gg * i * (one - i)
+                    gb[1, j] = dcv * cs[p, b, j] * f * (one - f)
+                    gb[2, j] = dcv * i * (one - gg * gg)
+                    gb[3, j] = d * tc * o * (one - o)
                     dc[b, j] = dcv * f
-                    dh[b, j] = 0.0
+                    dhb[j] = zero
                 else:
-                    r, z, n = a[b, j], a[b, H + j], a[b, 2 * H + j]
-                    dn = d * (1.0 - z) * (1.0 - n * n)
-                    gz = d * (hp[b, j] - n) * z * (1.0 - z)
-                    g[b, H + j] = gz
-                    grec[b, H + j] = gz
-                    g[b, 2 * H + j] = dn
-                    dh[b, j] = d * z
+                    r, z, n = ab[0, j], ab[1, j], ab[2, j]
+                    dn = d * (one - z) * (one - n * n)
+                    gz = d * (hpb[j] - n) * z * (one - z)
+                    gb[1, j] = gz
+                    grb[1, j] = gz
+                    gb[2, j] = dn
+                    dhb[j] = d * z
                     if kind == GRU:
-                        gr = dn * a[b, 3 * H + j] * r * (1.0 - r)
-                        g[b, j] = gr
-                        grec[b, j] = gr
-                        grec[b, 2 * H + j] = dn * r
+                        gr = dn * ab[3, j] * r * (one - r)
+                        gb[0, j] = gr
+                        grb[0, j] = gr
+                        grb[2, j] = dn * r
                     else:
                         dan[b, j] = dn
         if kind == GRU_RESET_BEFORE:
             np.dot(dan, W_n, drh)  # gradient of r ⊙ h
             for b in range(B):
                 if lengths[b] > t:
+                    gb, ab, grb, dhb, hpb = g[b], a[b], grecg[b], dh[b], hp[b]
                     for j in range(H):
-                        r = a[b, j]
-                        gr = drh[b, j] * hp[b, j] * r * (1.0 - r)
-                        g[b, j] = gr
-                        grec[b, j] = gr
-                        dh[b, j] += drh[b, j] * r
-        np.dot(g if kind <= LSTM else grec, W_rec, back)
+                        r = ab[0, j]
+                        gr = drh[b, j] * hpb[j] * r * (one - r)
+                        gb[0, j] = gr
+                        grb[0, j] = gr
+                        dhb[j] += drh[b, j] * r
+        np.dot(dG[t] if kind <= LSTM else grec, W_rec, back)
         dh += back
