@@ -2,11 +2,23 @@
 
 __version__ = "0.1.0"
 
-from .cells import GRUCell, LSTMCell, RNNCell
-from .errors import RnnkitError
-from .layers import GRU, LSTM, RNN
-from .models import CustomRNN
-from .forecaster import Forecaster
+# The public names load their module (and torch) on first use, so `rnnkit --help` and a mistyped flag
+# answer at once instead of after importing torch.
+_WHERE = {"RNN": "layers", "LSTM": "layers", "GRU": "layers", "RNNCell": "cells", "LSTMCell": "cells",
+          "GRUCell": "cells", "CustomRNN": "models", "Forecaster": "forecaster", "RnnkitError": "errors"}
 
-__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "CustomRNN", "Forecaster", "RnnkitError",
-           "__version__"]
+__all__ = [*_WHERE, "__version__"]
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'rnnkit' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])

@@ -184,40 +184,44 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import torch
-
-    from .config import resolve
-    from .data import GENERATORS
-    from .forecaster import Forecaster
+    from .config import SOURCES, resolve
     from .runs import HISTORY, WEIGHTS, check_new_run_dir, load_run, read_meta, remove_stale_temp_files
 
-    torch.set_num_threads(args.threads)
+    # Everything is checked before torch is imported and before anything is written.
     log = None if args.quiet else print
     overrides = {dest: getattr(args, dest) for _, dest, _, _ in TRAIN_FLAGS}
+    if args.resume is not None:
+        out = Path(args.resume)
+        given = [flag for flag, dest, _, _ in TRAIN_FLAGS if overrides[dest] is not None]
+        given += [f"--{k}" for k in ("preset", "config", "out", "force") if getattr(args, k)]
+        if given:
+            raise ConfigError(f"--resume continues a run with the settings in its config.json; drop "
+                              f"{', '.join(given)} (or start a new run with --out)")
+        read_meta(out)
+    else:
+        preset = args.preset
+        if overrides["source"] is not None and overrides["source"] not in SOURCES:  # --data PATH.csv
+            overrides["csv"], overrides["source"] = overrides["source"], "csv"
+            preset = preset or CSV_PRESET
+        cfg = resolve(preset, args.config, **overrides)
+        out = Path(args.out or DEFAULT_RUN)
+        check_new_run_dir(out, args.force)
+
+    import torch
+
+    from .forecaster import Forecaster
+
+    torch.set_num_threads(args.threads)
     try:
-        if args.resume is not None:
-            out = Path(args.resume)
-            given = [flag for flag, dest, _, _ in TRAIN_FLAGS if overrides[dest] is not None]
-            given += [f"--{k}" for k in ("preset", "config", "out", "force") if getattr(args, k)]
-            if given:
-                raise ConfigError(f"--resume continues a run with the settings in its config.json; drop "
-                                  f"{', '.join(given)} (or start a new run with --out)")
-            read_meta(out)
-            if (out / WEIGHTS).exists() and (out / HISTORY).exists():
-                load_run(out)  # checks it
-                print(f"{out} has finished training; nothing to resume")
-                return 0
+        if args.resume is None:
+            f = Forecaster(cfg).fit(log=log, run_dir=out, force=args.force)
+        elif (out / WEIGHTS).exists() and (out / HISTORY).exists():
+            load_run(out)  # checks it
+            print(f"{out} has finished training; nothing to resume")
+            return 0
+        else:
             remove_stale_temp_files(out)
             f = Forecaster.resume(out, log=log)
-        else:
-            preset = args.preset
-            if overrides["source"] is not None and overrides["source"] not in GENERATORS:  # --data PATH.csv
-                overrides["csv"], overrides["source"] = overrides["source"], "csv"
-                preset = preset or CSV_PRESET
-            cfg = resolve(preset, args.config, **overrides)
-            out = Path(args.out or DEFAULT_RUN)
-            check_new_run_dir(out, args.force)
-            f = Forecaster(cfg).fit(log=log, run_dir=out, force=args.force)
     except Interrupted as e:
         print(f"interrupted after epoch {e.epoch}; its checkpoint is saved in {out} "
               f"(continue with `rnnkit train --resume {out}`)", file=sys.stderr)

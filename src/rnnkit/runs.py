@@ -311,10 +311,13 @@ def load_seed_checkpoint(path: str | Path):
         raise RunError(f"{path} does not exist or is not a file (give the seed's rnn_custom_model.pth)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise RunError(f"refused to load {path}: it holds objects other than tensors, and unpickling them "
-                       f"could run code (save a plain state_dict: torch.save(model.state_dict(), PATH))") from None
-    except (RuntimeError, EOFError, ValueError, OSError) as e:
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):
+            raise RunError(f"{path} is not a PyTorch checkpoint ({str(e)[:200]}); give the seed's "
+                           f"rnn_custom_model.pth") from None
+        raise RunError(f"refused to load {path}: it is not a plain state_dict of tensors, and unpickling "
+                       f"anything else could run code (save one: torch.save(model.state_dict(), PATH))") from None
+    except Exception as e:  # torch's readers fail on random bytes in many ways (IndexError, EOFError, ...)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RunError(f"{path} is not a PyTorch checkpoint ({first[:200]}); give the seed's "
                        f"rnn_custom_model.pth") from None
