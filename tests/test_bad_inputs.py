@@ -82,6 +82,7 @@ CASES = [
     # CSV input
     ("csv-missing", ["train", "--data", "nope.csv", "--target", "y", "--out", "good", "--force"], "does not exist"),
     ("csv-empty", ["train", "--data", "empty.csv", "--target", "y", "--out", "good", "--force"], "is empty"),
+    ("csv-header-only", ["train", "--data", "header.csv", "--target", "y", "--out", "good", "--force"], "too few"),
     ("csv-binary", ["train", "--data", "binary.csv", "--target", "y", "--out", "good", "--force"], "binary.csv"),
     ("csv-ragged", ["train", "--data", "ragged.csv", "--target", "y", "--out", "good", "--force"], "ragged.csv"),
     ("csv-wrong-column", ["train", "--data", "good.csv", "--target", "z", "--out", "good", "--force"],
@@ -164,6 +165,7 @@ def make_corpus(root: Path) -> None:
 
     (root / "good.csv").write_text(GOOD_CSV)
     (root / "empty.csv").write_bytes(b"")
+    (root / "header.csv").write_text("t,y\n")
     (root / "binary.csv").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(3000))
     (root / "ragged.csv").write_text("t,y\n1,2\n3,4,5,6\n7,8\n")
     (root / "words.csv").write_text("y\n1.0\nabc\n3.0\n")
