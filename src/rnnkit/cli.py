@@ -359,6 +359,10 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "threads", 1) < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
     try:
+        if getattr(args, "run", None) is not None:  # a missing or broken run answers before torch loads
+            from .runs import read_meta
+
+            read_meta(args.run)
         return int((args.handler(args, rest) if args.handler is cmd_bench else args.handler(args)) or 0)
     except RnnkitError as e:
         print(f"error: {e}", file=sys.stderr)
