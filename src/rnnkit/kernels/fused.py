@@ -16,6 +16,7 @@ import contextlib
 import ctypes
 import functools
 
+import numpy as np
 import scipy.linalg.cython_blas  # noqa: F401  (numba's np.dot calls the BLAS that scipy loads)
 import torch
 from torch import Tensor
@@ -59,11 +60,50 @@ def single_thread_blas():
             setter(n)
 
 
+@functools.lru_cache(maxsize=16)
+def _full_lengths(B: int, T: int):
+    """(B,) int64 numpy array of T, made once per shape: the loop only reads it, and building it per
+    call (torch.full + .numpy()) was a measurable share of a small layer's call."""
+    return np.full(B, T, np.int64)
+
+
 def _lengths(lengths: Tensor | None, B: int, T: int):
     """(B,) int64 numpy lengths for the loop; all T when absent."""
     if lengths is None:
-        return torch.full((B,), T, dtype=torch.int64).numpy()
+        return _full_lengths(B, T)
     return lengths.contiguous().numpy()
+
+
+def _forward(code: int, reverse: bool, lengths: Tensor | None, x: Tensor, h0: Tensor, c0: Tensor | None,
+             W_ih: Tensor, W_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, store: bool):
+    """The forward pass of :class:`FusedLayer` (see there) as a plain function, with autograd off.
+    Returns out, h_n, c_n and what the backward pass needs (its activations only when store)."""
+    B, T, _ = x.shape
+    H = W_hh.shape[1]
+    GH = W_hh.shape[0]
+    x_tm = x.transpose(0, 1).reshape(T * B, -1)  # (T*B, I), time-major
+    xp = (torch.mm(x_tm, W_ih.t()) if b_ih is None else torch.addmm(b_ih, x_tm, W_ih.t()))
+    xp = xp.view(T, B, GH)  # (T, B, G*H)
+    first = T if reverse else 0
+    hs = x.new_empty(T + 1, B, H)  # (T+1, B, H)
+    hs[first] = h0
+    cs = x.new_empty(T + 1 if code == loops.LSTM else 0, B, H)
+    if code == loops.LSTM:
+        cs[first] = c0
+    acts = x.new_empty(T if store else 1, B, loops.ACTS[code] * H)  # (T, B, A)
+    W_hh_c = W_hh.detach().contiguous()
+    b_hh_c = x.new_zeros(GH) if b_hh is None else b_hh.detach().contiguous()
+    lens = _lengths(lengths, B, T)
+    with single_thread_blas():
+        loops.forward(code, xp.detach().numpy(), hs.numpy(), cs.numpy(), acts.numpy(),
+                      W_hh_c.numpy(), b_hh_c.numpy(), lens, reverse, store)
+    out = (hs[:-1] if reverse else hs[1:]).transpose(0, 1)  # (B, T, H)
+    if lengths is not None:
+        alive = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
+        out = out * alive.unsqueeze(2).to(out.dtype)
+    last = 0 if reverse else T
+    c_n = cs[last] if code == loops.LSTM else None
+    return out, hs[last], c_n, (x_tm, hs, cs, acts, W_hh_c, lens)
 
 
 class FusedLayer(torch.autograd.Function):
@@ -74,33 +114,9 @@ class FusedLayer(torch.autograd.Function):
     def forward(ctx, code: int, reverse: bool, lengths: Tensor | None, x: Tensor, h0: Tensor,
                 c0: Tensor | None, W_ih: Tensor, W_hh: Tensor, b_ih: Tensor | None,
                 b_hh: Tensor | None):
-        B, T, _ = x.shape
-        H = W_hh.shape[1]
-        GH = W_hh.shape[0]
-        x_tm = x.transpose(0, 1).reshape(T * B, -1)  # (T*B, I), time-major
-        xp = (torch.mm(x_tm, W_ih.t()) if b_ih is None else torch.addmm(b_ih, x_tm, W_ih.t()))
-        xp = xp.view(T, B, GH)  # (T, B, G*H)
-        first = T if reverse else 0
-        hs = x.new_empty(T + 1, B, H)  # (T+1, B, H)
-        hs[first] = h0
-        cs = x.new_empty(T + 1 if code == loops.LSTM else 0, B, H)
-        if code == loops.LSTM:
-            cs[first] = c0
         store = any(ctx.needs_input_grad)
-        acts = x.new_empty(T if store else 1, B, loops.ACTS[code] * H)  # (T, B, A)
-        W_hh_c = W_hh.detach().contiguous()
-        b_hh_c = x.new_zeros(GH) if b_hh is None else b_hh.detach().contiguous()
-        lens = _lengths(lengths, B, T)
-        with single_thread_blas():
-            loops.forward(code, xp.detach().numpy(), hs.numpy(), cs.numpy(), acts.numpy(),
-                          W_hh_c.numpy(), b_hh_c.numpy(), lens, reverse, store)
-        out = (hs[:-1] if reverse else hs[1:]).transpose(0, 1)  # (B, T, H)
-        if lengths is not None:
-            alive = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
-            out = out * alive.unsqueeze(2).to(out.dtype)
-        last = 0 if reverse else T
-        h_n = hs[last]
-        c_n = cs[last] if code == loops.LSTM else None
+        out, h_n, c_n, (x_tm, hs, cs, acts, W_hh_c, lens) = _forward(
+            code, reverse, lengths, x, h0, c0, W_ih, W_hh, b_ih, b_hh, store)
         if store:
             ctx.save_for_backward(x_tm, hs, cs, acts, W_ih, W_hh_c, b_ih, b_hh)
             ctx.config = (code, reverse, lens)
@@ -156,5 +172,11 @@ def run_fused(kind: str, x: Tensor, state: tuple, weights: tuple, lengths: Tenso
     W_ih, W_hh, b_ih, b_hh = weights
     code = kind_code(kind, nonlinearity, reset_after)
     c0 = state[1] if code == loops.LSTM else None
-    out, h_n, c_n = FusedLayer.apply(code, reverse, lengths, x, state[0], c0, W_ih, W_hh, b_ih, b_hh)
+    args = (code, reverse, lengths, x, state[0], c0, W_ih, W_hh, b_ih, b_hh)
+    if torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args):
+        out, h_n, c_n = FusedLayer.apply(*args)
+    else:
+        # No gradient wanted: skip the autograd.Function (~8 us a call) and the stored activations
+        # (needs_input_grad inside it is set under torch.no_grad too).
+        out, h_n, c_n, _ = _forward(*args, store=False)
     return out, ((h_n, c_n) if code == loops.LSTM else (h_n,))
