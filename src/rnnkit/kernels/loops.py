@@ -139,58 +139,56 @@ def forward(kind, xp, hs, cs, acts, W_hh, b_hh, lengths, reverse, store):
                 a[b] = 0.0
                 rh[b] = 0.0
                 continue
-            # One activation per loop, kind tested outside them: each loop vectorizes.
-            xb, rb, ab, hpb, hqb = x[b], recg[b], a[b], hp[b], hq[b]
+            # One activation per loop, kind tested outside them: each loop vectorizes. Plain indexing,
+            # no per-row views: making them cost more than a row's work at small H (measured).
             if kind == RNN_TANH:
                 for j in range(H):
-                    hqb[j] = _tanh(xb[0, j] + rb[0, j] + bg[0, j])
+                    hq[b, j] = _tanh(x[b, 0, j] + recg[b, 0, j] + bg[0, j])
             elif kind == RNN_RELU:
                 for j in range(H):
-                    hqb[j] = max(xb[0, j] + rb[0, j] + bg[0, j], zero)
+                    hq[b, j] = max(x[b, 0, j] + recg[b, 0, j] + bg[0, j], zero)
             elif kind == LSTM:
-                cp, cq = cs[p, b], cs[q, b]
                 for k in range(2):  # i, f
                     for j in range(H):
-                        ab[k, j] = _sigmoid(xb[k, j] + rb[k, j] + bg[k, j])
+                        a[b, k, j] = _sigmoid(x[b, k, j] + recg[b, k, j] + bg[k, j])
                 for j in range(H):  # g
-                    ab[2, j] = _tanh(xb[2, j] + rb[2, j] + bg[2, j])
+                    a[b, 2, j] = _tanh(x[b, 2, j] + recg[b, 2, j] + bg[2, j])
                 for j in range(H):  # o
-                    ab[3, j] = _sigmoid(xb[3, j] + rb[3, j] + bg[3, j])
+                    a[b, 3, j] = _sigmoid(x[b, 3, j] + recg[b, 3, j] + bg[3, j])
                 for j in range(H):
-                    cq[j] = ab[1, j] * cp[j] + ab[0, j] * ab[2, j]
+                    cs[q, b, j] = a[b, 1, j] * cs[p, b, j] + a[b, 0, j] * a[b, 2, j]
                 for j in range(H):
-                    ab[4, j] = _tanh(cq[j])
+                    a[b, 4, j] = _tanh(cs[q, b, j])
                 for j in range(H):
-                    hqb[j] = ab[3, j] * ab[4, j]
+                    hq[b, j] = a[b, 3, j] * a[b, 4, j]
             else:
                 for k in range(2):  # r, z
                     for j in range(H):
-                        ab[k, j] = _sigmoid(xb[k, j] + rb[k, j] + bg[k, j])
+                        a[b, k, j] = _sigmoid(x[b, k, j] + recg[b, k, j] + bg[k, j])
                 if kind == GRU:
                     for j in range(H):
-                        ab[3, j] = rb[2, j] + bg[2, j]
+                        a[b, 3, j] = recg[b, 2, j] + bg[2, j]
                     # r ⊙ (W_hn h + b_hn) goes through rh, not straight into the tanh: a loop that
-                    # stores into one row of ab and loads from others of it does not vectorize
+                    # stores into one row of acts and loads from others of it does not vectorize
                     # (LLVM cannot tell the rows apart; measured 2.3x slower).
                     for j in range(H):
-                        rh[b, j] = ab[0, j] * ab[3, j]
+                        rh[b, j] = a[b, 0, j] * a[b, 3, j]
                     for j in range(H):
-                        ab[2, j] = _tanh(xb[2, j] + rh[b, j])
+                        a[b, 2, j] = _tanh(x[b, 2, j] + rh[b, j])
                     for j in range(H):
-                        hqb[j] = (one - ab[1, j]) * ab[2, j] + ab[1, j] * hpb[j]
+                        hq[b, j] = (one - a[b, 1, j]) * a[b, 2, j] + a[b, 1, j] * hp[b, j]
                 else:
                     for j in range(H):
-                        rh[b, j] = ab[0, j] * hpb[j]
-                        ab[3, j] = rh[b, j]
+                        rh[b, j] = a[b, 0, j] * hp[b, j]
+                        a[b, 3, j] = rh[b, j]
         if kind == GRU_RESET_BEFORE:
             np.dot(rh, W_n.T, hn)
             for b in range(B):
                 if lengths[b] > t:
-                    xb, ab, hpb, hqb, hnb = x[b], a[b], hp[b], hq[b], hn[b]
                     for j in range(H):
-                        ab[2, j] = _tanh(xb[2, j] + hnb[j] + bg[2, j])
+                        a[b, 2, j] = _tanh(x[b, 2, j] + hn[b, j] + bg[2, j])
                     for j in range(H):
-                        hqb[j] = (one - ab[1, j]) * ab[2, j] + ab[1, j] * hpb[j]
+                        hq[b, j] = (one - a[b, 1, j]) * a[b, 2, j] + a[b, 1, j] * hp[b, j]
 
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
@@ -207,6 +205,9 @@ def backward(kind, dy, dh, dc, hs, cs, acts, W_hh, lengths, reverse, dG):
     dan = np.zeros((B, H), dG.dtype)  # GRU reset before: gradient of the n pre-activation
     drh = np.empty((B, H), dG.dtype)
     back = np.empty((B, H), dG.dtype)
+    # Per-row scratch, its own allocation: a loop that stores into one row of an array and touches
+    # another row of it stays scalar (see forward), so terms shared by several gate rows go through it.
+    shared = np.empty(H, dG.dtype)  # LSTM: the gradient of this step's c; GRU: of n's pre-activation
     one, zero = dG.dtype.type(1.0), dG.dtype.type(0.0)  # typed constants, see _exp_neg
     # Gate-block views, for vector loads instead of gathers (see forward).
     dGg = dG.reshape(T, B, GH // H, H)  # (T, B, G, H)
@@ -222,49 +223,66 @@ def backward(kind, dy, dh, dc, hs, cs, acts, W_hh, lengths, reverse, dG):
                 grec[b] = 0.0
                 dan[b] = 0.0
                 continue
-            gb, ab, grb, dhb, dyb, hpb, hqb = g[b], a[b], grecg[b], dh[b], dy[t, b], hp[b], hq[b]
+            # h's gradient is dh + dy; Elman and LSTM leave h_prev's to back, below. No per-row views or
+            # slice assignments (dh[b] = 0): at small H they cost more than the row's work (measured).
+            if kind == RNN_TANH:
+                for j in range(H):
+                    g[b, 0, j] = (dh[b, j] + dy[t, b, j]) * (one - hq[b, j] * hq[b, j])
+                    dh[b, j] = zero
+                continue
+            if kind == RNN_RELU:
+                for j in range(H):
+                    g[b, 0, j] = dh[b, j] + dy[t, b, j] if hq[b, j] > zero else zero
+                    dh[b, j] = zero
+                continue
             for j in range(H):
-                d = dhb[j] + dyb[j]  # gradient of this step's h
-                if kind == RNN_TANH:
-                    gb[0, j] = d * (one - hqb[j] * hqb[j])
-                    dhb[j] = zero
-                elif kind == RNN_RELU:
-                    gb[0, j] = d if hqb[j] > zero else zero
-                    dhb[j] = zero
-                elif kind == LSTM:
-                    i, f, gg, o, tc = ab[0, j], ab[1, j], ab[2, j], ab[3, j], ab[4, j]
-                    dcv = dc[b, j] + d * o * (one - tc * tc)
-                    gb[0, j] = dcv * gg * i * (one - i)
-                    gb[1, j] = dcv * cs[p, b, j] * f * (one - f)
-                    gb[2, j] = dcv * i * (one - gg * gg)
-                    gb[3, j] = d * tc * o * (one - o)
-                    dc[b, j] = dcv * f
-                    dhb[j] = zero
+                dh[b, j] += dy[t, b, j]
+            if kind == LSTM:  # acts rows: i, f, g, o, tanh(c)
+                dcv = shared
+                for j in range(H):
+                    dcv[j] = dc[b, j] + dh[b, j] * a[b, 3, j] * (one - a[b, 4, j] * a[b, 4, j])
+                for j in range(H):
+                    g[b, 0, j] = dcv[j] * a[b, 2, j] * a[b, 0, j] * (one - a[b, 0, j])
+                for j in range(H):
+                    g[b, 1, j] = dcv[j] * cs[p, b, j] * a[b, 1, j] * (one - a[b, 1, j])
+                for j in range(H):
+                    g[b, 2, j] = dcv[j] * a[b, 0, j] * (one - a[b, 2, j] * a[b, 2, j])
+                for j in range(H):
+                    g[b, 3, j] = dh[b, j] * a[b, 4, j] * a[b, 3, j] * (one - a[b, 3, j])
+                for j in range(H):
+                    dc[b, j] = dcv[j] * a[b, 1, j]
+                    dh[b, j] = zero
+            else:  # acts rows: r, z, n, then W_hn h + b_hn (reset after) or r ⊙ h (reset before)
+                dn = shared
+                for j in range(H):
+                    dn[j] = dh[b, j] * (one - a[b, 1, j]) * (one - a[b, 2, j] * a[b, 2, j])
+                for j in range(H):
+                    gz = dh[b, j] * (hp[b, j] - a[b, 2, j]) * a[b, 1, j] * (one - a[b, 1, j])
+                    g[b, 1, j] = gz
+                    grecg[b, 1, j] = gz
+                for j in range(H):
+                    g[b, 2, j] = dn[j]
+                if kind == GRU:
+                    for j in range(H):
+                        gr = dn[j] * a[b, 3, j] * a[b, 0, j] * (one - a[b, 0, j])
+                        g[b, 0, j] = gr
+                        grecg[b, 0, j] = gr
+                    for j in range(H):
+                        grecg[b, 2, j] = dn[j] * a[b, 0, j]
                 else:
-                    r, z, n = ab[0, j], ab[1, j], ab[2, j]
-                    dn = d * (one - z) * (one - n * n)
-                    gz = d * (hpb[j] - n) * z * (one - z)
-                    gb[1, j] = gz
-                    grb[1, j] = gz
-                    gb[2, j] = dn
-                    dhb[j] = d * z
-                    if kind == GRU:
-                        gr = dn * ab[3, j] * r * (one - r)
-                        gb[0, j] = gr
-                        grb[0, j] = gr
-                        grb[2, j] = dn * r
-                    else:
-                        dan[b, j] = dn
+                    for j in range(H):
+                        dan[b, j] = dn[j]
+                for j in range(H):
+                    dh[b, j] *= a[b, 1, j]  # through h = (1 - z) n + z h_prev
         if kind == GRU_RESET_BEFORE:
             np.dot(dan, W_n, drh)  # gradient of r ⊙ h
             for b in range(B):
                 if lengths[b] > t:
-                    gb, ab, grb, dhb, hpb = g[b], a[b], grecg[b], dh[b], hp[b]
                     for j in range(H):
-                        r = ab[0, j]
-                        gr = drh[b, j] * hpb[j] * r * (one - r)
-                        gb[0, j] = gr
-                        grb[0, j] = gr
-                        dhb[j] += drh[b, j] * r
+                        r = a[b, 0, j]
+                        grv = drh[b, j] * hp[b, j] * r * (one - r)
+                        g[b, 0, j] = grv
+                        grecg[b, 0, j] = grv
+                        dh[b, j] += drh[b, j] * r
         np.dot(dG[t] if kind <= LSTM else grec, W_rec, back)
         dh += back
