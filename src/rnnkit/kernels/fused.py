@@ -159,7 +159,8 @@ class FusedLayer(torch.autograd.Function):
                 else:
                     dG_h = dG2
                 dW_hh = torch.mm(dG_h.t(), h_prev)
-            db_hh = dG_h.sum(0) if b_hh is not None else None
+            if b_hh is not None:  # the same sum as db_ih unless GRU rescaled dG_h; a copy is cheaper
+                db_hh = db_ih.clone() if dG_h is dG2 and db_ih is not None else dG_h.sum(0)
         return (None, None, None, dx, dh if need[4] else None,
                 dc if code == loops.LSTM and need[5] else None,
                 dW_ih, dW_hh if need[7] else None, db_ih, db_hh if b_hh is not None and need[9] else None)
