@@ -6,6 +6,8 @@ autograd.Function, and the engine choice (auto falls back, fused refuses what it
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
@@ -156,3 +158,19 @@ def test_auto_falls_back_for_unsupported_dtype():
     layer.engine = "reference"
     ref, h_ref = layer(x)
     assert torch.equal(out, ref) and torch.equal(h, h_ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_activations_across_their_range(dtype):
+    """The loop's own exp/tanh/sigmoid, computed in the data's dtype, against torch's: saturated
+    arguments, the clamp at exp(-60), tiny ones, and NaN passing through."""
+    from rnnkit.kernels import loops
+
+    a = torch.cat([torch.linspace(-100, 100, 2001, dtype=dtype), torch.tensor([1e-30, -1e-30, 0.0], dtype=dtype)])
+    tol = 1e-7 if dtype == torch.float32 else 1e-15
+    for ours, ref in ((loops._tanh, torch.tanh), (loops._sigmoid, torch.sigmoid)):
+        got = torch.tensor([ours(v) for v in a.numpy()], dtype=dtype)
+        torch.testing.assert_close(got, ref(a), atol=tol, rtol=0)
+        name = str(a.numpy().dtype)  # no silent float64 arithmetic on float32 data:
+        assert {str(s.return_type) for s in ours.nopython_signatures if str(s.args[0]) == name} == {name}
+        assert math.isnan(ours(a.numpy().dtype.type("nan")))
