@@ -14,12 +14,7 @@ from rnnkit.runs import write_json
 TINY = dict(num_samples=160, seq_length=12, hidden_size=8, epochs=2, batch_size=16)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

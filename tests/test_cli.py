@@ -3,39 +3,24 @@
 import json
 import math
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+from helpers import png_is_not_blank, rnnkit_cli
+
 TINY = ["--num-samples", "160", "--seq-length", "12", "--hidden-size", "8", "--batch-size", "16"]
-
-
-def rnnkit(*args, cwd, check=True):
-    proc = subprocess.run([sys.executable, "-m", "rnnkit", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=120)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"rnnkit {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr}")
-    return proc
-
-
-def png_is_not_blank(path):
-    from matplotlib.image import imread
-
-    img = imread(path)
-    return img.ndim == 3 and img.shape[0] > 100 and float(img[..., :3].std()) > 0.05
 
 
 def test_train_test_visualize(tmp_path):
     out = tmp_path / "run"
-    train = rnnkit("train", *TINY, "--epochs", "2", "--log-every", "1", "--out", out, cwd=tmp_path)
+    train = rnnkit_cli("train", *TINY, "--epochs", "2", "--log-every", "1", "--out", out, cwd=tmp_path)
     assert re.search(r"^Epoch 2/2, Loss: \d+\.\d{6}, Time: \d+\.\d{2}s, Val Loss: \d+\.\d{6}$", train.stdout, re.M)
     assert {"model.safetensors", "config.json", "history.json"} <= {p.name for p in out.iterdir()}
     config = json.loads((out / "config.json").read_text())
     assert config["config"]["model"]["hidden_size"] == 8 and config["rnnkit_version"]
 
-    test = rnnkit("test", "--run", out, cwd=tmp_path)
+    test = rnnkit_cli("test", "--run", out, cwd=tmp_path)
     mse = float(re.search(r"^Test MSE Loss: (\d+\.\d{6})$", test.stdout, re.M).group(1))
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"mse", "mae", "rmse", "smape", "mase"} <= set(metrics)  # the model's, at the top level
@@ -43,7 +28,7 @@ def test_train_test_visualize(tmp_path):
     assert metrics["mse"] == pytest.approx(mse, abs=1e-6) and metrics["rmse"] == pytest.approx(math.sqrt(metrics["mse"]))
     assert "Test MAE:" in test.stdout and "Test RMSE:" in test.stdout
 
-    vis = rnnkit("visualize", "--run", out, cwd=tmp_path, check=True)
+    vis = rnnkit_cli("visualize", "--run", out, cwd=tmp_path, check=True)
     for name in ("predictions_vs_true.png", "loss_curve.png"):
         assert png_is_not_blank(out / name), name
     assert "wrote" in vis.stdout
@@ -52,7 +37,7 @@ def test_train_test_visualize(tmp_path):
 
 def test_seed_preset(tmp_path):
     out = tmp_path / "seed"
-    rnnkit("train", "--preset", "seed", "--epochs", "2", "--out", out, cwd=tmp_path)
+    rnnkit_cli("train", "--preset", "seed", "--epochs", "2", "--out", out, cwd=tmp_path)
     cfg = json.loads((out / "config.json").read_text())["config"]
     assert cfg["model"]["model"] == "custom" and cfg["model"]["hidden_size"] == 32
     assert cfg["data"]["scaling"] == "none" and cfg["data"]["val_ratio"] == 0.0
@@ -62,13 +47,13 @@ def test_seed_preset(tmp_path):
     weights = load_file(out / "model.safetensors")
     assert {k: v.shape for k, v in weights.items()} == {
         "W_ih": (1, 32), "W_hh": (32, 32), "W_ho": (32, 1), "bias_h": (32,), "bias_o": (1,)}
-    test = rnnkit("test", "--run", out, cwd=tmp_path)
+    test = rnnkit_cli("test", "--run", out, cwd=tmp_path)
     assert np.isfinite(json.loads((out / "metrics.json").read_text())["mse"]) and "Test MSE Loss:" in test.stdout
 
 
 def test_config_file_and_flags(tmp_path):
     (tmp_path / "c.toml").write_text('[model]\ncell = "rnn"\nhidden_size = 6\n[train]\nepochs = 9\n')
-    rnnkit("train", "--config", "c.toml", *TINY[:4], "--epochs", "1", "--quiet", "--out", "r", cwd=tmp_path)
+    rnnkit_cli("train", "--config", "c.toml", *TINY[:4], "--epochs", "1", "--quiet", "--out", "r", cwd=tmp_path)
     cfg = json.loads((tmp_path / "r" / "config.json").read_text())["config"]
     assert (cfg["model"]["cell"], cfg["model"]["hidden_size"], cfg["train"]["epochs"]) == ("rnn", 6, 1)
 
@@ -80,7 +65,7 @@ def test_config_file_and_flags(tmp_path):
     (["train", "--model", "custom", "--loss-steps", "all"], "--loss-steps last"),
 ])
 def test_user_errors_are_one_line_and_exit_2(tmp_path, args, match):
-    proc = rnnkit(*args, cwd=tmp_path, check=False)
+    proc = rnnkit_cli(*args, cwd=tmp_path, check=False)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
     assert match in proc.stderr and "Traceback" not in proc.stderr
@@ -88,16 +73,16 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, args, match):
 
 def test_help_for_every_subcommand(tmp_path):
     for sub, expect in (("train", "--preset"), ("test", "metrics.json"), ("visualize", "predictions_vs_true.png")):
-        proc = rnnkit(sub, "--help", cwd=tmp_path)
+        proc = rnnkit_cli(sub, "--help", cwd=tmp_path)
         assert expect in proc.stdout
 
 
 def test_bench_is_loaded_only_when_asked_for(tmp_path):
     import importlib.util
 
-    proc = rnnkit("bench", "--help", cwd=tmp_path, check=False)
+    proc = rnnkit_cli("bench", "--help", cwd=tmp_path, check=False)
     if importlib.util.find_spec("rnnkit.bench") is None:
         assert proc.returncode == 2 and proc.stderr == "error: `rnnkit bench` is not available in this version of rnnkit\n"
     else:
         assert proc.returncode == 0 and proc.stdout.startswith("usage: rnnkit bench")
-    assert rnnkit("test", "--run", "r", "--bogus", cwd=tmp_path, check=False).returncode == 2  # argparse's own
+    assert rnnkit_cli("test", "--run", "r", "--bogus", cwd=tmp_path, check=False).returncode == 2  # argparse's own

@@ -14,7 +14,7 @@ from rnnkit.experiments.adding import BASELINE_MSE, AddingModel, adding_data, ru
 from rnnkit.experiments.compare import run_compare, table
 from rnnkit.experiments.gradients import hidden_grad_norms, run_gradients
 
-from test_cli import png_is_not_blank
+from helpers import png_is_not_blank, rnnkit_cli
 
 
 def parse(*argv):
@@ -155,3 +155,14 @@ def test_compare_on_tiny_epochs(tmp_path, capsys):
 def test_user_errors(call, message, tmp_path):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         call()
+
+
+def test_experiment_through_the_cli(tmp_path):
+    """`rnnkit experiment adding` end to end in a subprocess; a bad value is one error line, exit 2."""
+    rnnkit_cli("experiment", "adding", "--cell", "gru", "--T", 8, "--steps", 10, "--hidden-size", 4,
+               "--batch-size", 8, "--test-size", 16, "--evals", 1, "--quiet", "--out", "a", cwd=tmp_path)
+    r = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert (r["cell"], r["T"], r["steps"]) == ("gru", 8, 10) and np.isfinite(r["test_mse"])
+    bad = rnnkit_cli("experiment", "adding", "--cell", "gru", "--T", 1, "--out", "b", cwd=tmp_path, check=False)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and bad.stderr.count("\n") == 1
+    assert not (tmp_path / "b").exists()

@@ -2,8 +2,6 @@
 against hand-computed values, backtest, predict on a longer history, and the CLI end to end."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -11,6 +9,7 @@ import pytest
 import torch
 
 import rnnkit
+from helpers import rnnkit_cli
 from rnnkit.csvdata import frame_series, read_csv
 from rnnkit.data import Split, chronological_split, fold_split, split_windows
 from rnnkit.errors import ConfigError, DataError
@@ -20,12 +19,7 @@ from rnnkit.train import next_step_targets
 FAST = dict(hidden_size=8, epochs=3, batch_size=16)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def seasonal_series(n=120, seed=0):
@@ -214,14 +208,6 @@ def test_backtest_rows_and_mean(monthly):
 
 
 # ---- the CLI end to end --------------------------------------------------------------------------
-
-def rnnkit_cli(*args, cwd, check=True):
-    proc = subprocess.run([sys.executable, "-m", "rnnkit", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=120)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"rnnkit {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr}")
-    return proc
-
 
 def test_cli_multivariate_csv_train_test_backtest_predict(tmp_path):
     df = seasonal_series(90)

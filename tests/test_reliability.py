@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load, load_file, save
 
 import rnnkit
+from helpers import rnnkit_cli
 from rnnkit.config import DataConfig, TrainConfig
 from rnnkit.data import make_loaders, prepare
 from rnnkit.errors import RunError, TrainingError
@@ -28,12 +29,7 @@ TINY = dict(num_samples=200, seq_length=10, hidden_size=4, batch_size=16)
 TINY_FLAGS = ["--num-samples", "200", "--seq-length", "10", "--hidden-size", "4", "--batch-size", "16"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def weights(directory):
@@ -137,11 +133,6 @@ def wait_for_checkpoint(proc, out, timeout=60.0):
         time.sleep(0.005)
 
 
-def rnnkit_cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "rnnkit", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
-
-
 EPOCHS = 60  # long enough that the signal lands mid-training, short enough for a few seconds
 TRAIN = [*TINY_FLAGS, "--epochs", str(EPOCHS), "--patience", "0", "--quiet"]
 
@@ -162,19 +153,19 @@ def test_sigkill_then_test_visualize_and_resume(tmp_path, uninterrupted):
     proc.kill()
     assert proc.wait() == -signal.SIGKILL
     assert not (out / WEIGHTS).exists()
-    test = rnnkit_cli("test", "--run", out, cwd=tmp_path)  # falls back to the checkpoint's weights
+    test = rnnkit_cli("test", "--run", out, cwd=tmp_path, check=False)  # falls back to the checkpoint's weights
     assert test.returncode == 0 and "Test MSE Loss:" in test.stdout, test.stderr
     assert "using its checkpoint of epoch" in test.stderr
-    vis = rnnkit_cli("visualize", "--run", out, cwd=tmp_path)
+    vis = rnnkit_cli("visualize", "--run", out, cwd=tmp_path, check=False)
     assert vis.returncode == 0 and (out / "predictions_vs_true.png").exists(), vis.stderr
-    resume = rnnkit_cli("train", "--resume", out, "--quiet", cwd=tmp_path)
+    resume = rnnkit_cli("train", "--resume", out, "--quiet", cwd=tmp_path, check=False)
     assert resume.returncode == 0, resume.stderr
     assert_bitwise(weights(out), uninterrupted[0])
     history = json.loads((out / "history.json").read_text())
     assert history["epoch"] == list(range(1, EPOCHS + 1))
     assert history["train_loss"] == uninterrupted[1]["train_loss"]
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
-    again = rnnkit_cli("train", "--resume", out, cwd=tmp_path)
+    again = rnnkit_cli("train", "--resume", out, cwd=tmp_path, check=False)
     assert again.returncode == 0 and "nothing to resume" in again.stdout
 
 
@@ -188,7 +179,7 @@ def test_ctrl_c_saves_the_epoch_and_exits_130(tmp_path, uninterrupted):
     assert "Traceback" not in stderr
     assert f"continue with `rnnkit train --resume {out}`" in stderr.splitlines()[-1]
     assert not (out / WEIGHTS).exists()
-    resume = rnnkit_cli("train", "--resume", out, "--quiet", cwd=tmp_path)
+    resume = rnnkit_cli("train", "--resume", out, "--quiet", cwd=tmp_path, check=False)
     assert resume.returncode == 0, resume.stderr
     assert_bitwise(weights(out), uninterrupted[0])
 
@@ -228,7 +219,7 @@ def test_an_exploding_gradient_stops_training_and_names_the_fix():
 
 def test_a_diverging_cli_run_is_one_error_line(tmp_path):
     proc = rnnkit_cli("train", *TINY_FLAGS, "--epochs", "3", "--lr", "1e30", "--clip-grad-norm", "0",
-                      "--out", "r", cwd=tmp_path)
+                      "--out", "r", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: ") and "--lr" in proc.stderr
 
@@ -261,7 +252,7 @@ def test_the_seeds_pth_imports_and_predicts_as_the_seed(tmp_path):
     torch.manual_seed(3)
     seed = seed_model_class()(1, 32, 1)
     torch.save(seed.state_dict(), tmp_path / "rnn_custom_model.pth")  # as the seed's train.py does
-    proc = rnnkit_cli("import-seed", "rnn_custom_model.pth", "--out", "run", cwd=tmp_path)
+    proc = rnnkit_cli("import-seed", "rnn_custom_model.pth", "--out", "run", cwd=tmp_path, check=False)
     assert proc.returncode == 0, proc.stderr
     f = rnnkit.Forecaster.load(tmp_path / "run")
     assert isinstance(f.model, rnnkit.CustomRNN) and f.config.model.hidden_size == 32
@@ -272,7 +263,7 @@ def test_the_seeds_pth_imports_and_predicts_as_the_seed(tmp_path):
         expected = seed(x).double().numpy()
     _, pred = f.predictions("test")
     assert abs(pred.reshape(-1) - expected.reshape(-1)).max() < 1e-5
-    assert rnnkit_cli("test", "--run", "run", cwd=tmp_path).returncode == 0
+    assert rnnkit_cli("test", "--run", "run", cwd=tmp_path, check=False).returncode == 0
 
 
 class Payload:
@@ -293,7 +284,7 @@ def test_a_pickle_with_objects_is_refused_and_never_runs(tmp_path):
     for path in (zip_pth, legacy_pth):
         with pytest.raises(RunError, match="refused to load"):
             load_seed_checkpoint(path)
-    proc = rnnkit_cli("import-seed", zip_pth, "--out", "run", cwd=tmp_path)
+    proc = rnnkit_cli("import-seed", zip_pth, "--out", "run", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "refused to load" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "run").exists()
     # A pickle where a run's weights should be: safetensors parses only its header, nothing runs.

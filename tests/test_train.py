@@ -16,12 +16,7 @@ from rnnkit.train import fit, mean_loss, next_step_targets
 SMALL = DataConfig(num_samples=160, seq_length=12, batch_size=16, val_ratio=0.2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def small_run(cell="gru", **train):

@@ -180,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     # breaks the other commands; its own parser parses the rest of the line.
     p = sub.add_parser("bench", help="speed benchmarks (see `rnnkit bench --help`)", add_help=False)
     p.set_defaults(handler=cmd_bench)
+
+    from . import experiments  # argparse only; torch is imported when an experiment runs
+    p = sub.add_parser("experiment", help="adding problem, gradient flow, cell comparison",
+                       description="Experiments that show vanishing gradients and long-range memory.")
+    experiments.add_arguments(p)
+    p.set_defaults(handler=experiments.run)
     return parser
 
 
