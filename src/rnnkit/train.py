@@ -130,7 +130,9 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | Non
                     best_state = copy.deepcopy(model.state_dict())
                 else:
                     loop["bad"] += 1
-                    hist["stopped_early"] = bool(cfg.patience and loop["bad"] >= cfg.patience)
+                    # Running out of patience on the last epoch is not stopping early.
+                    hist["stopped_early"] = bool(cfg.patience and loop["bad"] >= cfg.patience
+                                                 and epoch < cfg.epochs)
             loop["epoch"] = epoch
             last = epoch == cfg.epochs or hist["stopped_early"]
             if checkpoint is not None and (epoch % cfg.checkpoint_every == 0 or last or ctrl_c.pressed):
