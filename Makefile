@@ -15,9 +15,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 # Train with the defaults on the seed's combined wave, test, and write the plots into $(RUN).
 run: install
-	$(BIN)/rnnkit train --force --threads 2 --out $(RUN)
-	$(BIN)/rnnkit test --run $(RUN)
-	$(BIN)/rnnkit visualize --run $(RUN)
+	$(BIN)/rnnkit train --force --threads 2 --test --visualize --out $(RUN)
 	@echo "Run directory: $(RUN) (model.safetensors, config.json, metrics.json, *.png)"
 
 test: install

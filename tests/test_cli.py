@@ -34,6 +34,15 @@ def test_train_test_visualize(tmp_path):
     assert "wrote" in vis.stdout
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
+    # make run's one-process form gives the same test numbers and plots as the three commands
+    again = tmp_path / "again"
+    one = rnnkit_cli("train", *TINY, "--epochs", "2", "--test", "--visualize", "--quiet", "--out", again,
+                     cwd=tmp_path)
+    assert f"Test MSE Loss: {mse:.6f}" in one.stdout
+    assert json.loads((again / "metrics.json").read_text()) == metrics
+    for name in ("predictions_vs_true.png", "loss_curve.png"):
+        assert png_is_not_blank(again / name), name
+
 
 def test_seed_preset(tmp_path):
     out = tmp_path / "seed"

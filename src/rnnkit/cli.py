@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, metavar="N",
                    help="torch CPU threads (default 1: fastest for these small models)")
     p.add_argument("--quiet", action="store_true", help="no epoch lines")
+    p.add_argument("--test", action="store_true", help="then `rnnkit test` the run, in the same process")
+    p.add_argument("--visualize", action="store_true", help="then `rnnkit visualize` the run, in the same process")
     p.set_defaults(handler=cmd_train)
 
     p = sub.add_parser("import-seed", help="make a run directory from the seed's rnn_custom_model.pth",
@@ -235,6 +237,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     h = f.history
     print(f"Trained {len(h['epoch'])} epochs in {sum(h['time']):.1f}s (kept epoch {h['best_epoch']}); "
           f"run saved to {out}")
+    # One process for the whole job saves a torch import and a numba cache load per step (~2 s each).
+    after = argparse.Namespace(run=str(out), season=None)
+    if args.test:
+        cmd_test(after)
+    if args.visualize:
+        cmd_visualize(after)
     return 0
 
 
