@@ -80,6 +80,71 @@ def test_fused_matches_reference_float64(name, config):
     _compare(name, config, torch.float64, 1e-9)
 
 
+# How the loops run (rnnkit.kernels.blas): "one" thread with the default BLAS, the batch split in
+# "shards" over threads, one shard with the BLAS's own "blas-threads", and scipy's "openblas". Each
+# is forced on these tiny layers by lowering the thresholds.
+PATHS = ("one", "shards", "blas-threads", "openblas")
+
+
+@pytest.fixture
+def path(request, monkeypatch):
+    from rnnkit.kernels import blas
+
+    name = request.param
+    threads = torch.get_num_threads()
+    if name == "shards":
+        monkeypatch.setattr(blas, "SHARD_MIN_WORK", 0)
+        monkeypatch.setattr(blas, "SHARD_MIN_ROWS", 1)
+        torch.set_num_threads(3)  # B=4 rows: shards of 1, 2 and 1 rows
+    elif name == "blas-threads":
+        monkeypatch.setattr(blas, "BLAS_THREADS_MIN_WORK", 0)
+        torch.set_num_threads(2)
+    elif name == "openblas":
+        monkeypatch.setattr(blas, "blas", blas._openblas)
+        monkeypatch.setattr(blas, "SHARD_MIN_WORK", 0)
+        monkeypatch.setattr(blas, "SHARD_MIN_ROWS", 1)
+        torch.set_num_threads(2)
+    yield name
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("path", PATHS, indirect=True)
+@pytest.mark.parametrize("config", [CONFIGS[2], CONFIGS[4]], ids=lambda c: "-".join(map(str, c)))
+@pytest.mark.parametrize("name", CELLS)
+def test_every_path_matches_reference(name, config, path):
+    from rnnkit.kernels import blas
+
+    if path == "shards":
+        assert len(blas.plan(B, H, H).shards) == 3
+    if path == "blas-threads" and blas.blas().name == "mkl":
+        assert blas.plan(B, H, H).blas_threads == 2
+    _compare(name, config, torch.float64, 1e-9)
+
+
+def test_blas_found_and_checked():
+    from rnnkit.kernels import blas
+
+    chosen = blas.blas()
+    assert chosen.name in ("mkl", "openblas") and blas._works(chosen)
+    assert blas._works(blas._openblas())
+
+
+def test_shard_pool_is_remade_after_fork():
+    """A forked child (a DataLoader worker, say) has none of the parent's pool threads."""
+    import os
+
+    from rnnkit.kernels import blas
+
+    pool = blas._executor(1)
+    assert blas._executor(1) is pool
+    pid = os.fork()
+    if pid == 0:
+        ok = blas._executor(1) is not pool and blas._executor(1).submit(lambda: 7).result(timeout=10) == 7
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
 @pytest.mark.parametrize("name", CELLS)
 def test_fused_matches_reference_float32(name):
     _compare(name, (2, True, True, True, "packed", True), torch.float32, 1e-5)

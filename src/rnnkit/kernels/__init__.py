@@ -1,7 +1,7 @@
 """Fused engines: hoisted input GEMM, hand-written BPTT, compiled time loop (see fused.py).
 
 :func:`supports` is plain torch; ``run_fused`` is imported on first use, so ``import rnnkit`` does not
-pay for numba and scipy (~0.6 s) until a fused layer runs.
+pay for numba (~0.6 s) until a fused layer runs.
 """
 
 from __future__ import annotations

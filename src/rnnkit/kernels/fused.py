@@ -1,7 +1,8 @@
 """The fused engine: one layer-direction as a torch.autograd.Function around the compiled loops.
 
-Forward: ``xp = x W_ih^T + b_ih`` for all steps as one GEMM, then the recurrence in
-:func:`rnnkit.kernels.loops.forward`. Backward: hand-written BPTT in
+Forward: ``xp = x W_ih^T + b_ih + b_hh`` for all steps as one GEMM (batch-major, so no transposes),
+then the recurrence in :func:`rnnkit.kernels.loops.forward`, run over row shards on several threads
+when the layer is big enough (:mod:`rnnkit.kernels.blas`). Backward: hand-written BPTT in
 :func:`rnnkit.kernels.loops.backward`, then every weight gradient as one GEMM over all steps
 (``dW_ih = dG^T x``, ``dW_hh = dG_h^T h_prev``) and ``dx = dG W_ih``. :func:`run_fused` has the
 signature of :func:`rnnkit.layers.run_reference` and is held to it in float64 by tests/test_kernels.py.
@@ -12,17 +13,14 @@ raises instead of returning a wrong answer; use ``engine="reference"`` for that.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import functools
 
 import numpy as np
-import scipy.linalg.cython_blas  # noqa: F401  (numba's np.dot calls the BLAS that scipy loads)
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from . import loops
+from . import blas, loops
 
 def kind_code(kind: str, nonlinearity: str = "tanh", reset_after: bool = True) -> int:
     if kind == "rnn":
@@ -30,34 +28,6 @@ def kind_code(kind: str, nonlinearity: str = "tanh", reset_after: bool = True) -
     if kind == "lstm":
         return loops.LSTM
     return loops.GRU if reset_after else loops.GRU_RESET_BEFORE
-
-
-@functools.cache
-def _openblas_threads_setters() -> tuple:
-    """openblas_set_num_threads_local of every loaded OpenBLAS (numpy and scipy each bring one; numba
-    calls scipy's), or none (another BLAS, or no /proc to find them in: the loop then runs with that
-    BLAS's own threading)."""
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if "openblas" in line.lower() and ".so" in line}
-    except OSError:
-        return ()
-    setters = (getattr(ctypes.CDLL(path), "openblas_set_num_threads_local", None) for path in sorted(paths))
-    return tuple(s for s in setters if s is not None)
-
-
-@contextlib.contextmanager
-def single_thread_blas():
-    """Run the loop's per-step BLAS calls on the calling thread only. They are small (B x H by
-    H x G*H), and measured on 2 busy cores OpenBLAS's thread pool made them 3x slower
-    (benchmarks/README.md); the setting is per thread and restored on exit."""
-    setters = _openblas_threads_setters()
-    old = [setter(1) for setter in setters]
-    try:
-        yield
-    finally:
-        for setter, n in zip(setters, old):
-            setter(n)
 
 
 @functools.lru_cache(maxsize=16)
@@ -74,36 +44,55 @@ def _lengths(lengths: Tensor | None, B: int, T: int):
     return lengths.contiguous().numpy()
 
 
+def _input_bias(code: int, b_ih: Tensor | None, b_hh: Tensor | None, W_hh: Tensor):
+    """The bias folded into the input projection, and GRU's b_hn (reset after), which r scales and
+    so stays out of it (zeros when there is none)."""
+    H = W_hh.shape[1]
+    b_hn = None
+    if code == loops.GRU:
+        if b_hh is not None:
+            b_hn = b_hh[2 * H:].detach().contiguous()
+            b_hh = torch.cat([b_hh[: 2 * H], b_hh.new_zeros(H)])
+        else:
+            b_hn = W_hh.new_zeros(H)
+    if b_ih is None or b_hh is None:
+        bias = b_ih if b_hh is None else b_hh
+    else:
+        bias = b_ih + b_hh
+    return (None if bias is None else bias.detach()), b_hn
+
+
 def _forward(code: int, reverse: bool, lengths: Tensor | None, x: Tensor, h0: Tensor, c0: Tensor | None,
              W_ih: Tensor, W_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, store: bool):
     """The forward pass of :class:`FusedLayer` (see there) as a plain function, with autograd off.
     Returns out, h_n, c_n and what the backward pass needs (its activations only when store)."""
-    B, T, _ = x.shape
-    H = W_hh.shape[1]
-    GH = W_hh.shape[0]
-    x_tm = x.transpose(0, 1).reshape(T * B, -1)  # (T*B, I), time-major
-    xp = (torch.mm(x_tm, W_ih.t()) if b_ih is None else torch.addmm(b_ih, x_tm, W_ih.t()))
-    xp = xp.view(T, B, GH)  # (T, B, G*H)
-    first = T if reverse else 0
-    hs = x.new_empty(T + 1, B, H)  # (T+1, B, H)
-    hs[first] = h0
-    cs = x.new_empty(T + 1 if code == loops.LSTM else 0, B, H)
-    if code == loops.LSTM:
-        cs[first] = c0
-    acts = x.new_empty(T if store else 1, B, loops.ACTS[code] * H)  # (T, B, A)
-    W_hh_c = W_hh.detach().contiguous()
-    b_hh_c = x.new_zeros(GH) if b_hh is None else b_hh.detach().contiguous()
+    B, T, I = x.shape
+    GH, H = W_hh.shape
+    x2 = x.detach().reshape(B * T, I)  # (B*T, I), a view when x is contiguous
+    bias, b_hn = _input_bias(code, b_ih, b_hh, W_hh)
+    W_ih = W_ih.detach()
+    xp = torch.mm(x2, W_ih.t()) if bias is None else torch.addmm(bias, x2, W_ih.t())  # (B*T, G*H)
+    xp = xp.view(B, T, GH)
+    first, last = (T, 0) if reverse else (0, T)
+    hs = x.new_empty(B, T + 1, H)
+    hs[:, first] = h0
+    lstm = code == loops.LSTM
+    cs = x.new_empty(B, T + 1 if lstm else 0, H)
+    if lstm:
+        cs[:, first] = c0
+    acts = x.new_empty(B, T if store else 1, loops.ACTS[code] * H)
+    W = W_hh.detach().contiguous()
     lens = _lengths(lengths, B, T)
-    with single_thread_blas():
-        loops.forward(code, xp.detach().numpy(), hs.numpy(), cs.numpy(), acts.numpy(),
-                      W_hh_c.numpy(), b_hh_c.numpy(), lens, reverse, store)
-    out = (hs[:-1] if reverse else hs[1:]).transpose(0, 1)  # (B, T, H)
+    b_hn_np = (b_hn if b_hn is not None else W[0]).numpy()  # (H,), read by GRU (reset after) only
+    blas.run_sharded(loops.forward, (code, blas.blas().gemm[xp.numpy().dtype], xp.numpy(), hs.numpy(),
+                                     cs.numpy(), acts.numpy(), W.numpy(), b_hn_np, lens, reverse),
+                     blas.plan(B, H, GH))
+    out = hs[:, :-1] if reverse else hs[:, 1:]  # (B, T, H)
     if lengths is not None:
         alive = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
         out = out * alive.unsqueeze(2).to(out.dtype)
-    last = 0 if reverse else T
-    c_n = cs[last] if code == loops.LSTM else None
-    return out, hs[last], c_n, (x_tm, hs, cs, acts, W_hh_c, lens)
+    c_n = cs[:, last] if lstm else None
+    return out, hs[:, last], c_n, (x2, xp, hs, cs, acts, W, lens)
 
 
 class FusedLayer(torch.autograd.Function):
@@ -114,55 +103,53 @@ class FusedLayer(torch.autograd.Function):
     def forward(ctx, code: int, reverse: bool, lengths: Tensor | None, x: Tensor, h0: Tensor,
                 c0: Tensor | None, W_ih: Tensor, W_hh: Tensor, b_ih: Tensor | None,
                 b_hh: Tensor | None):
-        store = any(ctx.needs_input_grad)
-        out, h_n, c_n, (x_tm, hs, cs, acts, W_hh_c, lens) = _forward(
-            code, reverse, lengths, x, h0, c0, W_ih, W_hh, b_ih, b_hh, store)
-        if store:
-            ctx.save_for_backward(x_tm, hs, cs, acts, W_ih, W_hh_c, b_ih, b_hh)
-            ctx.config = (code, reverse, lens)
+        out, h_n, c_n, (x2, xp, hs, cs, acts, W, lens) = _forward(
+            code, reverse, lengths, x, h0, c0, W_ih, W_hh, b_ih, b_hh, store=True)
+        ctx.save_for_backward(x2, xp, hs, cs, acts, W_ih, W, b_ih, b_hh)
+        ctx.config = (code, reverse, lens, x.shape)
         return out, h_n, c_n
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dout: Tensor, dh_n: Tensor, dc_n: Tensor | None):
-        x_tm, hs, cs, acts, W_ih, W_hh, b_ih, b_hh = ctx.saved_tensors
-        code, reverse, lens = ctx.config
-        T1, B, H = hs.shape
-        T = T1 - 1
-        GH = W_hh.shape[0]
-        dy = dout.transpose(0, 1).contiguous()  # (T, B, H)
+        x2, xp, hs, cs, acts, W_ih, W_hh, b_ih, b_hh = ctx.saved_tensors
+        code, reverse, lens, x_shape = ctx.config
+        B, T, GH = xp.shape
+        H = hs.shape[2]
+        lstm = code == loops.LSTM
+        dy = dout.contiguous()  # (B, T, H)
         dh = dh_n.contiguous().clone()
-        dc = (dc_n.contiguous().clone() if code == loops.LSTM else hs.new_empty(0, 0))
-        dG = hs.new_empty(T, B, GH)  # (T, B, G*H)
-        with single_thread_blas():
-            loops.backward(code, dy.numpy(), dh.numpy(), dc.numpy(), hs.numpy(), cs.numpy(),
-                           acts.numpy(), W_hh.numpy(), lens, reverse, dG.numpy())
+        dc = dc_n.contiguous().clone() if lstm else hs.new_empty(0, 0)
+        dG = hs.new_empty(B, T, GH)
+        blas.run_sharded(loops.backward, (code, blas.blas().gemm[dG.numpy().dtype], dy.numpy(), dh.numpy(),
+                                          dc.numpy(), hs.numpy(), cs.numpy(), xp.numpy(), acts.numpy(),
+                                          W_hh.numpy(), lens, reverse, dG.numpy()),
+                         blas.plan(B, H, GH))
         need = ctx.needs_input_grad  # code, reverse, lengths, x, h0, c0, W_ih, W_hh, b_ih, b_hh
-        dG2 = dG.view(T * B, GH)  # (T*B, G*H)
-        dx = torch.mm(dG2, W_ih).view(T, B, -1).transpose(0, 1) if need[3] else None  # (B, T, I)
-        dW_ih = torch.mm(dG2.t(), x_tm) if need[6] else None
+        dG2 = dG.view(B * T, GH)  # (B*T, G*H)
+        dx = torch.mm(dG2, W_ih.detach()).view(x_shape) if need[3] else None  # (B, T, I)
+        dW_ih = torch.mm(dG2.t(), x2) if need[6] else None
         db_ih = dG2.sum(0) if b_ih is not None and need[8] else None
         dW_hh = db_hh = None
         if need[7] or (b_hh is not None and need[9]):
-            h_prev = (hs[1:] if reverse else hs[:-1]).reshape(T * B, H)  # (T*B, H)
+            h_prev = (hs[:, 1:] if reverse else hs[:, :-1]).reshape(B * T, H)  # (B*T, H)
             if code == loops.GRU_RESET_BEFORE:
                 # The n rows of W_hh multiply r ⊙ h_prev, stored in acts.
-                rh = acts[:, :, 3 * H:].reshape(T * B, H)  # (T*B, H)
+                rh = acts.view(B * T, H)
                 dG_h = dG2
-                dW_hh = torch.cat([torch.mm(dG2[:, : 2 * H].t(), h_prev),
-                                   torch.mm(dG2[:, 2 * H:].t(), rh)])
+                dW_hh = torch.cat([torch.mm(dG2[:, : 2 * H].t(), h_prev), torch.mm(dG2[:, 2 * H:].t(), rh)])
             else:
                 if code == loops.GRU:
-                    # The n rows of W_hh h + b_hh are scaled by r before they meet the input's.
+                    # The n rows of W_hh h + b_hh are scaled by r (xp's first block) before they
+                    # meet the input's.
                     dG_h = dG2.clone()
-                    dG_h[:, 2 * H:] *= acts[:, :, :H].reshape(T * B, H)
+                    dG_h[:, 2 * H:] *= xp.view(B * T, GH)[:, :H]
                 else:
                     dG_h = dG2
                 dW_hh = torch.mm(dG_h.t(), h_prev)
             if b_hh is not None:  # the same sum as db_ih unless GRU rescaled dG_h; a copy is cheaper
                 db_hh = db_ih.clone() if dG_h is dG2 and db_ih is not None else dG_h.sum(0)
-        return (None, None, None, dx, dh if need[4] else None,
-                dc if code == loops.LSTM and need[5] else None,
+        return (None, None, None, dx, dh if need[4] else None, dc if lstm and need[5] else None,
                 dW_ih, dW_hh if need[7] else None, db_ih, db_hh if b_hh is not None and need[9] else None)
 
 

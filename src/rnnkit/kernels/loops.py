@@ -1,23 +1,35 @@
 """The compiled time loops of the fused engine: forward and hand-written BPTT for every cell.
 
-Everything here is time-major and works on numpy views of torch tensors. The input projection
-``xp = x W_ih^T + b_ih`` of all steps is one GEMM done by the caller before the loop, and the weight
-gradients are GEMMs the caller does after it over the stored states and pre-activation gradients
-``dG``; what is left inside the loop is one small BLAS call per step (``h W_hh^T``, or ``dG W_hh`` going
-back; two for GRU with the reset gate before the matrix) and the gates, computed in place in
-preallocated buffers. numba compiles the loop once per dtype (``kind``, ``reverse`` and ``store`` are
-runtime values) and caches it on disk, so the loop pays no Python or dispatcher cost per step.
+The caller does the input projection of all steps as one GEMM before the loop, with every bias that
+adds straight to a pre-activation folded in: ``xp = x W_ih^T + b_ih + b_hh`` (for GRU with the reset
+gate after the matrix, b_hn is left out: r scales W_hn h + b_hn). It does every weight gradient as
+one GEMM after the backward loop, over the stored states and the pre-activation gradients ``dG``.
+What is left inside the loop is one BLAS call per step (two for GRU with the reset gate before the
+matrix) and the gates. The BLAS call adds ``h W_hh^T`` straight into the step's slice of xp (beta = 1)
+and the gates are then computed in place there, so xp ends up holding the activations the backward
+pass reads. numba compiles each loop once per dtype (the cell, direction and rows are runtime
+values) and caches it on disk, so the loop pays no Python or dispatcher cost per step.
 
-Storage, all indexed by time t (not by loop step), for a layer of hidden size H and G gate blocks:
+BLAS: the loops call a Fortran ``?gemm_`` through its address (``gemm``), found by
+:mod:`rnnkit.kernels.blas`: the MKL inside torch's own library where it has one, else scipy's. Only
+its address crosses into compiled code, so the on-disk cache holds no pointer of another process.
 
-* ``hs`` (T+1, B, H): hidden states on the boundaries between steps. The forward direction reads
-  hs[t] and writes hs[t+1]; the reverse direction reads hs[t+1] and writes hs[t]. The initial state
-  is therefore hs[0] (forward) or hs[T] (reverse), and the outputs are hs[1:] or hs[:-1].
-* ``cs`` (T+1, B, H): the LSTM cell states, the same way; (0, B, H) for the other cells.
-* ``acts`` (T, B, A): what the backward pass needs besides the states: LSTM i, f, g, o, tanh(c)
-  (A = 5H); GRU r, z, n and W_hn h + b_hn (reset after) or r ⊙ h (reset before) (A = 4H);
-  nothing for the Elman cell (A = 0), whose derivative comes from h itself.
-* ``dG`` (T, B, G*H): the gradient of the loss with respect to the input pre-activation xp.
+Storage, batch-major as the model's tensors (no transposes around the loop), for a layer of hidden
+size H, G gate blocks and T steps; b is the batch row, t the time (not the loop step):
+
+* ``xp`` (B, T, G*H): pre-activations, overwritten by the activations (LSTM i, f, g, o; GRU r, z, n;
+  the Elman cell's are not kept: its derivative comes from h itself).
+* ``hs`` (B, T+1, H): hidden states on the boundaries between steps. The forward direction reads
+  hs[:, t] and writes hs[:, t+1]; the reverse direction reads hs[:, t+1] and writes hs[:, t]. The
+  initial state is hs[:, 0] (forward) or hs[:, T] (reverse), the outputs hs[:, 1:] or hs[:, :-1].
+* ``cs`` (B, T+1, H): the LSTM cell states, the same way; (B, 0, H) for the other cells.
+* ``acts`` (B, T, A*H): what else the backward pass needs: LSTM tanh(c), GRU W_hn h + b_hn (reset
+  after) or r ⊙ h (reset before) (A = 1); nothing for the Elman cell (A = 0). (B, 1, A*H) scratch when
+  no gradient is wanted.
+* ``dG`` (B, T, G*H): the gradient of the loss with respect to the pre-activation xp.
+
+Each call runs the batch rows [b0, b1) only: rows never mix in a recurrence, so the caller may run
+disjoint row ranges on several threads at once (the loops release the GIL).
 
 A sequence b is alive at time t when ``lengths[b] > t``; a dead row keeps its state, stores zero
 activations (so the caller's GEMMs over them add exact zeros) and passes its gradient through.
@@ -27,13 +39,15 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import njit
+from numba import njit, types
 from numba.extending import intrinsic
 
 RNN_TANH, RNN_RELU, LSTM, GRU, GRU_RESET_BEFORE = range(5)
 
 # Extra storage per time step, in units of H (see the module docstring).
-ACTS = {RNN_TANH: 0, RNN_RELU: 0, LSTM: 5, GRU: 4, GRU_RESET_BEFORE: 4}
+ACTS = {RNN_TANH: 0, RNN_RELU: 0, LSTM: 1, GRU: 1, GRU_RESET_BEFORE: 1}
+
+_JIT = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 
 
 # exp(x) for x <= 0, written out so that LLVM vectorizes the gate loops (numba has no vector exp
@@ -102,187 +116,277 @@ def _tanh(a):
     return v if a >= F(0.0) else -v
 
 
-@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
-def forward(kind, xp, hs, cs, acts, W_hh, b_hh, lengths, reverse, store):
-    """Run the recurrence over all T steps, filling hs, cs and (when store) acts in place.
 
-    xp (T, B, G*H) input pre-activations incl. b_ih; W_hh (G*H, H); b_hh (G*H,), zeros when absent;
-    lengths (B,) int64. With store False (no gradient wanted) acts is (1, B, A) scratch.
+
+# ---- BLAS by address ---------------------------------------------------------------------------
+
+@intrinsic
+def _address(typingctx, arr):
+    """The address of an array's first element, as an int64."""
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        return builder.ptrtoint(data, ir.IntType(64))
+
+    return types.int64(arr), codegen
+
+
+@intrinsic
+def _call_fortran(typingctx, fn, args):
+    """Call the void function at address ``fn`` with the addresses in the tuple ``args`` as its
+    pointer arguments (Fortran passes everything by reference)."""
+    n = len(args)
+
+    def codegen(context, builder, sig, llargs):
+        ptr = ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [ptr] * n)
+        callee = builder.inttoptr(llargs[0], fnty.as_pointer())
+        builder.call(callee, [builder.inttoptr(builder.extract_value(llargs[1], i), ptr) for i in range(n)])
+        return context.get_dummy_value()
+
+    return types.void(fn, args), codegen
+
+
+@njit(**_JIT, inline="always")
+def _workspace(dtype):
+    """Where a ?gemm_ call's scalars live: m, n, k, lda, ldb, ldc; alpha, beta; 'N', 'T'."""
+    chars = np.empty(2, np.uint8)
+    chars[0], chars[1] = 78, 84
+    return np.empty(6, np.int32), np.empty(2, dtype), chars
+
+
+@njit(**_JIT, inline="always")
+def _gemm(fn, ws, trans_a, m, n, k, a, lda, b, ldb, beta, c, ldc):
+    """Column-major C (m x n) = op(A) B + beta C with op(A) = A^T when trans_a, by address."""
+    ints, scal, chars = ws
+    ints[0], ints[1], ints[2], ints[3], ints[4], ints[5] = m, n, k, lda, ldb, ldc
+    scal[0], scal[1] = 1, beta
+    pi, ps, pc = _address(ints), _address(scal), _address(chars)
+    _call_fortran(fn, (pc + (1 if trans_a else 0), pc, pi, pi + 4, pi + 8, ps, a, pi + 12, b, pi + 16,
+                       ps + scal.itemsize, c, pi + 20))
+
+
+@njit(**_JIT, inline="always")
+def _rows_times_wt(fn, ws, x, ldx, w, rows, cols, nb, beta, c, ldc):
+    """Row-major C (nb, rows) = X (nb, cols) W^T + beta C, W (rows, cols) contiguous; addresses and
+    row strides (in elements) of X and C."""
+    _gemm(fn, ws, True, rows, nb, cols, w, cols, x, ldx, beta, c, ldc)
+
+
+@njit(**_JIT, inline="always")
+def _rows_times_w(fn, ws, g, ldg, w, rows, cols, nb, beta, c, ldc):
+    """Row-major C (nb, cols) = Gm (nb, rows) W + beta C, W (rows, cols) contiguous."""
+    _gemm(fn, ws, False, cols, nb, rows, w, cols, g, ldg, beta, c, ldc)
+
+
+# ---- the loops ---------------------------------------------------------------------------------
+
+@njit(**_JIT)
+def forward(kind, gemm, xp, hs, cs, acts, W_hh, b_hn, lengths, reverse, b0, b1):
+    """Run the recurrence over all T steps for batch rows [b0, b1), filling hs, cs and acts and
+    turning xp into the activations, in place.
+
+    xp (B, T, G*H) input pre-activations with the folded biases; W_hh (G*H, H) contiguous; b_hn (H,)
+    (GRU reset after; else unused); lengths (B,) int64; acts (B, T or 1, A*H) (see the module
+    docstring).
     """
-    T, B, GH = xp.shape
+    B, T, GH = xp.shape
     H = hs.shape[2]
-    # GRU with the reset gate before the matrix multiplies r ⊙ h by W_hn, so only r, z rows go first.
-    W_rec = W_hh[: 2 * H] if kind == GRU_RESET_BEFORE else W_hh
-    W_n = W_hh[2 * H:]
-    rec = np.empty((B, W_rec.shape[0]), xp.dtype)  # (B, G*H) h W_hh^T
-    # (B, H) r ⊙ h, then (r ⊙ h) W_hn^T into hn (reset before); r ⊙ (W_hn h + b_hn) (reset after)
-    rh = np.zeros((B, H), xp.dtype)
-    hn = np.empty((B, H), xp.dtype)
+    nb = b1 - b0
+    isz = xp.itemsize
+    ws = _workspace(xp.dtype)
+    rows = 2 * H if kind == GRU_RESET_BEFORE else GH  # W_hh rows of the first product
+    rec = np.empty((nb, GH if kind == GRU else 0), xp.dtype)  # GRU reset after: h W_hh^T on its own
+    recg = rec.reshape(nb, rec.shape[1] // H, H)  # (nb, G, H)
+    shared = np.empty(H, xp.dtype)  # a row's term shared by two loops (see below)
     one, zero = xp.dtype.type(1.0), xp.dtype.type(0.0)  # typed constants, see _exp_neg
     # Gate-block views: gate k's element j is [.., k, j] with j from range(H), which LLVM knows is
     # >= 0. Written [.., k * H + j] it may be negative as far as LLVM knows, and numba's wraparound
     # of negative indices then turns every vector load into a gather (measured 2x slower loops).
-    xg = xp.reshape(T, B, GH // H, H)  # (T, B, G, H)
-    recg = rec.reshape(B, W_rec.shape[0] // H, H)  # (B, G, H)
-    bg = b_hh.reshape(GH // H, H)  # (G, H)
-    ag = acts.reshape(acts.shape[0], B, acts.shape[2] // H, H)  # (T, B, A/H, H)
+    xg = xp.reshape(B, T, GH // H, H)  # (B, T, G, H)
+    TA = acts.shape[1]
+    ag = acts.reshape(B, TA, acts.shape[2] // H, H)  # (B, TA, A, H)
+    w, x0, h0, a0 = _address(W_hh), _address(xp), _address(hs), _address(acts)
     for step in range(T):
         t = T - 1 - step if reverse else step
         p, q = (t + 1, t) if reverse else (t, t + 1)
-        x, hp, hq, a = xg[t], hs[p], hs[q], ag[t if store else 0]
-        np.dot(hp, W_rec.T, rec)
-        for b in range(B):
+        ta = t if TA == T else 0
+        xrow = x0 + (b0 * T + t) * GH * isz  # xp[b0, t]
+        hrow = h0 + (b0 * (T + 1) + p) * H * isz  # hs[b0, p]
+        if kind == GRU:
+            _rows_times_wt(gemm, ws, hrow, (T + 1) * H, w, GH, H, nb, 0, _address(rec), GH)
+        else:  # xp[:, t] += h W^T: the full pre-activation (GRU reset before: r and z only)
+            _rows_times_wt(gemm, ws, hrow, (T + 1) * H, w, rows, H, nb, 1, xrow, T * GH)
+        for b in range(b0, b1):
             if lengths[b] <= t:
-                hq[b] = hp[b]
+                hs[b, q] = hs[b, p]
                 if kind == LSTM:
-                    cs[q, b] = cs[p, b]
-                a[b] = 0.0
-                rh[b] = 0.0
+                    cs[b, q] = cs[b, p]
+                xg[b, t] = 0.0
+                ag[b, ta] = 0.0
                 continue
-            # One activation per loop, kind tested outside them: each loop vectorizes. Plain indexing,
-            # no per-row views: making them cost more than a row's work at small H (measured).
+            r = b - b0
+            # One activation per loop, the cell's branch outside them: each loop vectorizes. Plain
+            # indexing, no per-row views: making them costs more than a row's work at small H. No
+            # loop stores into one row of an array and reads another row of it (h from hs into hs,
+            # c from cs into cs, GRU's n from r in xp): LLVM cannot tell the rows apart and keeps
+            # such a loop scalar (measured 2-3x slower), so those go through ``shared``.
             if kind == RNN_TANH:
                 for j in range(H):
-                    hq[b, j] = _tanh(x[b, 0, j] + recg[b, 0, j] + bg[0, j])
+                    hs[b, q, j] = _tanh(xg[b, t, 0, j])
             elif kind == RNN_RELU:
                 for j in range(H):
-                    hq[b, j] = max(x[b, 0, j] + recg[b, 0, j] + bg[0, j], zero)
+                    hs[b, q, j] = max(xg[b, t, 0, j], zero)
             elif kind == LSTM:
                 for k in range(2):  # i, f
                     for j in range(H):
-                        a[b, k, j] = _sigmoid(x[b, k, j] + recg[b, k, j] + bg[k, j])
+                        xg[b, t, k, j] = _sigmoid(xg[b, t, k, j])
                 for j in range(H):  # g
-                    a[b, 2, j] = _tanh(x[b, 2, j] + recg[b, 2, j] + bg[2, j])
+                    xg[b, t, 2, j] = _tanh(xg[b, t, 2, j])
                 for j in range(H):  # o
-                    a[b, 3, j] = _sigmoid(x[b, 3, j] + recg[b, 3, j] + bg[3, j])
+                    xg[b, t, 3, j] = _sigmoid(xg[b, t, 3, j])
                 for j in range(H):
-                    cs[q, b, j] = a[b, 1, j] * cs[p, b, j] + a[b, 0, j] * a[b, 2, j]
+                    shared[j] = xg[b, t, 1, j] * cs[b, p, j] + xg[b, t, 0, j] * xg[b, t, 2, j]
                 for j in range(H):
-                    a[b, 4, j] = _tanh(cs[q, b, j])
+                    cs[b, q, j] = shared[j]
+                    ag[b, ta, 0, j] = _tanh(shared[j])
                 for j in range(H):
-                    hq[b, j] = a[b, 3, j] * a[b, 4, j]
+                    hs[b, q, j] = xg[b, t, 3, j] * ag[b, ta, 0, j]
+            elif kind == GRU:
+                for k in range(2):  # r, z
+                    for j in range(H):
+                        xg[b, t, k, j] = _sigmoid(xg[b, t, k, j] + recg[r, k, j])
+                for j in range(H):
+                    ag[b, ta, 0, j] = recg[r, 2, j] + b_hn[j]
+                for j in range(H):
+                    shared[j] = xg[b, t, 0, j] * ag[b, ta, 0, j]  # r ⊙ (W_hn h + b_hn)
+                for j in range(H):
+                    xg[b, t, 2, j] = _tanh(xg[b, t, 2, j] + shared[j])
+                for j in range(H):
+                    shared[j] = (one - xg[b, t, 1, j]) * xg[b, t, 2, j] + xg[b, t, 1, j] * hs[b, p, j]
+                for j in range(H):
+                    hs[b, q, j] = shared[j]
             else:
                 for k in range(2):  # r, z
                     for j in range(H):
-                        a[b, k, j] = _sigmoid(x[b, k, j] + recg[b, k, j] + bg[k, j])
-                if kind == GRU:
-                    for j in range(H):
-                        a[b, 3, j] = recg[b, 2, j] + bg[2, j]
-                    # r ⊙ (W_hn h + b_hn) goes through rh, not straight into the tanh: a loop that
-                    # stores into one row of acts and loads from others of it does not vectorize
-                    # (LLVM cannot tell the rows apart; measured 2.3x slower).
-                    for j in range(H):
-                        rh[b, j] = a[b, 0, j] * a[b, 3, j]
-                    for j in range(H):
-                        a[b, 2, j] = _tanh(x[b, 2, j] + rh[b, j])
-                    for j in range(H):
-                        hq[b, j] = (one - a[b, 1, j]) * a[b, 2, j] + a[b, 1, j] * hp[b, j]
-                else:
-                    for j in range(H):
-                        rh[b, j] = a[b, 0, j] * hp[b, j]
-                        a[b, 3, j] = rh[b, j]
-        if kind == GRU_RESET_BEFORE:
-            np.dot(rh, W_n.T, hn)
-            for b in range(B):
+                        xg[b, t, k, j] = _sigmoid(xg[b, t, k, j])
+                for j in range(H):
+                    ag[b, ta, 0, j] = xg[b, t, 0, j] * hs[b, p, j]  # r ⊙ h
+        if kind == GRU_RESET_BEFORE:  # xp[:, t]'s n block += (r ⊙ h) W_hn^T
+            _rows_times_wt(gemm, ws, a0 + (b0 * TA + ta) * H * isz, TA * H, w + rows * H * isz, H, H, nb,
+                           1, xrow + rows * isz, T * GH)
+            for b in range(b0, b1):
                 if lengths[b] > t:
                     for j in range(H):
-                        a[b, 2, j] = _tanh(x[b, 2, j] + hn[b, j] + bg[2, j])
+                        xg[b, t, 2, j] = _tanh(xg[b, t, 2, j])
                     for j in range(H):
-                        hq[b, j] = (one - a[b, 1, j]) * a[b, 2, j] + a[b, 1, j] * hp[b, j]
+                        shared[j] = (one - xg[b, t, 1, j]) * xg[b, t, 2, j] + xg[b, t, 1, j] * hs[b, p, j]
+                    for j in range(H):
+                        hs[b, q, j] = shared[j]
 
 
-@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
-def backward(kind, dy, dh, dc, hs, cs, acts, W_hh, lengths, reverse, dG):
-    """BPTT: fill dG (T, B, G*H) and turn dh, dc (B, H) from the final-state gradients into the
-    initial-state gradients, in place. dy (T, B, H) is the gradient of the outputs."""
-    T, B, GH = dG.shape
+@njit(**_JIT)
+def backward(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reverse, dG, b0, b1):
+    """BPTT for batch rows [b0, b1): fill dG (B, T, G*H) and turn dh, dc (B, H) from the final-state
+    gradients into the initial-state gradients, in place. dy (B, T, H) is the gradient of the
+    outputs; xp holds the forward pass's activations."""
+    B, T, GH = dG.shape
     H = hs.shape[2]
-    W_rec = W_hh[: 2 * H] if kind == GRU_RESET_BEFORE else W_hh
-    W_n = W_hh[2 * H:]
-    # Gradient of the recurrent pre-activation h W_rec^T: dG itself for Elman and LSTM; for GRU its
-    # n block differs from dG's (reset after: times r) or is not there (reset before).
-    grec = np.zeros((B, W_rec.shape[0]), dG.dtype)
-    dan = np.zeros((B, H), dG.dtype)  # GRU reset before: gradient of the n pre-activation
-    drh = np.empty((B, H), dG.dtype)
-    back = np.empty((B, H), dG.dtype)
-    # Per-row scratch, its own allocation: a loop that stores into one row of an array and touches
-    # another row of it stays scalar (see forward), so terms shared by several gate rows go through it.
+    nb = b1 - b0
+    isz = dG.itemsize
+    ws = _workspace(dG.dtype)
+    rows = 2 * H if kind == GRU_RESET_BEFORE else GH
+    # Gradient of the recurrent product's output h W^T: dG itself for Elman and LSTM; for GRU its n
+    # block differs from dG's (reset after: times r) or is not there (reset before).
+    grec = np.zeros((nb, rows if kind >= GRU else 0), dG.dtype)
+    grecg = grec.reshape(nb, grec.shape[1] // H, H)  # (nb, G, H)
+    dan = np.zeros((nb, H if kind == GRU_RESET_BEFORE else 0), dG.dtype)  # of n's pre-activation
+    drh = np.empty((nb, H if kind == GRU_RESET_BEFORE else 0), dG.dtype)  # of r ⊙ h
     shared = np.empty(H, dG.dtype)  # LSTM: the gradient of this step's c; GRU: of n's pre-activation
     one, zero = dG.dtype.type(1.0), dG.dtype.type(0.0)  # typed constants, see _exp_neg
-    # Gate-block views, for vector loads instead of gathers (see forward).
-    dGg = dG.reshape(T, B, GH // H, H)  # (T, B, G, H)
-    grecg = grec.reshape(B, W_rec.shape[0] // H, H)  # (B, G, H)
-    ag = acts.reshape(T, B, acts.shape[2] // H, H)  # (T, B, A/H, H)
+    dGg = dG.reshape(B, T, GH // H, H)  # (B, T, G, H)
+    xg = xp.reshape(B, T, GH // H, H)
+    ag = acts.reshape(B, T, acts.shape[2] // H, H)  # (B, T, A, H)
+    w, g0, dh0 = _address(W_hh), _address(dG), _address(dh) + b0 * H * isz
     for step in range(T):
         t = step if reverse else T - 1 - step
         p, q = (t + 1, t) if reverse else (t, t + 1)
-        g, a, hp, hq = dGg[t], ag[t], hs[p], hs[q]
-        for b in range(B):
+        for b in range(b0, b1):
+            r = b - b0
             if lengths[b] <= t:
-                g[b] = 0.0
-                grec[b] = 0.0
-                dan[b] = 0.0
+                dGg[b, t] = 0.0
+                grec[r] = 0.0
+                dan[r] = 0.0
                 continue
-            # h's gradient is dh + dy; Elman and LSTM leave h_prev's to back, below. No per-row views or
-            # slice assignments (dh[b] = 0): at small H they cost more than the row's work (measured).
+            # h's gradient is dh + dy; Elman and LSTM leave h_prev's to the product below.
             if kind == RNN_TANH:
                 for j in range(H):
-                    g[b, 0, j] = (dh[b, j] + dy[t, b, j]) * (one - hq[b, j] * hq[b, j])
+                    dGg[b, t, 0, j] = (dh[b, j] + dy[b, t, j]) * (one - hs[b, q, j] * hs[b, q, j])
                     dh[b, j] = zero
                 continue
             if kind == RNN_RELU:
                 for j in range(H):
-                    g[b, 0, j] = dh[b, j] + dy[t, b, j] if hq[b, j] > zero else zero
+                    dGg[b, t, 0, j] = dh[b, j] + dy[b, t, j] if hs[b, q, j] > zero else zero
                     dh[b, j] = zero
                 continue
             for j in range(H):
-                dh[b, j] += dy[t, b, j]
-            if kind == LSTM:  # acts rows: i, f, g, o, tanh(c)
-                dcv = shared
+                dh[b, j] += dy[b, t, j]
+            if kind == LSTM:  # xp: i, f, g, o; acts: tanh(c)
                 for j in range(H):
-                    dcv[j] = dc[b, j] + dh[b, j] * a[b, 3, j] * (one - a[b, 4, j] * a[b, 4, j])
+                    tc = ag[b, t, 0, j]
+                    shared[j] = dc[b, j] + dh[b, j] * xg[b, t, 3, j] * (one - tc * tc)
                 for j in range(H):
-                    g[b, 0, j] = dcv[j] * a[b, 2, j] * a[b, 0, j] * (one - a[b, 0, j])
+                    i = xg[b, t, 0, j]
+                    dGg[b, t, 0, j] = shared[j] * xg[b, t, 2, j] * i * (one - i)
                 for j in range(H):
-                    g[b, 1, j] = dcv[j] * cs[p, b, j] * a[b, 1, j] * (one - a[b, 1, j])
+                    f = xg[b, t, 1, j]
+                    dGg[b, t, 1, j] = shared[j] * cs[b, p, j] * f * (one - f)
                 for j in range(H):
-                    g[b, 2, j] = dcv[j] * a[b, 0, j] * (one - a[b, 2, j] * a[b, 2, j])
+                    g = xg[b, t, 2, j]
+                    dGg[b, t, 2, j] = shared[j] * xg[b, t, 0, j] * (one - g * g)
                 for j in range(H):
-                    g[b, 3, j] = dh[b, j] * a[b, 4, j] * a[b, 3, j] * (one - a[b, 3, j])
+                    o = xg[b, t, 3, j]
+                    dGg[b, t, 3, j] = dh[b, j] * ag[b, t, 0, j] * o * (one - o)
                 for j in range(H):
-                    dc[b, j] = dcv[j] * a[b, 1, j]
+                    dc[b, j] = shared[j] * xg[b, t, 1, j]
                     dh[b, j] = zero
-            else:  # acts rows: r, z, n, then W_hn h + b_hn (reset after) or r ⊙ h (reset before)
-                dn = shared
+            else:  # xp: r, z, n; acts: W_hn h + b_hn (reset after) or r ⊙ h (reset before)
                 for j in range(H):
-                    dn[j] = dh[b, j] * (one - a[b, 1, j]) * (one - a[b, 2, j] * a[b, 2, j])
+                    n = xg[b, t, 2, j]
+                    shared[j] = dh[b, j] * (one - xg[b, t, 1, j]) * (one - n * n)
                 for j in range(H):
-                    gz = dh[b, j] * (hp[b, j] - a[b, 2, j]) * a[b, 1, j] * (one - a[b, 1, j])
-                    g[b, 1, j] = gz
-                    grecg[b, 1, j] = gz
+                    z = xg[b, t, 1, j]
+                    gz = dh[b, j] * (hs[b, p, j] - xg[b, t, 2, j]) * z * (one - z)
+                    dGg[b, t, 1, j] = gz
+                    grecg[r, 1, j] = gz
                 for j in range(H):
-                    g[b, 2, j] = dn[j]
+                    dGg[b, t, 2, j] = shared[j]
                 if kind == GRU:
                     for j in range(H):
-                        gr = dn[j] * a[b, 3, j] * a[b, 0, j] * (one - a[b, 0, j])
-                        g[b, 0, j] = gr
-                        grecg[b, 0, j] = gr
+                        rr = xg[b, t, 0, j]
+                        gr = shared[j] * ag[b, t, 0, j] * rr * (one - rr)
+                        dGg[b, t, 0, j] = gr
+                        grecg[r, 0, j] = gr
                     for j in range(H):
-                        grecg[b, 2, j] = dn[j] * a[b, 0, j]
+                        grecg[r, 2, j] = shared[j] * xg[b, t, 0, j]
                 else:
                     for j in range(H):
-                        dan[b, j] = dn[j]
+                        dan[r, j] = shared[j]
                 for j in range(H):
-                    dh[b, j] *= a[b, 1, j]  # through h = (1 - z) n + z h_prev
+                    dh[b, j] *= xg[b, t, 1, j]  # through h = (1 - z) n + z h_prev
         if kind == GRU_RESET_BEFORE:
-            np.dot(dan, W_n, drh)  # gradient of r ⊙ h
-            for b in range(B):
+            _rows_times_w(gemm, ws, _address(dan), H, w + rows * H * isz, H, H, nb, 0, _address(drh), H)
+            for b in range(b0, b1):
                 if lengths[b] > t:
+                    r = b - b0
                     for j in range(H):
-                        r = a[b, 0, j]
-                        grv = drh[b, j] * hp[b, j] * r * (one - r)
-                        g[b, 0, j] = grv
-                        grecg[b, 0, j] = grv
-                        dh[b, j] += drh[b, j] * r
-        np.dot(dG[t] if kind <= LSTM else grec, W_rec, back)
-        dh += back
+                        rr = xg[b, t, 0, j]
+                        gr = drh[r, j] * hs[b, p, j] * rr * (one - rr)
+                        dGg[b, t, 0, j] = gr
+                        grecg[r, 0, j] = gr
+                        dh[b, j] += drh[r, j] * rr
+        # dh += (gradient of h W^T) W: the rows of dh of dead sequences get exact zeros
+        if kind <= LSTM:
+            _rows_times_w(gemm, ws, g0 + (b0 * T + t) * GH * isz, T * GH, w, GH, H, nb, 1, dh0, H)
+        else:
+            _rows_times_w(gemm, ws, _address(grec), rows, w, rows, H, nb, 1, dh0, H)

@@ -1,0 +1,189 @@
+"""The BLAS the compiled loops call, how many threads it and the loops use, and the thread pool.
+
+The per-step matrix products of a recurrence are small (B x H by H x G*H), called T times in a row,
+so who computes them matters (benchmarks/README.md has the measurements):
+
+* **MKL** from torch's own library (``libtorch_cpu`` exports MKL's Fortran ``sgemm_``/``dgemm_`` on
+  x86-64 Linux), the BLAS torch.nn itself runs on: 10-40% faster than OpenBLAS single-threaded at
+  these shapes, and its threads (torch's OpenMP pool) scale to 2 cores where OpenBLAS's did not.
+* **scipy's OpenBLAS** (``scipy.linalg.cython_blas``) everywhere else, single-threaded.
+
+``RNNKIT_BLAS=scipy`` forces the second (the tests run both). The choice is checked once on a small
+product against numpy before it is used.
+
+Threads: a layer with enough rows and work per step is split into row *shards* that run the whole
+time loop at once on a small pool of Python threads (the loops release the GIL), each shard's BLAS
+on one thread; a layer with few rows but big products runs on one thread with MKL's threads; small
+layers run on one thread throughout (a thread hand-off costs more than their step). All of it
+follows ``torch.get_num_threads()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, NamedTuple
+
+import numpy as np
+import torch
+
+# Per-step multiply-adds (rows x G*H x H) from which the work is split: measured crossovers on the
+# 2-core dev machine (benchmarks/README.md). Module attributes so that tests can force each path.
+SHARD_MIN_WORK = 256 * 1024
+SHARD_MIN_ROWS = 8
+BLAS_THREADS_MIN_WORK = 1024 * 1024
+
+
+class Blas(NamedTuple):
+    name: str  # "mkl" or "openblas"
+    gemm: dict  # numpy dtype -> address of the Fortran ?gemm_
+    set_threads: Callable[[int], int] | None  # this thread's BLAS threads; returns the old count
+
+
+def _mkl() -> Blas | None:
+    path = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
+    if not os.path.exists(path):
+        return None
+    lib = ctypes.CDLL(path)  # already loaded by torch: the same handle
+    names = ("sgemm_", "dgemm_", "MKL_Set_Num_Threads_Local")
+    if not all(hasattr(lib, n) for n in names):
+        return None
+    setter = lib.MKL_Set_Num_Threads_Local
+    setter.argtypes, setter.restype = [ctypes.c_int], ctypes.c_int
+    addr = {np.dtype(np.float32): _address(lib.sgemm_), np.dtype(np.float64): _address(lib.dgemm_)}
+    return Blas("mkl", addr, setter)
+
+
+def _openblas() -> Blas:
+    import scipy.linalg.cython_blas as cb
+
+    get_name = ctypes.pythonapi.PyCapsule_GetName
+    get_name.argtypes, get_name.restype = [ctypes.py_object], ctypes.c_char_p
+    get_ptr = ctypes.pythonapi.PyCapsule_GetPointer
+    get_ptr.argtypes, get_ptr.restype = [ctypes.py_object, ctypes.c_char_p], ctypes.c_void_p
+    addr = {}
+    for dtype, name in ((np.float32, "sgemm"), (np.float64, "dgemm")):
+        capsule = cb.__pyx_capi__[name]
+        addr[np.dtype(dtype)] = get_ptr(capsule, get_name(capsule))
+    setters = _openblas_setters()
+
+    def set_threads(n: int) -> int:
+        old = [s(n) for s in setters]
+        return old[0] if old else 1
+
+    return Blas("openblas", addr, set_threads if setters else None)
+
+
+def _openblas_setters() -> tuple:
+    """openblas_set_num_threads_local of every loaded OpenBLAS (numpy and scipy each bring one), or
+    none (another BLAS, or no /proc to find them in)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line.lower() and ".so" in line}
+    except OSError:
+        return ()
+    setters = (getattr(ctypes.CDLL(path), "openblas_set_num_threads_local", None) for path in sorted(paths))
+    return tuple(s for s in setters if s is not None)
+
+
+def _address(fn) -> int:
+    return ctypes.cast(fn, ctypes.c_void_p).value
+
+
+def _works(blas: Blas) -> bool:
+    """Compute a small row-major X W^T through the Fortran interface, as the loops call it, and
+    compare with numpy, in both dtypes."""
+    vp, I32 = ctypes.c_void_p, ctypes.c_int32
+    for dtype, addr in blas.gemm.items():
+        gen = np.random.default_rng(0)
+        x, w = gen.standard_normal((3, 4)).astype(dtype), gen.standard_normal((5, 4)).astype(dtype)
+        out = np.zeros((3, 5), dtype)
+        ints = [I32(v) for v in (5, 3, 4, 4, 4, 5)]  # m, n, k, lda, ldb, ldc
+        alpha, beta = np.ones(1, dtype), np.zeros(1, dtype)
+        fn = ctypes.CFUNCTYPE(None, *[vp] * 13)(addr)
+        fn(ctypes.c_char_p(b"T"), ctypes.c_char_p(b"N"), *map(ctypes.byref, ints[:3]), alpha.ctypes.data,
+           w.ctypes.data, ctypes.byref(ints[3]), x.ctypes.data, ctypes.byref(ints[4]), beta.ctypes.data,
+           out.ctypes.data, ctypes.byref(ints[5]))
+        if not np.allclose(out, x @ w.T, rtol=1e-5, atol=1e-5):
+            return False
+    return True
+
+
+@functools.cache
+def blas() -> Blas:
+    """The BLAS of the loops (see the module docstring)."""
+    if os.environ.get("RNNKIT_BLAS", "").lower() != "scipy":
+        found = _mkl()
+        if found is not None and _works(found):
+            return found
+    return _openblas()
+
+
+class Plan(NamedTuple):
+    shards: list  # [(b0, b1), ...] row ranges, one per thread
+    blas_threads: int  # BLAS threads of a single shard (1 when there are several)
+
+
+def plan(B: int, H: int, GH: int) -> Plan:
+    """How to run a layer of B rows, hidden size H and G*H gate rows on this many threads."""
+    threads = torch.get_num_threads()
+    work = B * GH * H
+    n = min(threads, B // SHARD_MIN_ROWS) if work >= SHARD_MIN_WORK else 1
+    if n > 1:
+        step = B / n
+        edges = [round(k * step) for k in range(n + 1)]
+        return Plan(list(zip(edges[:-1], edges[1:])), 1)
+    many = blas().name == "mkl" and work >= BLAS_THREADS_MIN_WORK
+    return Plan([(0, B)], threads if many else 1)
+
+
+_pool: tuple[int, int, ThreadPoolExecutor] | None = None
+_pool_lock = threading.Lock()
+
+
+def _one_blas_thread() -> None:
+    setter = blas().set_threads
+    if setter is not None:
+        setter(1)
+
+
+def _executor(workers: int) -> ThreadPoolExecutor:
+    """The shard threads: made on first use, again after a fork (a child has none of the parent's
+    threads) or when torch's thread count grew."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool[0] != os.getpid() or _pool[1] < workers:
+            _pool = (os.getpid(), workers,
+                     ThreadPoolExecutor(workers, "rnnkit-shard", initializer=_one_blas_thread))
+        return _pool[2]
+
+
+@contextlib.contextmanager
+def blas_threads(n: int):
+    """This thread's BLAS threads set to n for the block."""
+    setter = blas().set_threads
+    old = setter(n) if setter is not None else None
+    try:
+        yield
+    finally:
+        if setter is not None:
+            setter(old)
+
+
+def run_sharded(loop: Callable, args: tuple, p: Plan) -> None:
+    """``loop(*args, b0, b1)`` for every shard of the plan, the first on this thread."""
+    with blas_threads(p.blas_threads):
+        if len(p.shards) == 1:
+            loop(*args, *p.shards[0])
+            return
+        pool = _executor(len(p.shards) - 1)
+        futures = [pool.submit(loop, *args, *shard) for shard in p.shards[1:]]
+        try:
+            loop(*args, *p.shards[0])
+        finally:
+            for f in futures:
+                f.result()
