@@ -3,7 +3,8 @@
 
 Any :class:`~rnnkit.errors.RnnkitError` (a mistake the user can fix) and any argparse error becomes one
 line ``error: <message>`` on stderr and exit code 2; any other exception is a bug and keeps its
-traceback. Ctrl-C exits 130 (during training, after saving the epoch it finishes).
+traceback. Ctrl-C exits 130 (during training, after saving the epoch it finishes). Under torchrun
+(``rnnkit train --nproc N``) rank 0 says what one process would say; see :mod:`rnnkit.distributed`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import os
 import sys
 from pathlib import Path
 
-from .config import CSV_PRESET, CELLS, FILLS, LOSS_STEPS, MODELS, SCALINGS, SCHEDULES, STRATEGIES
+from . import distributed
+from .config import CSV_PRESET, CELLS, DEVICES, FILLS, LOSS_STEPS, MODELS, SCALINGS, SCHEDULES, STRATEGIES
 from .errors import ConfigError, Interrupted, RnnkitError
 
 DEFAULT_RUN = "runs/default"
@@ -24,7 +26,9 @@ class Parser(argparse.ArgumentParser):
     Subparsers are made of the same class."""
 
     def error(self, message: str):
-        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+        line = f"error: {message} (see `{self.prog} --help`)"
+        distributed.record(line)
+        self.exit(2, f"{line}\n" if distributed.speaks() else None)  # under torchrun, rank 0 says it
 
 def _yes_no(text: str) -> bool:
     if text.lower() in ("yes", "true", "1", "on"):
@@ -57,7 +61,8 @@ TRAIN_FLAGS = [
                                         "validate and stop early (default 0.1; seed 0)"),
     ("--scaling", "scaling", str, "standard (mean/std of the training part), log (standard on log values; "
                                   "positive series) or none (seed)"),
-    ("--batch-size", "batch_size", int, "windows per batch"),
+    ("--batch-size", "batch_size", int, "windows per batch; with --nproc N the global batch, split evenly "
+                                       "over the processes (a multiple of N)"),
     ("--model", "model", str, "recurrent (encoder + linear head, default) or custom (the seed's CustomRNN)"),
     ("--cell", "cell", str, "encoder cell: rnn, lstm or gru"),
     ("--hidden-size", "hidden_size", int, "hidden units per layer"),
@@ -98,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "DIR/config.json is written before training and DIR/checkpoint.safetensors "
                                    "after every --checkpoint-every epochs; a killed or interrupted run "
                                    "continues with --resume DIR, bitwise as if it had never stopped. Ctrl-C "
-                                   "finishes the current epoch, saves it and exits 130 (twice: at once).")
+                                   "finishes the current epoch, saves it and exits 130 (twice: at once). "
+                                   "--nproc N trains on N processes with PyTorch's DistributedDataParallel, "
+                                   "as `torchrun --standalone --nproc-per-node N -m rnnkit train ...` does.")
     p.add_argument("--preset", choices=["seed", CSV_PRESET], help="seed: the seed's exact setup (CustomRNN, "
                    "hidden 32, Adam 0.01, 100 epochs, batch 32, no scaling, last-step loss); csv (the default for "
                    "--data PATH.csv): --scaling auto (log for a positive series), --lr 0.001, --loss-steps last, "
@@ -114,7 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint, with the "
                    "settings in DIR/config.json (no other settings flags)")
     p.add_argument("--threads", type=int, default=1, metavar="N",
-                   help="torch CPU threads (default 1: fastest for these small models)")
+                   help="torch CPU threads (default 1: fastest for these small models); per process with --nproc")
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="auto (default: CUDA when torch sees a device, else the CPU), cpu or cuda; with --nproc, "
+                        "rank r takes CUDA device r. The fused engine runs on the CPU; these small models often "
+                        "train faster there")
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="train on N processes on this machine with DistributedDataParallel (gloo on the CPU, "
+                        "nccl on CUDA): runs `torchrun --standalone --nproc-per-node N -m rnnkit train` with the "
+                        "same arguments. Same data order and, without dropout, the same weights as one "
+                        "process (float rounding aside); only rank 0 writes the run and prints; --resume works "
+                        "(give --nproc again). Under torchrun, leave it out")
     p.add_argument("--quiet", action="store_true", help="no epoch lines")
     p.add_argument("--test", action="store_true", help="then `rnnkit test` the run, in the same process")
     p.add_argument("--visualize", action="store_true", help="then `rnnkit visualize` the run, in the same process")
@@ -193,9 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import SOURCES, resolve
-    from .runs import HISTORY, WEIGHTS, check_new_run_dir, load_run, read_meta, remove_stale_temp_files
+    from .runs import HISTORY, WEIGHTS, check_new_run_dir, load_run, read_config, remove_stale_temp_files
 
-    # Everything is checked before torch is imported and before anything is written.
+    # Everything is checked before torch is imported and before anything is written. Under torchrun
+    # every rank checks the settings; rank 0 alone looks at and writes the run directory.
     log = None if args.quiet else print
     overrides = {dest: getattr(args, dest) for _, dest, _, _ in TRAIN_FLAGS}
     if args.resume is not None:
@@ -205,7 +223,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if given:
             raise ConfigError(f"--resume continues a run with the settings in its config.json; drop "
                               f"{', '.join(given)} (or start a new run with --out)")
-        read_meta(out)
+        cfg = read_config(out)
     else:
         preset = args.preset
         if overrides["source"] is not None and overrides["source"] not in SOURCES:  # --data PATH.csv
@@ -213,27 +231,38 @@ def cmd_train(args: argparse.Namespace) -> int:
             preset = preset or CSV_PRESET
         cfg = resolve(preset, args.config, **overrides)
         out = Path(args.out or DEFAULT_RUN)
-        check_new_run_dir(out, args.force)
+        if distributed.speaks():
+            check_new_run_dir(out, args.force)
+    nproc = distributed.check_world(args.nproc, cfg.data.batch_size)
+    finished = args.resume is not None and (out / WEIGHTS).exists() and (out / HISTORY).exists()
+    if nproc > 1 and not distributed.in_worker() and not finished:
+        distributed.resolve_device(args.device, nproc)  # devices this machine lacks: an error before torchrun
+        return distributed.launch(nproc, _without_nproc(args.argv), out, args.threads)
 
     import torch
 
     from .forecaster import Forecaster
 
     torch.set_num_threads(args.threads)
-    try:
-        if args.resume is None:
-            f = Forecaster(cfg).fit(log=log, run_dir=out, force=args.force)
-        elif (out / WEIGHTS).exists() and (out / HISTORY).exists():
-            load_run(out)  # checks it
-            print(f"{out} has finished training; nothing to resume")
-            return 0
-        else:
-            remove_stale_temp_files(out)
-            f = Forecaster.resume(out, log=log)
-    except Interrupted as e:
-        print(f"interrupted after epoch {e.epoch}; its checkpoint is saved in {out} "
-              f"(continue with `rnnkit train --resume {out}`)", file=sys.stderr)
-        return 130
+    with distributed.process_group(args.device) as device:
+        try:
+            if args.resume is None:
+                f = Forecaster(cfg).fit(log=log, run_dir=out, force=args.force, device=device)
+            elif finished:
+                load_run(out)  # checks it
+                if distributed.speaks():
+                    print(f"{out} has finished training; nothing to resume")
+                return 0
+            else:
+                if distributed.speaks():
+                    remove_stale_temp_files(out)
+                f = Forecaster.resume(out, log=log, device=device)
+        except Interrupted as e:
+            print(f"interrupted after epoch {e.epoch}; its checkpoint is saved in {out} "
+                  f"(continue with `rnnkit train --resume {out}`)", file=sys.stderr)
+            return 130
+    if not distributed.speaks():
+        return 0
     h = f.history
     print(f"Trained {len(h['epoch'])} epochs in {sum(h['time']):.1f}s (kept epoch {h['best_epoch']}); "
           f"run saved to {out}")
@@ -244,6 +273,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.visualize:
         cmd_visualize(after)
     return 0
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The command line minus --nproc N (or an abbreviation argparse took for it, --np.. ; or --nproc=N):
+    torchrun's own parser would read it as its --nproc-per-node."""
+    kept, skip = [], False
+    for token in argv:
+        name = token.split("=", 1)[0]
+        if skip or (name.startswith("--np") and "--nproc".startswith(name)):
+            skip = not skip and "=" not in token
+            continue
+        kept.append(token)
+    return kept
 
 
 def cmd_import_seed(args: argparse.Namespace) -> int:
@@ -372,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if getattr(args, "threads", 1) < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what `train --nproc` hands to torchrun
     try:
         if getattr(args, "run", None) is not None:  # a missing or broken run answers before torch loads
             from .runs import read_meta
@@ -379,14 +422,23 @@ def main(argv: list[str] | None = None) -> int:
             read_meta(args.run)
         return int((args.handler(args, rest) if args.handler is cmd_bench else args.handler(args)) or 0)
     except RnnkitError as e:
-        print(f"error: {e}", file=sys.stderr)
+        # Under torchrun every rank meets the same user error: rank 0 says it, each rank records it.
+        if distributed.speaks():
+            print(f"error: {e}", file=sys.stderr)
+        distributed.record(f"error: {e}")
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        if distributed.speaks():
+            print("interrupted", file=sys.stderr)
+        distributed.record("interrupted")
         return 130
     except BrokenPipeError:  # `rnnkit test | head`: the reader left; not an error of ours
         sys.stdout = open(os.devnull, "w")
         return 0
+    except Exception as e:
+        if not distributed.in_worker():
+            raise
+        return distributed.crashed(e)  # its traceback, and its rank in torchrun's error file
 
 
 if __name__ == "__main__":

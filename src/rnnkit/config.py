@@ -34,6 +34,7 @@ MODELS = ("recurrent", "custom")
 CELLS = ("rnn", "lstm", "gru")
 SCHEDULES = ("cosine", "plateau", "none")
 LOSS_STEPS = ("auto", "all", "last")
+DEVICES = ("auto", "cpu", "cuda")  # where to train (a flag of `rnnkit train`, not part of a run's config)
 
 
 @dataclass

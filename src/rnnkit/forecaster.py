@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from . import __version__
+from . import __version__, distributed
 from .config import CSV_PRESET, RunConfig, resolve
 from .csvdata import TableSeries, frame_series, names, read_csv, write_csv
 from .data import (Scaler, Split, Windows, chronological_split, load_series, make_loaders, resolve_data,
@@ -36,8 +36,8 @@ from .errors import ConfigError, DataError, RunError, ShapeError
 from .evaluate import backtest as run_backtest
 from .evaluate import metrics, report, ridge_ar
 from .models import build_model, init_linear_skip
-from .runs import (begin_run, load_checkpoint, load_run, load_seed_checkpoint, meta_digest, read_meta,
-                   save_checkpoint, save_run)
+from .runs import (begin_run, load_checkpoint, load_run, load_seed_checkpoint, meta_digest, read_config,
+                   read_meta, save_checkpoint, save_run)
 from .train import fit as train_model
 
 SPLITS = ("train", "val", "test")
@@ -79,7 +79,8 @@ class Forecaster:
 
     def fit(self, data: Any = None, *, target: str | list | None = None, features: str | list | None = None,
             time_col: str | None = None, fill: str | None = None, log: Callable[[str], None] | None = print,
-            progress: bool | None = None, run_dir: str | Path | None = None, force: bool = False) -> "Forecaster":
+            progress: bool | None = None, run_dir: str | Path | None = None, force: bool = False,
+            device: str | torch.device = "auto") -> "Forecaster":
         """Build the data and the model from the config and train; returns self.
 
         data: None (the config's series: a seed wave or its ``csv``), a CSV path, a pandas DataFrame or
@@ -89,6 +90,9 @@ class Forecaster:
         run_dir: train into this run directory: config.json first, a checkpoint every
         ``checkpoint_every`` epochs (see :meth:`resume`), the saved run at the end; a directory that
         already holds a run is refused unless ``force`` (which replaces it).
+        device: where to train: "auto" (CUDA when torch sees a device, else the CPU), "cpu", "cuda" or a
+        torch.device; the trained model is returned on the CPU. Under torchrun (a process group is up)
+        it trains with DistributedDataParallel and only rank 0 writes ``run_dir``.
         """
         columns = {"target": target, "features": features, "time_col": time_col, "fill": fill}
         settings = {k: ",".join(names(v)) if k in ("target", "features") and v is not None else v
@@ -115,12 +119,15 @@ class Forecaster:
         self.config, self.series = cfg, series
         d = cfg.data
         self._train(chronological_split(len(series.values), d.seq_length, d.horizon, d.train_ratio, d.val_ratio),
-                    log, progress, run_dir=run_dir, force=force)
+                    log, progress, run_dir=run_dir, force=force, device=device)
         return self
 
     def _train(self, split: Split, log: Callable[[str], None] | None = None, progress: bool | None = False,
-               run_dir: str | Path | None = None, resume: bool = False, force: bool = False) -> None:
+               run_dir: str | Path | None = None, resume: bool = False, force: bool = False,
+               device: str | torch.device = "auto") -> None:
         cfg = self.config
+        device = distributed.resolve_device(device)
+        main = distributed.is_main()  # under DDP only rank 0 writes the run directory
         windows = split_windows(self.series.values, split, cfg.data.scaling, self.series.n_targets)
         if cfg.data.strategy == "recursive":  # train one step ahead; forecasts are fed back
             one = lambda ds: TensorDataset(ds.tensors[0], ds.tensors[1][:, :1])  # noqa: E731
@@ -138,17 +145,20 @@ class Forecaster:
         if run_dir is not None:
             meta = self._meta()
             if not resume:
-                begin_run(run_dir, meta, force)
-                self._save_series(run_dir)
+                if main:
+                    begin_run(run_dir, meta, force)
+                    self._save_series(run_dir)
             elif meta_digest(meta) != meta_digest(read_meta(run_dir)):
                 raise RunError(f"{Path(run_dir) / 'config.json'} no longer matches what its settings and data give "
                                f"(edited, or another rnnkit version); retrain with --force")
             else:
                 start = load_checkpoint(run_dir, meta)
             checkpoint = functools.partial(save_checkpoint, run_dir, meta)
+        self.model.to(device)
         self.history = train_model(self.model, loaders.train, loaders.val, train_cfg, log=log, progress=progress,
                                    checkpoint=checkpoint, resume=start)
-        if run_dir is not None:
+        self.model.cpu()  # inference and saving run on the CPU
+        if run_dir is not None and main:
             self.save(run_dir)
 
     def refit(self, split: Split) -> "Forecaster":
@@ -316,20 +326,15 @@ class Forecaster:
 
     @classmethod
     def resume(cls, directory: str | Path, log: Callable[[str], None] | None = print,
-               progress: bool | None = None) -> "Forecaster":
+               progress: bool | None = None, device: str | torch.device = "auto") -> "Forecaster":
         """Continue training the run in ``directory`` from its last checkpoint (from the start if it
         has none), with its saved settings and series, and save it there. The final weights are
-        bitwise those of an uninterrupted run (CPU)."""
-        meta = read_meta(directory)
-        try:
-            f = cls(RunConfig.from_dict(meta["config"]))
-        except ConfigError as e:
-            raise RunError(f"{Path(directory) / 'config.json'} is not a valid rnnkit run config ({e}); "
-                           f"retrain with `rnnkit train --out {directory} --force`") from None
+        bitwise those of an uninterrupted run (CPU, the same number of processes)."""
+        f = cls(read_config(directory))
         f.series = f._run_series(directory)
         d = f.config.data
         f._train(chronological_split(len(f.series.values), d.seq_length, d.horizon, d.train_ratio, d.val_ratio),
-                 log, progress, run_dir=directory, resume=True)
+                 log, progress, run_dir=directory, resume=True, device=device)
         return f
 
     @classmethod

@@ -205,6 +205,18 @@ def read_meta(directory: str | Path) -> dict:
     return meta
 
 
+def read_config(directory: str | Path):
+    """The RunConfig in a run directory's config.json, checked."""
+    from .config import RunConfig
+    from .errors import ConfigError
+
+    try:
+        return RunConfig.from_dict(read_meta(directory)["config"]).validate()
+    except ConfigError as e:
+        raise RunError(f"{Path(directory) / CONFIG} is not a valid rnnkit run config ({e}); "
+                       f"retrain with `rnnkit train --out {directory} --force`") from None
+
+
 def load_run(directory: str | Path) -> tuple[dict, dict, dict | None]:
     """(meta from config.json, state_dict, history or None) of a run directory; nothing is unpickled.
 

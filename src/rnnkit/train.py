@@ -1,5 +1,7 @@
 """The training loop: Adam, a learning-rate schedule, gradient clipping, early stopping, seeds,
-checkpoints and resume.
+checkpoints and resume; on one process or, under torchrun, on several with DistributedDataParallel
+(:mod:`rnnkit.distributed`: each rank trains on its slice of every global batch, and only rank 0 logs
+and saves checkpoints).
 
 Every ``log_every`` epochs it prints the seed's line ``Epoch 10/100, Loss: 0.095100, Time: 0.04s``
 where Loss is the mean of that epoch's batch losses and Time that epoch's seconds (plus
@@ -29,6 +31,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from . import distributed
 from .config import TrainConfig
 from .errors import Interrupted, RunError, TrainingError
 
@@ -57,10 +60,12 @@ def batch_loss(model: nn.Module, x: Tensor, y: Tensor, loss_steps: str) -> Tenso
 
 @torch.no_grad()
 def mean_loss(model: nn.Module, loader: DataLoader) -> float:
-    """Last-step MSE over every window of a loader (scaled units)."""
+    """Last-step MSE over every window of a loader (scaled units), on the model's device."""
     model.eval()
+    device = next(model.parameters()).device
     total, n = 0.0, 0
     for x, y in loader:
+        x, y = x.to(device), y.to(device)
         total += nn.functional.mse_loss(model(x).view_as(y), y, reduction="sum").item()
         n += y.numel()
     return total / max(n, 1)
@@ -81,13 +86,21 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | Non
     and saved, then :class:`~rnnkit.errors.Interrupted` is raised; a second Ctrl-C stops at once.
     ``resume``: a checkpoint to continue from (the model and loaders must be built as for the first run).
 
+    The model trains on the device its parameters are on. Under torchrun (a process group is up) it
+    trains in DistributedDataParallel and only rank 0 logs, shows progress and saves checkpoints;
+    Ctrl-C then stops at once (see :mod:`rnnkit.distributed`).
+
     A NaN/inf loss or an exploding gradient norm raises TrainingError; the checkpoints already
     written are those of healthy epochs.
 
     History: epoch, train_loss (mean batch loss), val_loss (or None), lr, time (per epoch, s),
-    best_epoch, stopped_early.
+    best_epoch, stopped_early; device ("cpu" or "cuda") and processes of the last (re)start.
     """
     from tqdm.auto import tqdm
+
+    if not distributed.is_main():
+        log, progress, checkpoint = None, False, None
+    device = next(model.parameters()).device
 
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = _scheduler(opt, cfg)
@@ -100,14 +113,18 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | Non
         best_state = None
     else:
         hist, loop, best_state = _restore(resume, model, opt, sched, shuffle)
+    hist.update(device=device.type, processes=distributed.world_size())
+    net = distributed.wrap(model)  # what trains: the model, or DDP around it
     done = loop["epoch"] >= cfg.epochs or hist["stopped_early"]
     bar = tqdm(total=cfg.epochs, initial=loop["epoch"], desc="train", unit="epoch", leave=False,
                disable=(not progress) if progress is not None else None)
-    with _ctrl_c_finishes_the_epoch(enabled=checkpoint is not None) as ctrl_c:
+    with _ctrl_c_finishes_the_epoch(enabled=checkpoint is not None and distributed.world_size() == 1) as ctrl_c:
         for epoch in range(loop["epoch"] + 1, cfg.epochs + 1) if not done else ():
             t0 = time.perf_counter()
-            train_loss = _train_epoch(model, train_loader, opt, cfg, epoch)
-            val_loss = mean_loss(model, val_loader) if val_loader is not None else None
+            distributed.reseed(cfg.seed, epoch)
+            train_loss = _train_epoch(net, train_loader, opt, cfg, epoch)
+            val_loss = distributed.from_main(lambda: mean_loss(model, val_loader), device) \
+                if val_loader is not None else None
             lr = opt.param_groups[0]["lr"]
             watched = val_loss if val_loss is not None else train_loss
             if sched is not None:
@@ -156,17 +173,24 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | Non
 
 def _train_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer, cfg: TrainConfig,
                  epoch: int) -> float:
-    """One pass over the training windows; the mean batch loss. Stops on a NaN/inf loss or gradient."""
+    """One pass over the training windows; the mean batch loss. Stops on a NaN/inf loss or gradient.
+
+    Under DDP each rank trains on its slice of every global batch, and the batch losses are the global
+    ones. The checks come after backward, whose all-reduce spreads a NaN to every rank's gradient, so
+    every rank stops at the same step."""
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
+    device = params[0].device
     losses = []
     for x, y in loader:
+        x, y, share = distributed.shard(x, y)
+        x, y = x.to(device), y.to(device)
         loss = batch_loss(model, x, y, cfg.loss_steps)
+        opt.zero_grad()
+        distributed.for_backward(loss, share).backward()
         if not torch.isfinite(loss):
             raise TrainingError(f"the training loss became {loss.item()} at epoch {epoch} (lower --lr, now "
                                 f"{cfg.lr}, or keep gradient clipping on, e.g. --clip-grad-norm 1)")
-        opt.zero_grad()
-        loss.backward()
         if cfg.clip_grad_norm:
             norm = nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm)
         else:
@@ -175,7 +199,8 @@ def _train_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimize
             raise TrainingError(f"the gradient norm exploded to {norm.item():.3g} at epoch {epoch} (lower --lr, "
                                 f"now {cfg.lr}, or clip gradients, e.g. --clip-grad-norm 1)")
         opt.step()
-        losses.append(loss.item())
+        losses.append(loss.detach() * share)
+    losses = distributed.all_sum(torch.stack(losses)).tolist()  # the global batch losses
     return sum(losses) / len(losses)
 
 
