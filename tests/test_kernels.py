@@ -6,6 +6,7 @@ autograd.Function, and the engine choice (auto falls back, fused refuses what it
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -80,9 +81,9 @@ def test_fused_matches_reference_float64(name, config):
     _compare(name, config, torch.float64, 1e-9)
 
 
-# How the loops run (rnnkit.kernels.blas): "one" thread with the default BLAS, the batch split in
-# "shards" over threads, one shard with the BLAS's own "blas-threads", and scipy's "openblas". Each
-# is forced on these tiny layers by lowering the thresholds.
+# How the loops run (rnnkit.kernels.blas): "one" thread with the default BLAS (MKL where torch has
+# it), the default BLAS's own "blas-threads", scipy's OpenBLAS on one thread ("openblas") and over
+# batch "shards" on several threads. Each is forced on these tiny layers by moving the thresholds.
 PATHS = ("one", "shards", "blas-threads", "openblas")
 
 
@@ -92,17 +93,13 @@ def path(request, monkeypatch):
 
     name = request.param
     threads = torch.get_num_threads()
-    if name == "shards":
-        monkeypatch.setattr(blas, "SHARD_MIN_WORK", 0)
+    if name in ("shards", "openblas"):  # OpenBLAS, over row shards or on one thread
+        monkeypatch.setattr(blas, "blas", functools.cache(blas._openblas))
+        monkeypatch.setattr(blas, "SHARD_MIN_WORK", 0 if name == "shards" else 1 << 60)
         monkeypatch.setattr(blas, "SHARD_MIN_ROWS", 1)
         torch.set_num_threads(3)  # B=4 rows: shards of 1, 2 and 1 rows
     elif name == "blas-threads":
         monkeypatch.setattr(blas, "BLAS_THREADS_MIN_WORK", 0)
-        torch.set_num_threads(2)
-    elif name == "openblas":
-        monkeypatch.setattr(blas, "blas", blas._openblas)
-        monkeypatch.setattr(blas, "SHARD_MIN_WORK", 0)
-        monkeypatch.setattr(blas, "SHARD_MIN_ROWS", 1)
         torch.set_num_threads(2)
     yield name
     torch.set_num_threads(threads)
@@ -114,10 +111,10 @@ def path(request, monkeypatch):
 def test_every_path_matches_reference(name, config, path):
     from rnnkit.kernels import blas
 
-    if path == "shards":
-        assert len(blas.plan(B, H, H).shards) == 3
+    plan = blas.plan(B, H, H)
+    assert len(plan.shards) == (3 if path == "shards" else 1)
     if path == "blas-threads" and blas.blas().name == "mkl":
-        assert blas.plan(B, H, H).blas_threads == 2
+        assert plan.blas_threads == 2
     _compare(name, config, torch.float64, 1e-9)
 
 

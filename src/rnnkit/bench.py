@@ -3,7 +3,9 @@
 For each cell (RNN, GRU, LSTM) and size (batch, steps, hidden) it times three implementations of
 the same model — a recurrent layer with input size 1 and a Linear(H, 1) head on the last step's h —
 in one process: rnnkit with the fused engine, rnnkit with the reference loop, and torch.nn. A train
-step is forward + MSE loss + backward + Adam; inference is a forward pass under ``torch.no_grad``.
+step is forward + MSE loss + backward + Adam (torch's single-kernel ``fused=True`` Adam, the one
+rnnkit's trainer uses, for every implementation alike); inference is a forward pass under
+``torch.no_grad``.
 Implementations are timed in interleaved rounds (so drifting clocks and caches hit all of them alike)
 and each reports the median round. The ratio column is torch.nn's time over this row's, so > 1 means
 faster than torch.nn. GFLOP/s counts the layer's matrix products (forward 2·B·T·G·H·(I+H); a train
@@ -151,7 +153,7 @@ def run(args) -> int:
             models: dict = {}
             for impl in IMPLS:
                 models[impl] = _build(cell, impl, H, models.get("fused"))
-            opts = {impl: torch.optim.Adam(m.parameters(), lr=1e-3) for impl, m in models.items()}
+            opts = {impl: torch.optim.Adam(m.parameters(), lr=1e-3, fused=True) for impl, m in models.items()}
             train = _time_interleaved(
                 {impl: (lambda m=m, o=opts[impl]: _train_step(m, o, x, y)) for impl, m in models.items()},
                 rounds, round_s, clock)

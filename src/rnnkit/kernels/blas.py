@@ -11,11 +11,10 @@ so who computes them matters (benchmarks/README.md has the measurements):
 ``RNNKIT_BLAS=scipy`` forces the second (the tests run both). The choice is checked once on a small
 product against numpy before it is used.
 
-Threads: a layer with enough rows and work per step is split into row *shards* that run the whole
-time loop at once on a small pool of Python threads (the loops release the GIL), each shard's BLAS
-on one thread; a layer with few rows but big products runs on one thread with MKL's threads; small
-layers run on one thread throughout (a thread hand-off costs more than their step). All of it
-follows ``torch.get_num_threads()``.
+Threads (:func:`plan`), following ``torch.get_num_threads()``: small layers run on one thread
+throughout (a thread hand-off costs more than their step). Bigger ones use MKL's own threads inside
+each product; without MKL the batch is split into row *shards* that run the whole time loop at once
+on a small pool of Python threads (the loops release the GIL), each with a one-thread BLAS.
 """
 
 from __future__ import annotations
@@ -129,16 +128,18 @@ class Plan(NamedTuple):
 
 
 def plan(B: int, H: int, GH: int) -> Plan:
-    """How to run a layer of B rows, hidden size H and G*H gate rows on this many threads."""
+    """How to run a layer of B rows, hidden size H and G*H gate rows on this many threads: with MKL,
+    MKL's threads inside each product once it is big enough (measured faster than row shards at every
+    size of `rnnkit bench`, benchmarks/README.md); with OpenBLAS, whose threads were slower than one,
+    row shards."""
     threads = torch.get_num_threads()
     work = B * GH * H
+    if blas().name == "mkl":
+        return Plan([(0, B)], threads if work >= BLAS_THREADS_MIN_WORK else 1)
     n = min(threads, B // SHARD_MIN_ROWS) if work >= SHARD_MIN_WORK else 1
-    if n > 1:
-        step = B / n
-        edges = [round(k * step) for k in range(n + 1)]
-        return Plan(list(zip(edges[:-1], edges[1:])), 1)
-    many = blas().name == "mkl" and work >= BLAS_THREADS_MIN_WORK
-    return Plan([(0, B)], threads if many else 1)
+    step = B / max(n, 1)
+    edges = [round(k * step) for k in range(n + 1)] if n > 1 else [0, B]
+    return Plan(list(zip(edges[:-1], edges[1:])), 1)
 
 
 _pool: tuple[int, int, ThreadPoolExecutor] | None = None
