@@ -11,6 +11,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -c 'import rnnkit.kernels; rnnkit.kernels.precompile()'  # numba's loops, once
 	touch $@
 
 # Train with the defaults on the seed's combined wave, test, and write the plots into $(RUN).
