@@ -102,7 +102,10 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | Non
         log, progress, checkpoint = None, False, None
     device = next(model.parameters()).device
 
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # torch's single-kernel Adam: one call for all parameters instead of a Python loop over them
+    # (0.16 -> 0.05 ms a step for a small model, benchmarks/README.md); the same update.
+    fused = device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in model.parameters())
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
     sched = _scheduler(opt, cfg)
     shuffle = getattr(train_loader, "generator", None)
     if resume is None:
