@@ -158,6 +158,8 @@ def _executor(workers: int) -> ThreadPoolExecutor:
     global _pool
     with _pool_lock:
         if _pool is None or _pool[0] != os.getpid() or _pool[1] < workers:
+            if _pool is not None and _pool[0] == os.getpid():
+                _pool[2].shutdown(wait=False)  # idle between calls: its threads just end
             _pool = (os.getpid(), workers,
                      ThreadPoolExecutor(workers, "rnnkit-shard", initializer=_one_blas_thread))
         return _pool[2]
