@@ -259,7 +259,10 @@ class RNNBase(nn.Module):
             if self.dropout and self.training and layer < self.num_layers - 1:
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
         output = layer_input
-        h_n = tuple(torch.stack([f[k] for f in finals], dim=0) for k in range(len(finals[0])))  # (L*D, B, H)
+        if len(finals) == 1:  # a view instead of a copy: one layer, one direction
+            h_n = tuple(f.unsqueeze(0) for f in finals[0])  # (1, B, H)
+        else:
+            h_n = tuple(torch.stack([f[k] for f in finals], dim=0) for k in range(len(finals[0])))  # (L*D, B, H)
         if packed:
             output = _repack(output, lengths, input)
         elif not batched:

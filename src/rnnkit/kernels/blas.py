@@ -19,7 +19,6 @@ on a small pool of Python threads (the loops release the GIL), each with a one-t
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import functools
 import os
@@ -165,21 +164,12 @@ def _executor(workers: int) -> ThreadPoolExecutor:
         return _pool[2]
 
 
-@contextlib.contextmanager
-def blas_threads(n: int):
-    """This thread's BLAS threads set to n for the block."""
-    setter = blas().set_threads
-    old = setter(n) if setter is not None else None
-    try:
-        yield
-    finally:
-        if setter is not None:
-            setter(old)
-
-
 def run_sharded(loop: Callable, args: tuple, p: Plan) -> None:
-    """``loop(*args, b0, b1)`` for every shard of the plan, the first on this thread."""
-    with blas_threads(p.blas_threads):
+    """``loop(*args, b0, b1)`` for every shard of the plan, the first on this thread. (Called twice
+    per layer and step of training: no context manager, which costs more than the small loops.)"""
+    setter = blas().set_threads
+    old = setter(p.blas_threads) if setter is not None else None
+    try:
         if len(p.shards) == 1:
             loop(*args, *p.shards[0])
             return
@@ -190,3 +180,6 @@ def run_sharded(loop: Callable, args: tuple, p: Plan) -> None:
         finally:
             for f in futures:
                 f.result()
+    finally:
+        if setter is not None:
+            setter(old)

@@ -84,9 +84,9 @@ def _forward(code: int, reverse: bool, lengths: Tensor | None, x: Tensor, h0: Te
     W = W_hh.detach().contiguous()
     lens = _lengths(lengths, B, T)
     b_hn_np = (b_hn if b_hn is not None else W[0]).numpy()  # (H,), read by GRU (reset after) only
-    blas.run_sharded(loops.forward, (code, blas.blas().gemm[xp.numpy().dtype], xp.numpy(), hs.numpy(),
-                                     cs.numpy(), acts.numpy(), W.numpy(), b_hn_np, lens, reverse),
-                     blas.plan(B, H, GH))
+    xp_np = xp.numpy()
+    blas.run_sharded(loops.forward, (code, blas.blas().gemm[xp_np.dtype], xp_np, hs.numpy(), cs.numpy(),
+                                     acts.numpy(), W.numpy(), b_hn_np, lens, reverse), blas.plan(B, H, GH))
     out = hs[:, :-1] if reverse else hs[:, 1:]  # (B, T, H)
     if lengths is not None:
         alive = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
@@ -118,13 +118,13 @@ class FusedLayer(torch.autograd.Function):
         H = hs.shape[2]
         lstm = code == loops.LSTM
         dy = dout.contiguous()  # (B, T, H)
-        dh = dh_n.contiguous().clone()
-        dc = dc_n.contiguous().clone() if lstm else hs.new_empty(0, 0)
+        dh = dh_n.clone(memory_format=torch.contiguous_format)
+        dc = dc_n.clone(memory_format=torch.contiguous_format) if lstm else hs.new_empty(0, 0)
         dG = hs.new_empty(B, T, GH)
-        blas.run_sharded(loops.backward, (code, blas.blas().gemm[dG.numpy().dtype], dy.numpy(), dh.numpy(),
+        dG_np = dG.numpy()
+        blas.run_sharded(loops.backward, (code, blas.blas().gemm[dG_np.dtype], dy.numpy(), dh.numpy(),
                                           dc.numpy(), hs.numpy(), cs.numpy(), xp.numpy(), acts.numpy(),
-                                          W_hh.numpy(), lens, reverse, dG.numpy()),
-                         blas.plan(B, H, GH))
+                                          W_hh.numpy(), lens, reverse, dG_np), blas.plan(B, H, GH))
         need = ctx.needs_input_grad  # code, reverse, lengths, x, h0, c0, W_ih, W_hh, b_ih, b_hh
         dG2 = dG.view(B * T, GH)  # (B*T, G*H)
         dx = torch.mm(dG2, W_ih.detach()).view(x_shape) if need[3] else None  # (B, T, I)
