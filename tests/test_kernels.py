@@ -82,9 +82,10 @@ def test_fused_matches_reference_float64(name, config):
 
 
 # How the loops run (rnnkit.kernels.blas): "one" thread with the default BLAS (MKL where torch has
-# it), the default BLAS's own "blas-threads", scipy's OpenBLAS on one thread ("openblas") and over
-# batch "shards" on several threads. Each is forced on these tiny layers by moving the thresholds.
-PATHS = ("one", "shards", "blas-threads", "openblas")
+# it), hidden-unit shards on several threads meeting at a barrier each step ("units"; with MKL),
+# scipy's OpenBLAS on one thread ("openblas") and over batch-row shards on several threads
+# ("shards"). Each is forced on these tiny layers by moving the thresholds.
+PATHS = ("one", "shards", "units", "units-pool", "openblas")
 
 
 @pytest.fixture
@@ -98,9 +99,12 @@ def path(request, monkeypatch):
         monkeypatch.setattr(blas, "SHARD_MIN_WORK", 0 if name == "shards" else 1 << 60)
         monkeypatch.setattr(blas, "SHARD_MIN_ROWS", 1)
         torch.set_num_threads(3)  # B=4 rows: shards of 1, 2 and 1 rows
-    elif name == "blas-threads":
-        monkeypatch.setattr(blas, "BLAS_THREADS_MIN_WORK", 0)
-        torch.set_num_threads(2)
+    elif name in ("units", "units-pool"):  # units-pool: our own threads, as without torch's OpenMP
+        if name == "units-pool":
+            monkeypatch.setattr(blas, "_openmp", lambda: None)
+        monkeypatch.setattr(blas, "UNITS_MIN_WORK", 0)
+        monkeypatch.setattr(blas, "UNITS_ALIGN", 1)
+        torch.set_num_threads(3)  # H=5 units: shards of 2, 1 and 2 units
     yield name
     torch.set_num_threads(threads)
 
@@ -112,10 +116,75 @@ def test_every_path_matches_reference(name, config, path):
     from rnnkit.kernels import blas
 
     plan = blas.plan(B, H, H)
-    assert len(plan.shards) == (3 if path == "shards" else 1)
-    if path == "blas-threads" and blas.blas().name == "mkl":
-        assert plan.blas_threads == 2
+    if path == "shards":
+        assert [s[:2] for s in plan.shards] == [(0, 1), (1, 3), (3, 4)] and plan.parties == 1
+    elif path.startswith("units") and blas.blas().name == "mkl":
+        assert [s[2:] for s in plan.shards] == [(0, 2), (2, 3), (3, 5)] and plan.parties == 3
+    else:
+        assert len(plan.shards) == 1
     _compare(name, config, torch.float64, 1e-9)
+
+
+def _lstm_forward_args(parties=2):
+    """A float64 LSTM layer's forward-loop arguments (the input projection done, the states not) and
+    a plan of hidden-unit shards for them, as run_sharded gets them from the fused engine."""
+    import numpy as np
+
+    from rnnkit.kernels import blas, loops
+
+    torch.manual_seed(0)
+    H16 = 16
+    layer = rnnkit.LSTM(I, H16, dtype=torch.float64)
+    W_ih, W_hh, b_ih, b_hh = [p.detach() for p in layer.layer_weights(0, 0)]
+    xp = torch.addmm(b_ih + b_hh, torch.randn(B * T, I, dtype=torch.float64), W_ih.t()).view(B, T, -1)
+    hs, cs = torch.zeros(2, B, T + 1, H16, dtype=torch.float64)
+    args = (loops.LSTM, blas.blas().gemm[np.dtype(np.float64)], xp.numpy(), hs.numpy(), cs.numpy(),
+            torch.empty(B, T, H16, dtype=torch.float64).numpy(), W_hh.contiguous().numpy(), W_hh[0].numpy(),
+            np.full(B, T, np.int64), False)
+    edges = [round(k * H16 / parties) for k in range(parties + 1)]
+    return args, blas.Plan([(0, B, a, b) for a, b in zip(edges[:-1], edges[1:])], parties)
+
+
+def test_unit_shards_survive_a_small_team_and_a_failing_party():
+    """OpenMP may start fewer threads than asked: the first then runs the layer alone, with the same
+    result. A party that raises opens the barrier, so the others finish and the error comes back."""
+    import threading
+
+    import numpy as np
+
+    from rnnkit.kernels import blas, loops
+
+    if blas._openmp() is None:
+        pytest.skip("torch has no OpenMP runtime here")
+    args, plan = _lstm_forward_args()
+    blas.run_sharded(loops.forward, args, plan)
+    expected = args[3].copy()  # hs
+
+    args, plan = _lstm_forward_args()
+    sync = np.array([0, blas._sched_yield()], np.int64)
+    shards = [(b0, b1, np.uint64(j0), np.uint64(j1), sync, 2) for b0, b1, j0, j1 in plan.shards]
+    team_of_one = (lambda body, data, n, flags: body(None), lambda: 0, lambda: 1)
+    blas._run_team(loops.forward, args, shards, team_of_one)
+    np.testing.assert_allclose(args[3], expected, atol=1e-12, rtol=0)
+
+    def flaky(*a):
+        if a[-4] != 0:  # j0: the second party fails before its first step; the first waits for it
+            raise RuntimeError("party failed")
+        loops.forward(*a)
+
+    args, plan = _lstm_forward_args()
+    outcome = []
+
+    def attempt():
+        with pytest.raises(RuntimeError, match="party failed"):
+            blas.run_sharded(flaky, args, plan)
+        outcome.append("raised")
+
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "a failing party left the others waiting at the barrier"
+    assert outcome == ["raised"]
 
 
 def test_blas_found_and_checked():

@@ -12,9 +12,11 @@ so who computes them matters (benchmarks/README.md has the measurements):
 product against numpy before it is used.
 
 Threads (:func:`plan`), following ``torch.get_num_threads()``: small layers run on one thread
-throughout (a thread hand-off costs more than their step). Bigger ones use MKL's own threads inside
-each product; without MKL the batch is split into row *shards* that run the whole time loop at once
-on a small pool of Python threads (the loops release the GIL), each with a one-thread BLAS.
+throughout (a thread hand-off costs more than their step). Bigger ones are split into *shards* that
+run the whole time loop at once on a small pool of Python threads (the loops release the GIL), each
+with a one-thread BLAS: by hidden units, each thread computing its units' rows of every gate and
+meeting the others at a barrier once per step (each keeps its share of W_hh in its own cache), or,
+for OpenBLAS at sizes where that measured faster, by batch rows, which never meet.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ import torch
 # 2-core dev machine (benchmarks/README.md). Module attributes so that tests can force each path.
 SHARD_MIN_WORK = 256 * 1024
 SHARD_MIN_ROWS = 8
-BLAS_THREADS_MIN_WORK = 1024 * 1024
+UNITS_MIN_WORK = 1024 * 1024
+UNITS_ALIGN = 8  # unit shards start on multiples of this (a vector of float32)
 
 
 class Blas(NamedTuple):
@@ -122,23 +125,28 @@ def blas() -> Blas:
 
 
 class Plan(NamedTuple):
-    shards: list  # [(b0, b1), ...] row ranges, one per thread
-    blas_threads: int  # BLAS threads of a single shard (1 when there are several)
+    shards: list  # [(b0, b1, j0, j1), ...] batch rows and hidden units, one per thread
+    parties: int  # threads that meet at the per-step barrier: len(shards) for unit shards, else 1
 
 
 def plan(B: int, H: int, GH: int) -> Plan:
-    """How to run a layer of B rows, hidden size H and G*H gate rows on this many threads: with MKL,
-    MKL's threads inside each product once it is big enough (measured faster than row shards at every
-    size of `rnnkit bench`, benchmarks/README.md); with OpenBLAS, whose threads were slower than one,
-    row shards."""
+    """How to run a layer of B rows, hidden size H and G*H gate rows on this many threads (see the
+    module docstring): one thread below the thresholds; unit shards with MKL (measured faster than
+    MKL's own threads and than row shards at every size of `rnnkit bench`, benchmarks/README.md);
+    row shards with OpenBLAS."""
     threads = torch.get_num_threads()
     work = B * GH * H
+    units = H // UNITS_ALIGN
     if blas().name == "mkl":
-        return Plan([(0, B)], threads if work >= BLAS_THREADS_MIN_WORK else 1)
+        n = min(threads, units) if work >= UNITS_MIN_WORK else 1
+        if n > 1:
+            edges = [round(k * units / n) * UNITS_ALIGN for k in range(n)] + [H]
+            return Plan([(0, B, j0, j1) for j0, j1 in zip(edges[:-1], edges[1:])], n)
+        return Plan([(0, B, 0, H)], 1)
     n = min(threads, B // SHARD_MIN_ROWS) if work >= SHARD_MIN_WORK else 1
     step = B / max(n, 1)
     edges = [round(k * step) for k in range(n + 1)] if n > 1 else [0, B]
-    return Plan(list(zip(edges[:-1], edges[1:])), 1)
+    return Plan([(b0, b1, 0, H) for b0, b1 in zip(edges[:-1], edges[1:])], 1)
 
 
 _pool: tuple[int, int, ThreadPoolExecutor] | None = None
@@ -164,22 +172,96 @@ def _executor(workers: int) -> ThreadPoolExecutor:
         return _pool[2]
 
 
-def run_sharded(loop: Callable, args: tuple, p: Plan) -> None:
-    """``loop(*args, b0, b1)`` for every shard of the plan, the first on this thread. (Called twice
-    per layer and step of training: no context manager, which costs more than the small loops.)"""
+@functools.cache
+def _sched_yield() -> int:
+    return _address(ctypes.CDLL(None).sched_yield)
+
+
+_ALONE = np.zeros(2, np.int64)  # the barrier of a loop without parties (never waited on)
+_units_lock = threading.Lock()  # one unit-sharded loop at a time: parties must all be running
+_TEAM_BODY = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+
+
+@functools.cache
+def _openmp():
+    """(GOMP_parallel, omp_get_thread_num, omp_get_num_threads) of torch's own OpenMP runtime, or
+    None. Unit shards run as an OpenMP team of torch's threads: threads of our own would compete for
+    the cores with torch's, which spin for a while after each of torch's parallel operations."""
+    path = os.path.join(os.path.dirname(torch.__file__), "lib", "libgomp.so.1")
+    if not os.path.exists(path):
+        return None
+    lib = ctypes.CDLL(path)
+    if not all(hasattr(lib, n) for n in ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads")):
+        return None
+    lib.GOMP_parallel.argtypes = [_TEAM_BODY, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+    lib.GOMP_parallel.restype = None
+    return lib.GOMP_parallel, lib.omp_get_thread_num, lib.omp_get_num_threads
+
+
+def _run_team(loop: Callable, args: tuple, shards: list, start) -> None:
+    """Run the unit shards as an OpenMP team (``start`` from :func:`_openmp`), shard k on thread k.
+    A team smaller than asked for (OpenMP may give one) cannot meet at the barriers: its first thread
+    then runs the whole layer alone."""
+    parallel, thread_num, num_threads = start
+    errors = []
     setter = blas().set_threads
-    old = setter(p.blas_threads) if setter is not None else None
+    whole = (shards[0][0], shards[0][1], np.uint64(0), shards[-1][3], _ALONE, 1)
+
+    def body(_):
+        k = thread_num()
+        old = setter(1) if setter is not None else None
+        try:
+            if num_threads() == len(shards):
+                loop(*args, *shards[k])
+            elif k == 0:
+                loop(*args, *whole)
+        except BaseException as e:  # noqa: BLE001 - raised again on the calling thread below
+            shards[0][4][0] = 1 << 62  # opens every barrier: the other parties finish, not wait
+            errors.append(e)
+        finally:
+            if setter is not None:
+                setter(old)
+
+    parallel(_TEAM_BODY(body), None, len(shards), 0)
+    if errors:
+        raise errors[0]
+
+
+def _run_pool(loop: Callable, args: tuple, shards: list) -> None:
+    """Run the shards on this thread (the first) and the pool's (the others)."""
+    futures = [_executor(len(shards) - 1).submit(loop, *args, *shard) for shard in shards[1:]]
+    try:
+        loop(*args, *shards[0])
+    except BaseException:
+        shards[0][4][0] = 1 << 62  # opens every barrier of unit shards, as in _run_team
+        raise
+    finally:
+        for f in futures:
+            f.result()
+
+
+def run_sharded(loop: Callable, args: tuple, p: Plan) -> None:
+    """``loop(*args, b0, b1, j0, j1, sync, parties)`` for every shard of the plan, with a one-thread
+    BLAS each: unit shards as a team of torch's OpenMP threads where there is one, else (and row
+    shards) on this thread and the pool's. (Called twice per layer and step of training: no context
+    manager, which costs more than the small loops.)"""
+    setter = blas().set_threads
+    old = setter(1) if setter is not None else None
     try:
         if len(p.shards) == 1:
-            loop(*args, *p.shards[0])
-            return
-        pool = _executor(len(p.shards) - 1)
-        futures = [pool.submit(loop, *args, *shard) for shard in p.shards[1:]]
-        try:
-            loop(*args, *p.shards[0])
-        finally:
-            for f in futures:
-                f.result()
+            b0, b1, j0, j1 = p.shards[0]
+            loop(*args, b0, b1, np.uint64(j0), np.uint64(j1), _ALONE, 1)
+        elif p.parties == 1:
+            _run_pool(loop, args, [(b0, b1, np.uint64(j0), np.uint64(j1), _ALONE, 1) for b0, b1, j0, j1 in p.shards])
+        else:
+            sync = np.array([0, _sched_yield()], np.int64)
+            shards = [(b0, b1, np.uint64(j0), np.uint64(j1), sync, p.parties) for b0, b1, j0, j1 in p.shards]
+            team = _openmp()
+            if team is not None:
+                _run_team(loop, args, shards, team)
+            else:
+                with _units_lock:  # the pool's threads must all be this call's parties
+                    _run_pool(loop, args, shards)
     finally:
         if setter is not None:
             setter(old)

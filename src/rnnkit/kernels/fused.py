@@ -122,9 +122,13 @@ class FusedLayer(torch.autograd.Function):
         dc = dc_n.clone(memory_format=torch.contiguous_format) if lstm else hs.new_empty(0, 0)
         dG = hs.new_empty(B, T, GH)
         dG_np = dG.numpy()
+        gru = code in (loops.GRU, loops.GRU_RESET_BEFORE)
+        grec = np.empty((2, B, (GH if code == loops.GRU else 2 * H) if gru else 0), dG_np.dtype)
+        dan = np.empty((B, H if code == loops.GRU_RESET_BEFORE else 0), dG_np.dtype)
         blas.run_sharded(loops.backward, (code, blas.blas().gemm[dG_np.dtype], dy.numpy(), dh.numpy(),
                                           dc.numpy(), hs.numpy(), cs.numpy(), xp.numpy(), acts.numpy(),
-                                          W_hh.numpy(), lens, reverse, dG_np), blas.plan(B, H, GH))
+                                          W_hh.numpy(), lens, reverse, dG_np, grec, dan, np.empty_like(dan)),
+                         blas.plan(B, H, GH))
         need = ctx.needs_input_grad  # code, reverse, lengths, x, h0, c0, W_ih, W_hh, b_ih, b_hh
         dG2 = dG.view(B * T, GH)  # (B*T, G*H)
         dx = torch.mm(dG2, W_ih.detach()).view(x_shape) if need[3] else None  # (B, T, I)

@@ -147,6 +147,56 @@ def _call_fortran(typingctx, fn, args):
     return types.void(fn, args), codegen
 
 
+@intrinsic
+def _atomic_add(typingctx, addr, value):
+    """Atomically add ``value`` to the int64 at address ``addr``; returns the old value."""
+
+    def codegen(context, builder, sig, args):
+        ptr = builder.inttoptr(args[0], ir.IntType(64).as_pointer())
+        return builder.atomic_rmw("add", ptr, args[1], "seq_cst")
+
+    return types.int64(types.int64, types.int64), codegen
+
+
+@intrinsic
+def _atomic_load(typingctx, addr):
+    """The int64 at address ``addr``, read with acquire order (sees every write made before the
+    other threads' matching ``_atomic_add``)."""
+
+    def codegen(context, builder, sig, args):
+        ptr = builder.inttoptr(args[0], ir.IntType(64).as_pointer())
+        return builder.load_atomic(ptr, "acquire", 8)
+
+    return types.int64(types.int64), codegen
+
+
+@intrinsic
+def _call_void(typingctx, fn):
+    """Call the function at address ``fn`` without arguments (``sched_yield``), ignoring its result."""
+
+    def codegen(context, builder, sig, args):
+        fnty = ir.FunctionType(ir.VoidType(), [])
+        builder.call(builder.inttoptr(args[0], fnty.as_pointer()), [])
+        return context.get_dummy_value()
+
+    return types.void(types.int64), codegen
+
+
+@njit(**_JIT, inline="always")
+def _barrier(sync, parties, epoch):
+    """Wait until all ``parties`` threads have arrived at their ``epoch``-th barrier (1, 2, ...):
+    sync[0] counts arrivals and never goes down, sync[1] is the address of ``sched_yield``, which a
+    waiting thread calls once it has spun for a while (a party may be off its core)."""
+    counter = _address(sync)
+    _atomic_add(counter, 1)
+    target = parties * epoch
+    spins = 0
+    while _atomic_load(counter) < target:
+        spins += 1
+        if spins > 2000:
+            _call_void(sync[1])
+
+
 @njit(**_JIT, inline="always")
 def _workspace(dtype):
     """Where a ?gemm_ call's scalars live: m, n, k, lda, ldb, ldc; alpha, beta; 'N', 'T'."""
@@ -174,56 +224,80 @@ def _rows_times_wt(fn, ws, x, ldx, w, rows, cols, nb, beta, c, ldc):
 
 
 @njit(**_JIT, inline="always")
-def _rows_times_w(fn, ws, g, ldg, w, rows, cols, nb, beta, c, ldc):
-    """Row-major C (nb, cols) = Gm (nb, rows) W + beta C, W (rows, cols) contiguous."""
-    _gemm(fn, ws, False, cols, nb, rows, w, cols, g, ldg, beta, c, ldc)
+def _rows_times_w(fn, ws, g, ldg, w, ldw, rows, cols, nb, beta, c, ldc):
+    """Row-major C (nb, cols) = Gm (nb, rows) W + beta C, W (rows, cols) with row stride ldw."""
+    _gemm(fn, ws, False, cols, nb, rows, w, ldw, g, ldg, beta, c, ldc)
+
+
+@njit(**_JIT, inline="always")
+def _gate_products(fn, ws, x, ldx, w, blocks, H, j0, nu, nb, beta, c, ldc, isz):
+    """C[:, k*H + j0 : k*H + j0 + nu] = X W[k*H + j0 : ..]^T + beta C for the gate blocks k < blocks:
+    this thread's hidden units [j0, j0 + nu) of each gate; one product when they are all units."""
+    if nu == H:
+        _rows_times_wt(fn, ws, x, ldx, w, blocks * H, H, nb, beta, c, ldc)
+    else:
+        for k in range(blocks):
+            off = k * H + j0
+            _rows_times_wt(fn, ws, x, ldx, w + off * H * isz, nu, H, nb, beta, c + off * isz, ldc)
 
 
 # ---- the loops ---------------------------------------------------------------------------------
 
 @njit(**_JIT)
-def forward(kind, gemm, xp, hs, cs, acts, W_hh, b_hn, lengths, reverse, b0, b1):
-    """Run the recurrence over all T steps for batch rows [b0, b1), filling hs, cs and acts and
-    turning xp into the activations, in place.
+def forward(kind, gemm, xp, hs, cs, acts, W_hh, b_hn, lengths, reverse, b0, b1, j0, j1, sync, parties):
+    """Run the recurrence over all T steps for batch rows [b0, b1) and hidden units [j0, j1),
+    filling hs, cs and acts and turning xp into the activations, in place.
 
     xp (B, T, G*H) input pre-activations with the folded biases; W_hh (G*H, H) contiguous; b_hn (H,)
     (GRU reset after; else unused); lengths (B,) int64; acts (B, T or 1, A*H) (see the module
-    docstring).
+    docstring). j0, j1 are unsigned (see below). ``parties`` threads that share the rows and split the
+    units run this together, meeting at a barrier (``sync``) wherever a product needs every unit of
+    the others' last result; one thread alone passes parties = 1.
     """
     B, T, GH = xp.shape
     H = hs.shape[2]
     nb = b1 - b0
+    J0 = np.int64(j0)
+    nu = np.int64(j1) - J0
     isz = xp.itemsize
     ws = _workspace(xp.dtype)
-    rows = 2 * H if kind == GRU_RESET_BEFORE else GH  # W_hh rows of the first product
+    blocks = 2 if kind == GRU_RESET_BEFORE else GH // H  # gate blocks of the first product
     rec = np.empty((nb, GH if kind == GRU else 0), xp.dtype)  # GRU reset after: h W_hh^T on its own
     recg = rec.reshape(nb, rec.shape[1] // H, H)  # (nb, G, H)
     shared = np.empty(H, xp.dtype)  # a row's term shared by two loops (see below)
     one, zero = xp.dtype.type(1.0), xp.dtype.type(0.0)  # typed constants, see _exp_neg
-    # Gate-block views: gate k's element j is [.., k, j] with j from range(H), which LLVM knows is
-    # >= 0. Written [.., k * H + j] it may be negative as far as LLVM knows, and numba's wraparound
-    # of negative indices then turns every vector load into a gather (measured 2x slower loops).
+    # Gate-block views: gate k's element j is [.., k, j] with j from range(j0, j1) of unsigned
+    # bounds, which LLVM knows is >= 0. Written [.., k * H + j] or with a signed j it may be negative
+    # as far as LLVM knows, and numba's wraparound of negative indices then turns every vector load
+    # into a gather (measured 2x slower loops). No arithmetic mixes j with signed integers (numba
+    # would make it a float).
     xg = xp.reshape(B, T, GH // H, H)  # (B, T, G, H)
     TA = acts.shape[1]
     ag = acts.reshape(B, TA, acts.shape[2] // H, H)  # (B, TA, A, H)
     w, x0, h0, a0 = _address(W_hh), _address(xp), _address(hs), _address(acts)
+    epoch = 0
     for step in range(T):
         t = T - 1 - step if reverse else step
         p, q = (t + 1, t) if reverse else (t, t + 1)
         ta = t if TA == T else 0
         xrow = x0 + (b0 * T + t) * GH * isz  # xp[b0, t]
         hrow = h0 + (b0 * (T + 1) + p) * H * isz  # hs[b0, p]
+        if parties > 1 and step > 0:  # every unit of h_prev written
+            epoch += 1
+            _barrier(sync, parties, epoch)
         if kind == GRU:
-            _rows_times_wt(gemm, ws, hrow, (T + 1) * H, w, GH, H, nb, 0, _address(rec), GH)
+            _gate_products(gemm, ws, hrow, (T + 1) * H, w, 3, H, J0, nu, nb, 0, _address(rec), GH, isz)
         else:  # xp[:, t] += h W^T: the full pre-activation (GRU reset before: r and z only)
-            _rows_times_wt(gemm, ws, hrow, (T + 1) * H, w, rows, H, nb, 1, xrow, T * GH)
+            _gate_products(gemm, ws, hrow, (T + 1) * H, w, blocks, H, J0, nu, nb, 1, xrow, T * GH, isz)
         for b in range(b0, b1):
             if lengths[b] <= t:
-                hs[b, q] = hs[b, p]
+                for j in range(j0, j1):
+                    hs[b, q, j] = hs[b, p, j]
                 if kind == LSTM:
-                    cs[b, q] = cs[b, p]
-                xg[b, t] = 0.0
-                ag[b, ta] = 0.0
+                    for j in range(j0, j1):
+                        cs[b, q, j] = cs[b, p, j]
+                xg[b, t, :, j0:j1] = 0.0
+                ag[b, ta, :, j0:j1] = 0.0
                 continue
             r = b - b0
             # One activation per loop, the cell's branch outside them: each loop vectorizes. Plain
@@ -232,161 +306,179 @@ def forward(kind, gemm, xp, hs, cs, acts, W_hh, b_hn, lengths, reverse, b0, b1):
             # c from cs into cs, GRU's n from r in xp): LLVM cannot tell the rows apart and keeps
             # such a loop scalar (measured 2-3x slower), so those go through ``shared``.
             if kind == RNN_TANH:
-                for j in range(H):
+                for j in range(j0, j1):
                     hs[b, q, j] = _tanh(xg[b, t, 0, j])
             elif kind == RNN_RELU:
-                for j in range(H):
+                for j in range(j0, j1):
                     hs[b, q, j] = max(xg[b, t, 0, j], zero)
             elif kind == LSTM:
                 for k in range(2):  # i, f
-                    for j in range(H):
+                    for j in range(j0, j1):
                         xg[b, t, k, j] = _sigmoid(xg[b, t, k, j])
-                for j in range(H):  # g
+                for j in range(j0, j1):  # g
                     xg[b, t, 2, j] = _tanh(xg[b, t, 2, j])
-                for j in range(H):  # o
+                for j in range(j0, j1):  # o
                     xg[b, t, 3, j] = _sigmoid(xg[b, t, 3, j])
-                for j in range(H):
+                for j in range(j0, j1):
                     shared[j] = xg[b, t, 1, j] * cs[b, p, j] + xg[b, t, 0, j] * xg[b, t, 2, j]
-                for j in range(H):
+                for j in range(j0, j1):
                     cs[b, q, j] = shared[j]
                     ag[b, ta, 0, j] = _tanh(shared[j])
-                for j in range(H):
+                for j in range(j0, j1):
                     hs[b, q, j] = xg[b, t, 3, j] * ag[b, ta, 0, j]
             elif kind == GRU:
                 for k in range(2):  # r, z
-                    for j in range(H):
+                    for j in range(j0, j1):
                         xg[b, t, k, j] = _sigmoid(xg[b, t, k, j] + recg[r, k, j])
-                for j in range(H):
+                for j in range(j0, j1):
                     ag[b, ta, 0, j] = recg[r, 2, j] + b_hn[j]
-                for j in range(H):
+                for j in range(j0, j1):
                     shared[j] = xg[b, t, 0, j] * ag[b, ta, 0, j]  # r ⊙ (W_hn h + b_hn)
-                for j in range(H):
+                for j in range(j0, j1):
                     xg[b, t, 2, j] = _tanh(xg[b, t, 2, j] + shared[j])
-                for j in range(H):
+                for j in range(j0, j1):
                     shared[j] = (one - xg[b, t, 1, j]) * xg[b, t, 2, j] + xg[b, t, 1, j] * hs[b, p, j]
-                for j in range(H):
+                for j in range(j0, j1):
                     hs[b, q, j] = shared[j]
             else:
                 for k in range(2):  # r, z
-                    for j in range(H):
+                    for j in range(j0, j1):
                         xg[b, t, k, j] = _sigmoid(xg[b, t, k, j])
-                for j in range(H):
+                for j in range(j0, j1):
                     ag[b, ta, 0, j] = xg[b, t, 0, j] * hs[b, p, j]  # r ⊙ h
         if kind == GRU_RESET_BEFORE:  # xp[:, t]'s n block += (r ⊙ h) W_hn^T
-            _rows_times_wt(gemm, ws, a0 + (b0 * TA + ta) * H * isz, TA * H, w + rows * H * isz, H, H, nb,
-                           1, xrow + rows * isz, T * GH)
+            if parties > 1:  # every unit of r ⊙ h written
+                epoch += 1
+                _barrier(sync, parties, epoch)
+            _gate_products(gemm, ws, a0 + (b0 * TA + ta) * H * isz, TA * H, w + 2 * H * H * isz, 1, H, J0,
+                           nu, nb, 1, xrow + 2 * H * isz, T * GH, isz)
             for b in range(b0, b1):
                 if lengths[b] > t:
-                    for j in range(H):
+                    for j in range(j0, j1):
                         xg[b, t, 2, j] = _tanh(xg[b, t, 2, j])
-                    for j in range(H):
+                    for j in range(j0, j1):
                         shared[j] = (one - xg[b, t, 1, j]) * xg[b, t, 2, j] + xg[b, t, 1, j] * hs[b, p, j]
-                    for j in range(H):
+                    for j in range(j0, j1):
                         hs[b, q, j] = shared[j]
 
 
 @njit(**_JIT)
-def backward(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reverse, dG, b0, b1):
-    """BPTT for batch rows [b0, b1): fill dG (B, T, G*H) and turn dh, dc (B, H) from the final-state
-    gradients into the initial-state gradients, in place. dy (B, T, H) is the gradient of the
-    outputs; xp holds the forward pass's activations."""
+def backward(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reverse, dG, grec, dan, drh,
+             b0, b1, j0, j1, sync, parties):
+    """BPTT for batch rows [b0, b1) and hidden units [j0, j1) (as in :func:`forward`): fill dG
+    (B, T, G*H) and turn dh, dc (B, H) from the final-state gradients into the initial-state
+    gradients, in place. dy (B, T, H) is the gradient of the outputs; xp holds the forward pass's
+    activations.
+
+    Work arrays, shared by the threads, from the caller: grec (2, B, R) for GRU (R = 3H reset after,
+    2H before; else R = 0): the gradient of the recurrent product h W^T, whose n block differs from
+    dG's (reset after: times r) or is not there (reset before), two of them used in turn so that a
+    thread may fill the next step's while another still reads this one's; dan, drh (B, H) for GRU
+    reset before (else (B, 0)): of n's pre-activation and of r ⊙ h.
+    """
     B, T, GH = dG.shape
     H = hs.shape[2]
     nb = b1 - b0
+    J0 = np.int64(j0)
+    nu = np.int64(j1) - J0
     isz = dG.itemsize
     ws = _workspace(dG.dtype)
-    rows = 2 * H if kind == GRU_RESET_BEFORE else GH
-    # Gradient of the recurrent product's output h W^T: dG itself for Elman and LSTM; for GRU its n
-    # block differs from dG's (reset after: times r) or is not there (reset before).
-    grec = np.zeros((nb, rows if kind >= GRU else 0), dG.dtype)
-    grecg = grec.reshape(nb, grec.shape[1] // H, H)  # (nb, G, H)
-    dan = np.zeros((nb, H if kind == GRU_RESET_BEFORE else 0), dG.dtype)  # of n's pre-activation
-    drh = np.empty((nb, H if kind == GRU_RESET_BEFORE else 0), dG.dtype)  # of r ⊙ h
+    rows = grec.shape[2]
     shared = np.empty(H, dG.dtype)  # LSTM: the gradient of this step's c; GRU: of n's pre-activation
     one, zero = dG.dtype.type(1.0), dG.dtype.type(0.0)  # typed constants, see _exp_neg
     dGg = dG.reshape(B, T, GH // H, H)  # (B, T, G, H)
     xg = xp.reshape(B, T, GH // H, H)
     ag = acts.reshape(B, T, acts.shape[2] // H, H)  # (B, T, A, H)
-    w, g0, dh0 = _address(W_hh), _address(dG), _address(dh) + b0 * H * isz
+    grecg = grec.reshape(2, B, rows // H, H)  # (2, B, G', H)
+    w, g0, dh0 = _address(W_hh), _address(dG), _address(dh) + (b0 * H + J0) * isz
+    epoch = 0
     for step in range(T):
         t = step if reverse else T - 1 - step
         p, q = (t + 1, t) if reverse else (t, t + 1)
+        u = step % 2  # which grec
         for b in range(b0, b1):
-            r = b - b0
             if lengths[b] <= t:
-                dGg[b, t] = 0.0
-                grec[r] = 0.0
-                dan[r] = 0.0
+                dGg[b, t, :, j0:j1] = 0.0
+                grecg[u, b, :, j0:j1] = 0.0
+                dan[b, j0:j1] = 0.0
                 continue
             # h's gradient is dh + dy; Elman and LSTM leave h_prev's to the product below.
             if kind == RNN_TANH:
-                for j in range(H):
+                for j in range(j0, j1):
                     dGg[b, t, 0, j] = (dh[b, j] + dy[b, t, j]) * (one - hs[b, q, j] * hs[b, q, j])
                     dh[b, j] = zero
                 continue
             if kind == RNN_RELU:
-                for j in range(H):
+                for j in range(j0, j1):
                     dGg[b, t, 0, j] = dh[b, j] + dy[b, t, j] if hs[b, q, j] > zero else zero
                     dh[b, j] = zero
                 continue
-            for j in range(H):
+            for j in range(j0, j1):
                 dh[b, j] += dy[b, t, j]
             if kind == LSTM:  # xp: i, f, g, o; acts: tanh(c)
-                for j in range(H):
+                for j in range(j0, j1):
                     tc = ag[b, t, 0, j]
                     shared[j] = dc[b, j] + dh[b, j] * xg[b, t, 3, j] * (one - tc * tc)
-                for j in range(H):
+                for j in range(j0, j1):
                     i = xg[b, t, 0, j]
                     dGg[b, t, 0, j] = shared[j] * xg[b, t, 2, j] * i * (one - i)
-                for j in range(H):
+                for j in range(j0, j1):
                     f = xg[b, t, 1, j]
                     dGg[b, t, 1, j] = shared[j] * cs[b, p, j] * f * (one - f)
-                for j in range(H):
+                for j in range(j0, j1):
                     g = xg[b, t, 2, j]
                     dGg[b, t, 2, j] = shared[j] * xg[b, t, 0, j] * (one - g * g)
-                for j in range(H):
+                for j in range(j0, j1):
                     o = xg[b, t, 3, j]
                     dGg[b, t, 3, j] = dh[b, j] * ag[b, t, 0, j] * o * (one - o)
-                for j in range(H):
+                for j in range(j0, j1):
                     dc[b, j] = shared[j] * xg[b, t, 1, j]
                     dh[b, j] = zero
             else:  # xp: r, z, n; acts: W_hn h + b_hn (reset after) or r ⊙ h (reset before)
-                for j in range(H):
+                for j in range(j0, j1):
                     n = xg[b, t, 2, j]
                     shared[j] = dh[b, j] * (one - xg[b, t, 1, j]) * (one - n * n)
-                for j in range(H):
+                for j in range(j0, j1):
                     z = xg[b, t, 1, j]
                     gz = dh[b, j] * (hs[b, p, j] - xg[b, t, 2, j]) * z * (one - z)
                     dGg[b, t, 1, j] = gz
-                    grecg[r, 1, j] = gz
-                for j in range(H):
+                    grecg[u, b, 1, j] = gz
+                for j in range(j0, j1):
                     dGg[b, t, 2, j] = shared[j]
                 if kind == GRU:
-                    for j in range(H):
+                    for j in range(j0, j1):
                         rr = xg[b, t, 0, j]
                         gr = shared[j] * ag[b, t, 0, j] * rr * (one - rr)
                         dGg[b, t, 0, j] = gr
-                        grecg[r, 0, j] = gr
-                    for j in range(H):
-                        grecg[r, 2, j] = shared[j] * xg[b, t, 0, j]
+                        grecg[u, b, 0, j] = gr
+                    for j in range(j0, j1):
+                        grecg[u, b, 2, j] = shared[j] * xg[b, t, 0, j]
                 else:
-                    for j in range(H):
-                        dan[r, j] = shared[j]
-                for j in range(H):
+                    for j in range(j0, j1):
+                        dan[b, j] = shared[j]
+                for j in range(j0, j1):
                     dh[b, j] *= xg[b, t, 1, j]  # through h = (1 - z) n + z h_prev
-        if kind == GRU_RESET_BEFORE:
-            _rows_times_w(gemm, ws, _address(dan), H, w + rows * H * isz, H, H, nb, 0, _address(drh), H)
+        if kind == GRU_RESET_BEFORE:  # drh = dan W_hn, for this thread's units
+            if parties > 1:  # every unit of dan written
+                epoch += 1
+                _barrier(sync, parties, epoch)
+            _rows_times_w(gemm, ws, _address(dan) + b0 * H * isz, H, w + (2 * H * H + J0) * isz, H, H, nu,
+                          nb, 0, _address(drh) + (b0 * H + J0) * isz, H)
             for b in range(b0, b1):
                 if lengths[b] > t:
-                    r = b - b0
-                    for j in range(H):
+                    for j in range(j0, j1):
                         rr = xg[b, t, 0, j]
-                        gr = drh[r, j] * hs[b, p, j] * rr * (one - rr)
+                        gr = drh[b, j] * hs[b, p, j] * rr * (one - rr)
                         dGg[b, t, 0, j] = gr
-                        grecg[r, 0, j] = gr
-                        dh[b, j] += drh[r, j] * rr
-        # dh += (gradient of h W^T) W: the rows of dh of dead sequences get exact zeros
+                        grecg[u, b, 0, j] = gr
+                        dh[b, j] += drh[b, j] * rr
+        if parties > 1:  # every unit of the gradient below written
+            epoch += 1
+            _barrier(sync, parties, epoch)
+        # dh[:, j0:j1] += (gradient of h W^T) W[:, j0:j1]: dead sequences' rows get exact zeros
         if kind <= LSTM:
-            _rows_times_w(gemm, ws, g0 + (b0 * T + t) * GH * isz, T * GH, w, GH, H, nb, 1, dh0, H)
+            _rows_times_w(gemm, ws, g0 + (b0 * T + t) * GH * isz, T * GH, w + J0 * isz, H, GH, nu, nb, 1,
+                          dh0, H)
         else:
-            _rows_times_w(gemm, ws, _address(grec), rows, w, rows, H, nb, 1, dh0, H)
+            _rows_times_w(gemm, ws, _address(grec) + (u * B + b0) * rows * isz, rows, w + J0 * isz, H, rows,
+                          nu, nb, 1, dh0, H)
