@@ -130,7 +130,7 @@ def _lstm_forward_args(parties=2):
     a plan of hidden-unit shards for them, as run_sharded gets them from the fused engine."""
     import numpy as np
 
-    from rnnkit.kernels import blas, loops
+    from rnnkit.kernels import blas, fused, loops
 
     torch.manual_seed(0)
     H16 = 16
@@ -138,16 +138,19 @@ def _lstm_forward_args(parties=2):
     W_ih, W_hh, b_ih, b_hh = [p.detach() for p in layer.layer_weights(0, 0)]
     xp = torch.addmm(b_ih + b_hh, torch.randn(B * T, I, dtype=torch.float64), W_ih.t()).view(B, T, -1)
     hs, cs = torch.zeros(2, B, T + 1, H16, dtype=torch.float64)
-    args = (loops.LSTM, blas.blas().gemm[np.dtype(np.float64)], xp.numpy(), hs.numpy(), cs.numpy(),
-            torch.empty(B, T, H16, dtype=torch.float64).numpy(), W_hh.contiguous().numpy(), W_hh[0].numpy(),
-            np.full(B, T, np.int64), False)
     edges = [round(k * H16 / parties) for k in range(parties + 1)]
-    return args, blas.Plan([(0, B, a, b) for a, b in zip(edges[:-1], edges[1:])], parties)
+    plan = blas.Plan([(0, B, a, b) for a, b in zip(edges[:-1], edges[1:])], parties)
+    W_own = W_hh.index_select(0, fused._own_rows(plan, H16, 4))
+    args = (loops.LSTM, blas.blas().gemm[np.dtype(np.float64)], xp.numpy(), hs.numpy(), cs.numpy(),
+            torch.empty(B, T, H16, dtype=torch.float64).numpy(), W_hh.contiguous().numpy(), W_own.numpy(),
+            W_hh[0].numpy(), np.full(B, T, np.int64), False)
+    return args, plan
 
 
 def test_unit_shards_survive_a_small_team_and_a_failing_party():
-    """OpenMP may start fewer threads than asked: the first then runs the layer alone, with the same
-    result. A party that raises opens the barrier, so the others finish and the error comes back."""
+    """OpenMP may start fewer threads than asked: the shards then run on the pool's threads, with the
+    same result. A party that raises opens the barrier, so the others finish and the error comes
+    back."""
     import threading
 
     import numpy as np
@@ -235,6 +238,25 @@ def test_gradcheck(name, reverse):
         return (out, h_n) if c_n is None else (out, h_n, c_n)
 
     assert torch.autograd.gradcheck(f, tuple(args), atol=1e-7)
+
+
+@pytest.mark.parametrize("width", [1, 2, 8, 9])
+@pytest.mark.parametrize("name", ["lstm", "gru", "gru-reset-before"])
+def test_every_input_width_form(name, width):
+    """The input projection and its gradients take a different form by input width (an outer
+    product at 1; transposed products at 2-8): each against the reference loop, with and without
+    biases, and every gradient laid out as its tensor (DDP's gradient buckets check the strides)."""
+    cls, extra = CELLS[name]
+    for bias in (True, False):
+        torch.manual_seed(0)
+        layer = cls(width, H, bias=bias, batch_first=True, dtype=torch.float64, **extra)
+        x = torch.randn(B, T, width, dtype=torch.float64, requires_grad=True)
+        ref, fused = (_run(layer, engine, x, None, False) for engine in ("reference", "fused"))
+        for k, (a, b) in enumerate(zip(ref, fused)):
+            torch.testing.assert_close(b, a, atol=1e-9, rtol=0, msg=lambda m: f"tensor {k}: {m}")
+        tensors = [x, *layer.parameters()]
+        for grad, tensor in zip(fused[-len(tensors):], tensors):
+            assert grad.stride() == tensor.stride(), (grad.shape, grad.stride(), tensor.stride())
 
 
 def test_transposed_weights_without_b_hh():

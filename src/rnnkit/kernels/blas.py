@@ -200,21 +200,19 @@ def _openmp():
 
 def _run_team(loop: Callable, args: tuple, shards: list, start) -> None:
     """Run the unit shards as an OpenMP team (``start`` from :func:`_openmp`), shard k on thread k.
-    A team smaller than asked for (OpenMP may give one) cannot meet at the barriers: its first thread
-    then runs the whole layer alone."""
+    OpenMP may start a smaller team than asked for, which cannot meet at the barriers: the shards
+    then run on the pool's threads instead."""
     parallel, thread_num, num_threads = start
-    errors = []
+    errors, small = [], []
     setter = blas().set_threads
-    whole = (shards[0][0], shards[0][1], np.uint64(0), shards[-1][3], _ALONE, 1)
 
     def body(_):
-        k = thread_num()
+        if num_threads() != len(shards):
+            small.append(True)
+            return
         old = setter(1) if setter is not None else None
         try:
-            if num_threads() == len(shards):
-                loop(*args, *shards[k])
-            elif k == 0:
-                loop(*args, *whole)
+            loop(*args, *shards[thread_num()])
         except BaseException as e:  # noqa: BLE001 - raised again on the calling thread below
             shards[0][4][0] = 1 << 62  # opens every barrier: the other parties finish, not wait
             errors.append(e)
@@ -225,6 +223,9 @@ def _run_team(loop: Callable, args: tuple, shards: list, start) -> None:
     parallel(_TEAM_BODY(body), None, len(shards), 0)
     if errors:
         raise errors[0]
+    if small:
+        with _units_lock:
+            _run_pool(loop, args, shards)
 
 
 def _run_pool(loop: Callable, args: tuple, shards: list) -> None:

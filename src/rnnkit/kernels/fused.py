@@ -44,17 +44,43 @@ def _lengths(lengths: Tensor | None, B: int, T: int):
     return lengths.contiguous().numpy()
 
 
+@functools.lru_cache(maxsize=16)
+def _gru_mask(H: int, dtype: torch.dtype) -> Tensor:
+    """(3H,) ones over the r and z blocks, zeros over n: the b_hh that folds into GRU's input bias."""
+    mask = torch.ones(3 * H, dtype=dtype)
+    mask[2 * H:] = 0
+    return mask
+
+
+def _own_rows(plan: blas.Plan, H: int, blocks: int) -> Tensor:
+    """The rows of W_hh that the forward loop's W_own holds (see there): for each unit shard in turn,
+    its units in each of the first ``blocks`` gate blocks."""
+    key = (tuple(plan.shards), H, blocks)
+    rows = _OWN_ROWS.get(key)
+    if rows is None:
+        rows = torch.cat([torch.arange(k * H + j0, k * H + j1) for _, _, j0, j1 in plan.shards for k in range(blocks)])
+        _OWN_ROWS[key] = rows
+    return rows
+
+
+_OWN_ROWS: dict = {}
+
+
 def _input_bias(code: int, b_ih: Tensor | None, b_hh: Tensor | None, W_hh: Tensor):
     """The bias folded into the input projection, and GRU's b_hn (reset after), which r scales and
     so stays out of it (zeros when there is none)."""
     H = W_hh.shape[1]
     b_hn = None
+    if b_hh is not None:
+        b_hh = b_hh.detach()
     if code == loops.GRU:
-        if b_hh is not None:
-            b_hn = b_hh[2 * H:].detach().contiguous()
-            b_hh = torch.cat([b_hh[: 2 * H], b_hh.new_zeros(H)])
-        else:
+        if b_hh is None:
             b_hn = W_hh.new_zeros(H)
+        else:
+            b_hn = b_hh[2 * H:]
+            if b_ih is not None:
+                return torch.addcmul(b_ih.detach(), b_hh, _gru_mask(H, b_hh.dtype)), b_hn
+            b_hh = b_hh * _gru_mask(H, b_hh.dtype)
     if b_ih is None or b_hh is None:
         bias = b_ih if b_hh is None else b_hh
     else:
@@ -71,7 +97,12 @@ def _forward(code: int, reverse: bool, lengths: Tensor | None, x: Tensor, h0: Te
     x2 = x.detach().reshape(B * T, I)  # (B*T, I), a view when x is contiguous
     bias, b_hn = _input_bias(code, b_ih, b_hh, W_hh)
     W_ih = W_ih.detach()
-    xp = torch.mm(x2, W_ih.t()) if bias is None else torch.addmm(bias, x2, W_ih.t())  # (B*T, G*H)
+    if bias is None:
+        xp = torch.mm(x2, W_ih.t())  # (B*T, G*H)
+    elif I == 1:  # an outer product: addcmul measured ~1.7x faster than addmm's K = 1 GEMM
+        xp = torch.addcmul(bias, x2, W_ih.t())
+    else:
+        xp = torch.addmm(bias, x2, W_ih.t())
     xp = xp.view(B, T, GH)
     first, last = (T, 0) if reverse else (0, T)
     hs = x.new_empty(B, T + 1, H)
@@ -85,8 +116,10 @@ def _forward(code: int, reverse: bool, lengths: Tensor | None, x: Tensor, h0: Te
     lens = _lengths(lengths, B, T)
     b_hn_np = (b_hn if b_hn is not None else W[0]).numpy()  # (H,), read by GRU (reset after) only
     xp_np = xp.numpy()
+    plan = blas.plan(B, H, GH)
+    W_own = W if plan.parties == 1 else W.index_select(0, _own_rows(plan, H, 2 if code == loops.GRU_RESET_BEFORE else GH // H))
     blas.run_sharded(loops.forward, (code, blas.blas().gemm[xp_np.dtype], xp_np, hs.numpy(), cs.numpy(),
-                                     acts.numpy(), W.numpy(), b_hn_np, lens, reverse), blas.plan(B, H, GH))
+                                     acts.numpy(), W.numpy(), W_own.numpy(), b_hn_np, lens, reverse), plan)
     out = hs[:, :-1] if reverse else hs[:, 1:]  # (B, T, H)
     if lengths is not None:
         alive = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
@@ -122,17 +155,24 @@ class FusedLayer(torch.autograd.Function):
         dc = dc_n.clone(memory_format=torch.contiguous_format) if lstm else hs.new_empty(0, 0)
         dG = hs.new_empty(B, T, GH)
         dG_np = dG.numpy()
-        gru = code in (loops.GRU, loops.GRU_RESET_BEFORE)
-        grec = np.empty((2, B, (GH if code == loops.GRU else 2 * H) if gru else 0), dG_np.dtype)
+        dG_h = hs.new_empty(B, T, GH if code == loops.GRU else 0)  # the loop's grec
         dan = np.empty((B, H if code == loops.GRU_RESET_BEFORE else 0), dG_np.dtype)
         blas.run_sharded(loops.backward, (code, blas.blas().gemm[dG_np.dtype], dy.numpy(), dh.numpy(),
                                           dc.numpy(), hs.numpy(), cs.numpy(), xp.numpy(), acts.numpy(),
-                                          W_hh.numpy(), lens, reverse, dG_np, grec, dan, np.empty_like(dan)),
+                                          W_hh.numpy(), lens, reverse, dG_np, dG_h.numpy(), dan, np.empty_like(dan)),
                          blas.plan(B, H, GH))
         need = ctx.needs_input_grad  # code, reverse, lengths, x, h0, c0, W_ih, W_hh, b_ih, b_hh
         dG2 = dG.view(B * T, GH)  # (B*T, G*H)
-        dx = torch.mm(dG2, W_ih.detach()).view(x_shape) if need[3] else None  # (B, T, I)
-        dW_ih = torch.mm(dG2.t(), x2) if need[6] else None
+        W_ih = W_ih.detach()
+        dx = dW_ih = None
+        # Written as the products that measured fast: with 2-8 input features, dG W_ih and dG^T x
+        # took 4-6x longer than the same products transposed (benchmarks/README.md).
+        # (Contiguous results: DDP checks a gradient's strides against its parameter's.)
+        odd = 1 < x2.shape[1] <= 8
+        if need[3]:
+            dx = (torch.mm(W_ih.t(), dG2.t()).t().contiguous() if odd else torch.mm(dG2, W_ih)).view(x_shape)
+        if need[6]:
+            dW_ih = torch.mm(x2.t(), dG2).t().contiguous() if odd else torch.mm(dG2.t(), x2)
         db_ih = dG2.sum(0) if b_ih is not None and need[8] else None
         dW_hh = db_hh = None
         if need[7] or (b_hh is not None and need[9]):
@@ -143,13 +183,9 @@ class FusedLayer(torch.autograd.Function):
                 dG_h = dG2
                 dW_hh = torch.cat([torch.mm(dG2[:, : 2 * H].t(), h_prev), torch.mm(dG2[:, 2 * H:].t(), rh)])
             else:
-                if code == loops.GRU:
-                    # The n rows of W_hh h + b_hh are scaled by r (xp's first block) before they
-                    # meet the input's.
-                    dG_h = dG2.clone()
-                    dG_h[:, 2 * H:] *= xp.view(B * T, GH)[:, :H]
-                else:
-                    dG_h = dG2
+                # GRU: the n rows of W_hh h + b_hh are scaled by r before they meet the input's, so
+                # their gradient is the loop's dG_h, not dG.
+                dG_h = dG_h.view(B * T, GH) if code == loops.GRU else dG2
                 dW_hh = torch.mm(dG_h.t(), h_prev)
             if b_hh is not None:  # the same sum as db_ih unless GRU rescaled dG_h; a copy is cheaper
                 db_hh = db_ih.clone() if dG_h is dG2 and db_ih is not None else dG_h.sum(0)

@@ -229,26 +229,17 @@ def _rows_times_w(fn, ws, g, ldg, w, ldw, rows, cols, nb, beta, c, ldc):
     _gemm(fn, ws, False, cols, nb, rows, w, ldw, g, ldg, beta, c, ldc)
 
 
-@njit(**_JIT, inline="always")
-def _gate_products(fn, ws, x, ldx, w, blocks, H, j0, nu, nb, beta, c, ldc, isz):
-    """C[:, k*H + j0 : k*H + j0 + nu] = X W[k*H + j0 : ..]^T + beta C for the gate blocks k < blocks:
-    this thread's hidden units [j0, j0 + nu) of each gate; one product when they are all units."""
-    if nu == H:
-        _rows_times_wt(fn, ws, x, ldx, w, blocks * H, H, nb, beta, c, ldc)
-    else:
-        for k in range(blocks):
-            off = k * H + j0
-            _rows_times_wt(fn, ws, x, ldx, w + off * H * isz, nu, H, nb, beta, c + off * isz, ldc)
-
-
 # ---- the loops ---------------------------------------------------------------------------------
 
 @njit(**_JIT)
-def forward(kind, gemm, xp, hs, cs, acts, W_hh, b_hn, lengths, reverse, b0, b1, j0, j1, sync, parties):
+def forward(kind, gemm, xp, hs, cs, acts, W_hh, W_own, b_hn, lengths, reverse, b0, b1, j0, j1, sync, parties):
     """Run the recurrence over all T steps for batch rows [b0, b1) and hidden units [j0, j1),
     filling hs, cs and acts and turning xp into the activations, in place.
 
-    xp (B, T, G*H) input pre-activations with the folded biases; W_hh (G*H, H) contiguous; b_hn (H,)
+    xp (B, T, G*H) input pre-activations with the folded biases; W_hh (G*H, H) contiguous; W_own
+    its rows of each thread's units in every gate of the step's first product (all but GRU's n with
+    the reset gate before it), thread after thread: (gate, unit) within each, so that a thread's
+    product is one call on rows of its own (W_hh itself when one thread has all units); b_hn (H,)
     (GRU reset after; else unused); lengths (B,) int64; acts (B, T or 1, A*H) (see the module
     docstring). j0, j1 are unsigned (see below). ``parties`` threads that share the rows and split the
     units run this together, meeting at a barrier (``sync``) wherever a product needs every unit of
@@ -262,8 +253,7 @@ def forward(kind, gemm, xp, hs, cs, acts, W_hh, b_hn, lengths, reverse, b0, b1, 
     isz = xp.itemsize
     ws = _workspace(xp.dtype)
     blocks = 2 if kind == GRU_RESET_BEFORE else GH // H  # gate blocks of the first product
-    rec = np.empty((nb, GH if kind == GRU else 0), xp.dtype)  # GRU reset after: h W_hh^T on its own
-    recg = rec.reshape(nb, rec.shape[1] // H, H)  # (nb, G, H)
+    rec = np.empty((nb, blocks, nu), xp.dtype)  # the first product, h W^T, this thread's units
     shared = np.empty(H, xp.dtype)  # a row's term shared by two loops (see below)
     one, zero = xp.dtype.type(1.0), xp.dtype.type(0.0)  # typed constants, see _exp_neg
     # Gate-block views: gate k's element j is [.., k, j] with j from range(j0, j1) of unsigned
@@ -275,6 +265,7 @@ def forward(kind, gemm, xp, hs, cs, acts, W_hh, b_hn, lengths, reverse, b0, b1, 
     TA = acts.shape[1]
     ag = acts.reshape(B, TA, acts.shape[2] // H, H)  # (B, TA, A, H)
     w, x0, h0, a0 = _address(W_hh), _address(xp), _address(hs), _address(acts)
+    w_own = _address(W_own) + blocks * J0 * H * isz
     epoch = 0
     for step in range(T):
         t = T - 1 - step if reverse else step
@@ -285,10 +276,7 @@ def forward(kind, gemm, xp, hs, cs, acts, W_hh, b_hn, lengths, reverse, b0, b1, 
         if parties > 1 and step > 0:  # every unit of h_prev written
             epoch += 1
             _barrier(sync, parties, epoch)
-        if kind == GRU:
-            _gate_products(gemm, ws, hrow, (T + 1) * H, w, 3, H, J0, nu, nb, 0, _address(rec), GH, isz)
-        else:  # xp[:, t] += h W^T: the full pre-activation (GRU reset before: r and z only)
-            _gate_products(gemm, ws, hrow, (T + 1) * H, w, blocks, H, J0, nu, nb, 1, xrow, T * GH, isz)
+        _rows_times_wt(gemm, ws, hrow, (T + 1) * H, w_own, blocks * nu, H, nb, 0, _address(rec), blocks * nu)
         for b in range(b0, b1):
             if lengths[b] <= t:
                 for j in range(j0, j1):
@@ -305,20 +293,21 @@ def forward(kind, gemm, xp, hs, cs, acts, W_hh, b_hn, lengths, reverse, b0, b1, 
             # loop stores into one row of an array and reads another row of it (h from hs into hs,
             # c from cs into cs, GRU's n from r in xp): LLVM cannot tell the rows apart and keeps
             # such a loop scalar (measured 2-3x slower), so those go through ``shared``.
+            # The pre-activation of gate k, unit j is xg[b, t, k, j] + rec[r, k, j - j0].
             if kind == RNN_TANH:
                 for j in range(j0, j1):
-                    hs[b, q, j] = _tanh(xg[b, t, 0, j])
+                    hs[b, q, j] = _tanh(xg[b, t, 0, j] + rec[r, 0, j - j0])
             elif kind == RNN_RELU:
                 for j in range(j0, j1):
-                    hs[b, q, j] = max(xg[b, t, 0, j], zero)
+                    hs[b, q, j] = max(xg[b, t, 0, j] + rec[r, 0, j - j0], zero)
             elif kind == LSTM:
                 for k in range(2):  # i, f
                     for j in range(j0, j1):
-                        xg[b, t, k, j] = _sigmoid(xg[b, t, k, j])
+                        xg[b, t, k, j] = _sigmoid(xg[b, t, k, j] + rec[r, k, j - j0])
                 for j in range(j0, j1):  # g
-                    xg[b, t, 2, j] = _tanh(xg[b, t, 2, j])
+                    xg[b, t, 2, j] = _tanh(xg[b, t, 2, j] + rec[r, 2, j - j0])
                 for j in range(j0, j1):  # o
-                    xg[b, t, 3, j] = _sigmoid(xg[b, t, 3, j])
+                    xg[b, t, 3, j] = _sigmoid(xg[b, t, 3, j] + rec[r, 3, j - j0])
                 for j in range(j0, j1):
                     shared[j] = xg[b, t, 1, j] * cs[b, p, j] + xg[b, t, 0, j] * xg[b, t, 2, j]
                 for j in range(j0, j1):
@@ -329,9 +318,9 @@ def forward(kind, gemm, xp, hs, cs, acts, W_hh, b_hn, lengths, reverse, b0, b1, 
             elif kind == GRU:
                 for k in range(2):  # r, z
                     for j in range(j0, j1):
-                        xg[b, t, k, j] = _sigmoid(xg[b, t, k, j] + recg[r, k, j])
+                        xg[b, t, k, j] = _sigmoid(xg[b, t, k, j] + rec[r, k, j - j0])
                 for j in range(j0, j1):
-                    ag[b, ta, 0, j] = recg[r, 2, j] + b_hn[j]
+                    ag[b, ta, 0, j] = rec[r, 2, j - j0] + b_hn[j]
                 for j in range(j0, j1):
                     shared[j] = xg[b, t, 0, j] * ag[b, ta, 0, j]  # r ⊙ (W_hn h + b_hn)
                 for j in range(j0, j1):
@@ -343,15 +332,15 @@ def forward(kind, gemm, xp, hs, cs, acts, W_hh, b_hn, lengths, reverse, b0, b1, 
             else:
                 for k in range(2):  # r, z
                     for j in range(j0, j1):
-                        xg[b, t, k, j] = _sigmoid(xg[b, t, k, j])
+                        xg[b, t, k, j] = _sigmoid(xg[b, t, k, j] + rec[r, k, j - j0])
                 for j in range(j0, j1):
                     ag[b, ta, 0, j] = xg[b, t, 0, j] * hs[b, p, j]  # r ⊙ h
         if kind == GRU_RESET_BEFORE:  # xp[:, t]'s n block += (r ⊙ h) W_hn^T
             if parties > 1:  # every unit of r ⊙ h written
                 epoch += 1
                 _barrier(sync, parties, epoch)
-            _gate_products(gemm, ws, a0 + (b0 * TA + ta) * H * isz, TA * H, w + 2 * H * H * isz, 1, H, J0,
-                           nu, nb, 1, xrow + 2 * H * isz, T * GH, isz)
+            _rows_times_wt(gemm, ws, a0 + (b0 * TA + ta) * H * isz, TA * H, w + (2 * H + J0) * H * isz, nu, H,
+                           nb, 1, xrow + (2 * H + J0) * isz, T * GH)
             for b in range(b0, b1):
                 if lengths[b] > t:
                     for j in range(j0, j1):
@@ -370,11 +359,12 @@ def backward(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reverse, d
     gradients, in place. dy (B, T, H) is the gradient of the outputs; xp holds the forward pass's
     activations.
 
-    Work arrays, shared by the threads, from the caller: grec (2, B, R) for GRU (R = 3H reset after,
-    2H before; else R = 0): the gradient of the recurrent product h W^T, whose n block differs from
-    dG's (reset after: times r) or is not there (reset before), two of them used in turn so that a
-    thread may fill the next step's while another still reads this one's; dan, drh (B, H) for GRU
-    reset before (else (B, 0)): of n's pre-activation and of r ⊙ h.
+    More arrays from the caller, shared by the threads: grec (B, T, G*H) for GRU with the reset
+    gate after the product (else (B, T, 0)): the gradient of the recurrent product h W^T + b_hh,
+    which differs from dG in the n block (times r), and which the caller's dW_hh and db_hh GEMMs read
+    too. (For the other cells it is dG itself: with the reset gate before the product, dG's r and z
+    blocks.) dan, drh (B, H) for GRU reset before (else (B, 0)): the gradients of n's
+    pre-activation and of r ⊙ h.
     """
     B, T, GH = dG.shape
     H = hs.shape[2]
@@ -383,23 +373,22 @@ def backward(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reverse, d
     nu = np.int64(j1) - J0
     isz = dG.itemsize
     ws = _workspace(dG.dtype)
-    rows = grec.shape[2]
+    rows = 2 * H if kind == GRU_RESET_BEFORE else GH  # gate rows of the recurrent product
     shared = np.empty(H, dG.dtype)  # LSTM: the gradient of this step's c; GRU: of n's pre-activation
     one, zero = dG.dtype.type(1.0), dG.dtype.type(0.0)  # typed constants, see _exp_neg
     dGg = dG.reshape(B, T, GH // H, H)  # (B, T, G, H)
     xg = xp.reshape(B, T, GH // H, H)
     ag = acts.reshape(B, T, acts.shape[2] // H, H)  # (B, T, A, H)
-    grecg = grec.reshape(2, B, rows // H, H)  # (2, B, G', H)
+    grecg = grec.reshape(B, T, grec.shape[2] // H, H)  # (B, T, G, H)
     w, g0, dh0 = _address(W_hh), _address(dG), _address(dh) + (b0 * H + J0) * isz
     epoch = 0
     for step in range(T):
         t = step if reverse else T - 1 - step
         p, q = (t + 1, t) if reverse else (t, t + 1)
-        u = step % 2  # which grec
         for b in range(b0, b1):
             if lengths[b] <= t:
                 dGg[b, t, :, j0:j1] = 0.0
-                grecg[u, b, :, j0:j1] = 0.0
+                grecg[b, t, :, j0:j1] = 0.0
                 dan[b, j0:j1] = 0.0
                 continue
             # h's gradient is dh + dy; Elman and LSTM leave h_prev's to the product below.
@@ -442,7 +431,6 @@ def backward(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reverse, d
                     z = xg[b, t, 1, j]
                     gz = dh[b, j] * (hs[b, p, j] - xg[b, t, 2, j]) * z * (one - z)
                     dGg[b, t, 1, j] = gz
-                    grecg[u, b, 1, j] = gz
                 for j in range(j0, j1):
                     dGg[b, t, 2, j] = shared[j]
                 if kind == GRU:
@@ -450,9 +438,10 @@ def backward(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reverse, d
                         rr = xg[b, t, 0, j]
                         gr = shared[j] * ag[b, t, 0, j] * rr * (one - rr)
                         dGg[b, t, 0, j] = gr
-                        grecg[u, b, 0, j] = gr
+                        grecg[b, t, 0, j] = gr
                     for j in range(j0, j1):
-                        grecg[u, b, 2, j] = shared[j] * xg[b, t, 0, j]
+                        grecg[b, t, 1, j] = dGg[b, t, 1, j]
+                        grecg[b, t, 2, j] = shared[j] * xg[b, t, 0, j]
                 else:
                     for j in range(j0, j1):
                         dan[b, j] = shared[j]
@@ -470,15 +459,14 @@ def backward(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reverse, d
                         rr = xg[b, t, 0, j]
                         gr = drh[b, j] * hs[b, p, j] * rr * (one - rr)
                         dGg[b, t, 0, j] = gr
-                        grecg[u, b, 0, j] = gr
                         dh[b, j] += drh[b, j] * rr
         if parties > 1:  # every unit of the gradient below written
             epoch += 1
             _barrier(sync, parties, epoch)
         # dh[:, j0:j1] += (gradient of h W^T) W[:, j0:j1]: dead sequences' rows get exact zeros
-        if kind <= LSTM:
-            _rows_times_w(gemm, ws, g0 + (b0 * T + t) * GH * isz, T * GH, w + J0 * isz, H, GH, nu, nb, 1,
-                          dh0, H)
+        if kind == GRU:
+            _rows_times_w(gemm, ws, _address(grec) + (b0 * T + t) * GH * isz, T * GH, w + J0 * isz, H, GH, nu,
+                          nb, 1, dh0, H)
         else:
-            _rows_times_w(gemm, ws, _address(grec) + (u * B + b0) * rows * isz, rows, w + J0 * isz, H, rows,
-                          nu, nb, 1, dh0, H)
+            _rows_times_w(gemm, ws, g0 + (b0 * T + t) * GH * isz, T * GH, w + J0 * isz, H, rows, nu, nb, 1,
+                          dh0, H)
