@@ -5,18 +5,23 @@ so who computes them matters (benchmarks/README.md has the measurements):
 
 * **MKL** from torch's own library (``libtorch_cpu`` exports MKL's Fortran ``sgemm_``/``dgemm_`` on
   x86-64 Linux), the BLAS torch.nn itself runs on: 10-40% faster than OpenBLAS single-threaded at
-  these shapes, and its threads (torch's OpenMP pool) scale to 2 cores where OpenBLAS's did not.
-* **scipy's OpenBLAS** (``scipy.linalg.cython_blas``) everywhere else, single-threaded.
+  these shapes.
+* **scipy's OpenBLAS** (``scipy.linalg.cython_blas``) everywhere else.
 
 ``RNNKIT_BLAS=scipy`` forces the second (the tests run both). The choice is checked once on a small
-product against numpy before it is used.
+product against numpy before it is used. Every product runs on one BLAS thread; the threads are the
+loops' own.
 
 Threads (:func:`plan`), following ``torch.get_num_threads()``: small layers run on one thread
 throughout (a thread hand-off costs more than their step). Bigger ones are split into *shards* that
-run the whole time loop at once on a small pool of Python threads (the loops release the GIL), each
-with a one-thread BLAS: by hidden units, each thread computing its units' rows of every gate and
-meeting the others at a barrier once per step (each keeps its share of W_hh in its own cache), or,
-for OpenBLAS at sizes where that measured faster, by batch rows, which never meet.
+each run the whole time loop (the loops release the GIL):
+
+* with MKL, by **hidden units**: each thread computes its units' rows of every gate, reading only its
+  share of W_hh, which stays in its own core's cache, and meets the others at a barrier once per step
+  (oneDNN's scheme; MKL's own threads re-split each step's product). The threads are a team of
+  torch's own OpenMP runtime where it has one (:func:`_openmp`): threads of our own lost their core
+  to torch's OpenMP workers, which spin for a while after each of torch's parallel operations.
+* with OpenBLAS, by **batch rows**, which never meet, on a small pool of Python threads.
 """
 
 from __future__ import annotations
@@ -132,8 +137,8 @@ class Plan(NamedTuple):
 def plan(B: int, H: int, GH: int) -> Plan:
     """How to run a layer of B rows, hidden size H and G*H gate rows on this many threads (see the
     module docstring): one thread below the thresholds; unit shards with MKL (measured faster than
-    MKL's own threads and than row shards at every size of `rnnkit bench`, benchmarks/README.md);
-    row shards with OpenBLAS."""
+    MKL's own threads at the big sizes of `rnnkit bench`, and than one thread from about 0.5-1M
+    multiply-adds a step, benchmarks/README.md); row shards with OpenBLAS."""
     threads = torch.get_num_threads()
     work = B * GH * H
     units = H // UNITS_ALIGN

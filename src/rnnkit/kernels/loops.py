@@ -28,8 +28,11 @@ size H, G gate blocks and T steps; b is the batch row, t the time (not the loop 
   no gradient is wanted.
 * ``dG`` (B, T, G*H): the gradient of the loss with respect to the pre-activation xp.
 
-Each call runs the batch rows [b0, b1) only: rows never mix in a recurrence, so the caller may run
-disjoint row ranges on several threads at once (the loops release the GIL).
+Each call runs the batch rows [b0, b1) and the hidden units [j0, j1) only (the loops release the
+GIL). Rows never mix in a recurrence, so disjoint row ranges run on several threads at once without
+meeting. Units do mix (every unit of h_prev enters each unit's gates): threads that split the units
+meet at a spinning barrier (``_barrier``, on an atomic counter) before each step's product, which
+reads the others' last results.
 
 A sequence b is alive at time t when ``lengths[b] > t``; a dead row keeps its state, stores zero
 activations (so the caller's GEMMs over them add exact zeros) and passes its gradient through.
