@@ -140,7 +140,7 @@ def _lstm_forward_args(parties=2):
     hs, cs = torch.zeros(2, B, T + 1, H16, dtype=torch.float64)
     edges = [round(k * H16 / parties) for k in range(parties + 1)]
     plan = blas.Plan([(0, B, a, b) for a, b in zip(edges[:-1], edges[1:])], parties)
-    W_own = W_hh.index_select(0, fused._own_rows(plan, H16, 4))
+    W_own = W_hh.index_select(0, fused._own_rows(tuple(plan.shards), H16, 4))
     args = (loops.LSTM, blas.blas().gemm[np.dtype(np.float64)], xp.numpy(), hs.numpy(), cs.numpy(),
             torch.empty(B, T, H16, dtype=torch.float64).numpy(), W_hh.contiguous().numpy(), W_own.numpy(),
             W_hh[0].numpy(), np.full(B, T, np.int64), False)

@@ -258,7 +258,8 @@ def run_sharded(loop: Callable, args: tuple, p: Plan) -> None:
             b0, b1, j0, j1 = p.shards[0]
             loop(*args, b0, b1, np.uint64(j0), np.uint64(j1), _ALONE, 1)
         elif p.parties == 1:
-            _run_pool(loop, args, [(b0, b1, np.uint64(j0), np.uint64(j1), _ALONE, 1) for b0, b1, j0, j1 in p.shards])
+            _run_pool(loop, args, [(b0, b1, np.uint64(j0), np.uint64(j1), _ALONE, 1)
+                                   for b0, b1, j0, j1 in p.shards])
         else:
             sync = np.array([0, _sched_yield()], np.int64)
             shards = [(b0, b1, np.uint64(j0), np.uint64(j1), sync, p.parties) for b0, b1, j0, j1 in p.shards]

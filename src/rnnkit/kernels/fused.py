@@ -4,8 +4,9 @@ Forward: ``xp = x W_ih^T + b_ih + b_hh`` for all steps as one GEMM (batch-major,
 then the recurrence in :func:`rnnkit.kernels.loops.forward`, on several threads when the layer is
 big enough (hidden-unit shards with MKL, batch-row shards without: :mod:`rnnkit.kernels.blas`).
 Backward: hand-written BPTT in :func:`rnnkit.kernels.loops.backward`, then every weight gradient as
-one GEMM over all steps (``dW_ih = dG^T x``, ``dW_hh = dG_h^T h_prev``) and ``dx = dG W_ih``. :func:`run_fused` has the
-signature of :func:`rnnkit.layers.run_reference` and is held to it in float64 by tests/test_kernels.py.
+one GEMM over all steps (``dW_ih = dG^T x``, ``dW_hh = dG_h^T h_prev``) and ``dx = dG W_ih``.
+:func:`run_fused` has the signature of :func:`rnnkit.layers.run_reference` and is held to it in
+float64 by tests/test_kernels.py.
 
 The backward is first-order only (``once_differentiable``): asking for a double backward through it
 raises instead of returning a wrong answer; use ``engine="reference"`` for that.
@@ -52,18 +53,11 @@ def _gru_mask(H: int, dtype: torch.dtype) -> Tensor:
     return mask
 
 
-def _own_rows(plan: blas.Plan, H: int, blocks: int) -> Tensor:
+@functools.lru_cache(maxsize=64)
+def _own_rows(shards: tuple, H: int, blocks: int) -> Tensor:
     """The rows of W_hh that the forward loop's W_own holds (see there): for each unit shard in turn,
     its units in each of the first ``blocks`` gate blocks."""
-    key = (tuple(plan.shards), H, blocks)
-    rows = _OWN_ROWS.get(key)
-    if rows is None:
-        rows = torch.cat([torch.arange(k * H + j0, k * H + j1) for _, _, j0, j1 in plan.shards for k in range(blocks)])
-        _OWN_ROWS[key] = rows
-    return rows
-
-
-_OWN_ROWS: dict = {}
+    return torch.cat([torch.arange(k * H + j0, k * H + j1) for _, _, j0, j1 in shards for k in range(blocks)])
 
 
 def _input_bias(code: int, b_ih: Tensor | None, b_hh: Tensor | None, W_hh: Tensor):
@@ -117,7 +111,11 @@ def _forward(code: int, reverse: bool, lengths: Tensor | None, x: Tensor, h0: Te
     b_hn_np = (b_hn if b_hn is not None else W[0]).numpy()  # (H,), read by GRU (reset after) only
     xp_np = xp.numpy()
     plan = blas.plan(B, H, GH)
-    W_own = W if plan.parties == 1 else W.index_select(0, _own_rows(plan, H, 2 if code == loops.GRU_RESET_BEFORE else GH // H))
+    if plan.parties == 1:
+        W_own = W
+    else:  # each thread's rows of W_hh together (loops.forward's W_own)
+        blocks = 2 if code == loops.GRU_RESET_BEFORE else GH // H
+        W_own = W.index_select(0, _own_rows(tuple(plan.shards), H, blocks))
     blas.run_sharded(loops.forward, (code, blas.blas().gemm[xp_np.dtype], xp_np, hs.numpy(), cs.numpy(),
                                      acts.numpy(), W.numpy(), W_own.numpy(), b_hn_np, lens, reverse), plan)
     out = hs[:, :-1] if reverse else hs[:, 1:]  # (B, T, H)
@@ -159,8 +157,8 @@ class FusedLayer(torch.autograd.Function):
         dan = np.empty((B, H if code == loops.GRU_RESET_BEFORE else 0), dG_np.dtype)
         blas.run_sharded(loops.backward, (code, blas.blas().gemm[dG_np.dtype], dy.numpy(), dh.numpy(),
                                           dc.numpy(), hs.numpy(), cs.numpy(), xp.numpy(), acts.numpy(),
-                                          W_hh.numpy(), lens, reverse, dG_np, dG_h.numpy(), dan, np.empty_like(dan)),
-                         blas.plan(B, H, GH))
+                                          W_hh.numpy(), lens, reverse, dG_np, dG_h.numpy(), dan,
+                                          np.empty_like(dan)), blas.plan(B, H, GH))
         need = ctx.needs_input_grad  # code, reverse, lengths, x, h0, c0, W_ih, W_hh, b_ih, b_hh
         dG2 = dG.view(B * T, GH)  # (B*T, G*H)
         W_ih = W_ih.detach()
