@@ -203,6 +203,12 @@ def _openmp():
     return lib.GOMP_parallel, lib.omp_get_thread_num, lib.omp_get_num_threads
 
 
+def _open_barriers(shards: list) -> None:
+    """After a party failed: every barrier of the call passes at once, so the other parties finish
+    (with garbage) instead of waiting for it. Harmless for row shards, which never wait."""
+    shards[0][4][0] = 1 << 62
+
+
 def _run_team(loop: Callable, args: tuple, shards: list, start) -> None:
     """Run the unit shards as an OpenMP team (``start`` from :func:`_openmp`), shard k on thread k.
     OpenMP may start a smaller team than asked for, which cannot meet at the barriers: the shards
@@ -219,7 +225,7 @@ def _run_team(loop: Callable, args: tuple, shards: list, start) -> None:
         try:
             loop(*args, *shards[thread_num()])
         except BaseException as e:  # noqa: BLE001 - raised again on the calling thread below
-            shards[0][4][0] = 1 << 62  # opens every barrier: the other parties finish, not wait
+            _open_barriers(shards)
             errors.append(e)
         finally:
             if setter is not None:
@@ -239,7 +245,7 @@ def _run_pool(loop: Callable, args: tuple, shards: list) -> None:
     try:
         loop(*args, *shards[0])
     except BaseException:
-        shards[0][4][0] = 1 << 62  # opens every barrier of unit shards, as in _run_team
+        _open_barriers(shards)
         raise
     finally:
         for f in futures:

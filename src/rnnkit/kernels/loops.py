@@ -383,7 +383,8 @@ def backward(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reverse, d
     xg = xp.reshape(B, T, GH // H, H)
     ag = acts.reshape(B, T, acts.shape[2] // H, H)  # (B, T, A, H)
     grecg = grec.reshape(B, T, grec.shape[2] // H, H)  # (B, T, G, H)
-    w, g0, dh0 = _address(W_hh), _address(dG), _address(dh) + (b0 * H + J0) * isz
+    w, dh0 = _address(W_hh), _address(dh) + (b0 * H + J0) * isz
+    g0 = _address(grec) if kind == GRU else _address(dG)  # the gradient of h W^T, (B, T, G*H)
     epoch = 0
     for step in range(T):
         t = step if reverse else T - 1 - step
@@ -467,9 +468,4 @@ def backward(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reverse, d
             epoch += 1
             _barrier(sync, parties, epoch)
         # dh[:, j0:j1] += (gradient of h W^T) W[:, j0:j1]: dead sequences' rows get exact zeros
-        if kind == GRU:
-            _rows_times_w(gemm, ws, _address(grec) + (b0 * T + t) * GH * isz, T * GH, w + J0 * isz, H, GH, nu,
-                          nb, 1, dh0, H)
-        else:
-            _rows_times_w(gemm, ws, g0 + (b0 * T + t) * GH * isz, T * GH, w + J0 * isz, H, rows, nu, nb, 1,
-                          dh0, H)
+        _rows_times_w(gemm, ws, g0 + (b0 * T + t) * GH * isz, T * GH, w + J0 * isz, H, rows, nu, nb, 1, dh0, H)
