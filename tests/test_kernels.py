@@ -82,30 +82,44 @@ def test_fused_matches_reference_float64(name, config):
 
 
 # How the loops run (rnnkit.kernels.blas): "one" thread with the default BLAS (MKL where torch has
-# it), hidden-unit shards on several threads meeting at a barrier each step ("units"; with MKL),
-# scipy's OpenBLAS on one thread ("openblas") and over batch-row shards on several threads
-# ("shards"). Each is forced on these tiny layers by moving the thresholds.
-PATHS = ("one", "shards", "units", "units-pool", "openblas")
+# it), hidden-unit shards as tasks of several threads ("units"; with MKL), the same on our own threads
+# ("units-pool") or with the team's threads starting one after another ("units-late": the first one
+# runs every task and the others find theirs done), scipy's OpenBLAS on one thread ("openblas") and
+# over batch-row shards on several threads ("shards"). Each is forced on these tiny layers by moving
+# the thresholds.
+PATHS = ("one", "shards", "units", "units-pool", "units-late", "openblas")
 
 
-@pytest.fixture
-def path(request, monkeypatch):
+def _force(monkeypatch, name: str) -> None:
     from rnnkit.kernels import blas
 
-    name = request.param
-    threads = torch.get_num_threads()
     if name in ("shards", "openblas"):  # OpenBLAS, over row shards or on one thread
         monkeypatch.setattr(blas, "blas", functools.cache(blas._openblas))
         monkeypatch.setattr(blas, "SHARD_MIN_WORK", 0 if name == "shards" else 1 << 60)
         monkeypatch.setattr(blas, "SHARD_MIN_ROWS", 1)
         torch.set_num_threads(3)  # B=4 rows: shards of 1, 2 and 1 rows
-    elif name in ("units", "units-pool"):  # units-pool: our own threads, as without torch's OpenMP
+    elif name.startswith("units"):
         if name == "units-pool":
             monkeypatch.setattr(blas, "_openmp", lambda: None)
+        elif name == "units-late":
+            started = []
+
+            def one_after_another(body, data, n, flags):
+                for k in range(n):
+                    started.append(k)
+                    body(data)
+
+            monkeypatch.setattr(blas, "_openmp", lambda: (one_after_another, lambda: started[-1]))
         monkeypatch.setattr(blas, "UNITS_MIN_WORK", 0)
         monkeypatch.setattr(blas, "UNITS_ALIGN", 1)
         torch.set_num_threads(3)  # H=5 units: shards of 2, 1 and 2 units
-    yield name
+
+
+@pytest.fixture
+def path(request, monkeypatch):
+    threads = torch.get_num_threads()
+    _force(monkeypatch, request.param)
+    yield request.param
     torch.set_num_threads(threads)
 
 
@@ -123,6 +137,30 @@ def test_every_path_matches_reference(name, config, path):
     else:
         assert len(plan.shards) == 1
     _compare(name, config, torch.float64, 1e-9)
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru-reset-before"])
+def test_unit_shards_give_the_same_bits_whichever_thread_runs_them(name, monkeypatch):
+    """A task's arithmetic does not depend on the thread that runs it: unit shards on a team give
+    bit for bit what they give when one thread runs every task."""
+    from rnnkit.kernels import blas
+
+    if blas._openmp() is None or blas.blas().name != "mkl":
+        pytest.skip("unit shards need MKL and torch's OpenMP runtime")
+    threads = torch.get_num_threads()
+    try:
+        results = {}
+        for path in ("units", "units-late"):
+            with monkeypatch.context() as m:
+                _force(m, path)
+                cls, extra = CELLS[name]
+                torch.manual_seed(0)
+                layer = cls(I, H, num_layers=2, bidirectional=True, dtype=torch.float32, **extra)
+                results[path] = _run(layer, "fused", torch.randn(T, B, I, requires_grad=True), None, False)
+        for a, b in zip(results["units"], results["units-late"]):
+            torch.testing.assert_close(b, a, atol=0, rtol=0)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _lstm_forward_args(parties=2):
@@ -148,30 +186,41 @@ def _lstm_forward_args(parties=2):
 
 
 def test_unit_shards_survive_a_small_team_and_a_failing_party():
-    """OpenMP may start fewer threads than asked: the shards then run on the pool's threads, with the
-    same result. A party that raises opens the barrier, so the others finish and the error comes
-    back."""
+    """OpenMP may start fewer threads than asked: the threads there are run the other shards' tasks
+    too, with the same result. A party that fails in the middle of a task opens every wait of the
+    call, so the others finish and the error comes back."""
     import threading
 
     import numpy as np
 
     from rnnkit.kernels import blas, loops
 
-    if blas._openmp() is None:
-        pytest.skip("torch has no OpenMP runtime here")
     args, plan = _lstm_forward_args()
     blas.run_sharded(loops.forward, args, plan)
     expected = args[3].copy()  # hs
 
+    def team(order):
+        """A fake OpenMP team whose threads run one after another, in this order of thread numbers."""
+        current = []
+
+        def parallel(body, data, n, flags):
+            for k in order:
+                current.append(k)
+                body(data)
+
+        return parallel, lambda: current[-1]
+
+    def shards():
+        sync = blas.team_sync(plan)
+        return [(b0, b1, np.uint64(j0), np.uint64(j1), sync, 2) for b0, b1, j0, j1 in plan.shards]
+
     args, plan = _lstm_forward_args()
-    sync = np.array([0, blas._sched_yield()], np.int64)
-    shards = [(b0, b1, np.uint64(j0), np.uint64(j1), sync, 2) for b0, b1, j0, j1 in plan.shards]
-    team_of_one = (lambda body, data, n, flags: body(None), lambda: 0, lambda: 1)
-    blas._run_team(loops.forward, args, shards, team_of_one)
-    np.testing.assert_allclose(args[3], expected, atol=1e-12, rtol=0)
+    blas._run_team(loops.forward, args, shards(), team([0]))  # a team of one
+    np.testing.assert_array_equal(args[3], expected)
 
     def flaky(*a):
-        if a[-4] != 0:  # j0: the second party fails before its first step; the first waits for it
+        if a[-4] != 0:  # j0: the second party claims its first task, then fails
+            a[-2][2 + 1] = 1
             raise RuntimeError("party failed")
         loops.forward(*a)
 
@@ -180,13 +229,13 @@ def test_unit_shards_survive_a_small_team_and_a_failing_party():
 
     def attempt():
         with pytest.raises(RuntimeError, match="party failed"):
-            blas.run_sharded(flaky, args, plan)
+            blas._run_team(flaky, args, shards(), team([1, 0]))
         outcome.append("raised")
 
     worker = threading.Thread(target=attempt, daemon=True)
     worker.start()
     worker.join(timeout=60)
-    assert not worker.is_alive(), "a failing party left the others waiting at the barrier"
+    assert not worker.is_alive(), "a failing party left the others waiting for its task"
     assert outcome == ["raised"]
 
 

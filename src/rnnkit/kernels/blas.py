@@ -17,8 +17,10 @@ throughout (a thread hand-off costs more than their step). Bigger ones are split
 each run the whole time loop (the loops release the GIL):
 
 * with MKL, by **hidden units**: each thread computes its units' rows of every gate, reading only its
-  share of W_hh, which stays in its own core's cache, and meets the others at a barrier once per step
-  (oneDNN's scheme; MKL's own threads re-split each step's product). The threads are a team of
+  share of W_hh, which stays in its own core's cache, and waits for the others' last step once per
+  step (oneDNN's scheme; MKL's own threads re-split each step's product). A thread that finishes its
+  share takes over the share of a thread that has not started it (one that lost its core to another
+  process), step by step, with the same arithmetic. The threads are a team of
   torch's own OpenMP runtime where it has one (:func:`_openmp`): threads of our own lost their core
   to torch's OpenMP workers, which spin for a while after each of torch's parallel operations.
 * with OpenBLAS, by **batch rows**, which never meet, on a small pool of Python threads.
@@ -131,7 +133,7 @@ def blas() -> Blas:
 
 class Plan(NamedTuple):
     shards: list  # [(b0, b1, j0, j1), ...] batch rows and hidden units, one per thread
-    parties: int  # threads that meet at the per-step barrier: len(shards) for unit shards, else 1
+    parties: int  # threads that share each step's tasks: len(shards) for unit shards, else 1
 
 
 def plan(B: int, H: int, GH: int) -> Plan:
@@ -182,50 +184,54 @@ def _sched_yield() -> int:
     return _address(ctypes.CDLL(None).sched_yield)
 
 
-_ALONE = np.zeros(2, np.int64)  # the barrier of a loop without parties (never waited on)
-_units_lock = threading.Lock()  # one unit-sharded loop at a time: parties must all be running
+_ALONE = np.zeros(2, np.int64)  # the sync of a loop without parties (never read)
 _TEAM_BODY = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 
 
 @functools.cache
 def _openmp():
-    """(GOMP_parallel, omp_get_thread_num, omp_get_num_threads) of torch's own OpenMP runtime, or
+    """(GOMP_parallel, omp_get_thread_num) of torch's own OpenMP runtime, or
     None. Unit shards run as an OpenMP team of torch's threads: threads of our own would compete for
     the cores with torch's, which spin for a while after each of torch's parallel operations."""
     path = os.path.join(os.path.dirname(torch.__file__), "lib", "libgomp.so.1")
     if not os.path.exists(path):
         return None
     lib = ctypes.CDLL(path)
-    if not all(hasattr(lib, n) for n in ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads")):
+    if not all(hasattr(lib, n) for n in ("GOMP_parallel", "omp_get_thread_num")):
         return None
     lib.GOMP_parallel.argtypes = [_TEAM_BODY, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
     lib.GOMP_parallel.restype = None
-    return lib.GOMP_parallel, lib.omp_get_thread_num, lib.omp_get_num_threads
+    return lib.GOMP_parallel, lib.omp_get_thread_num
 
 
-def _open_barriers(shards: list) -> None:
-    """After a party failed: every barrier of the call passes at once, so the other parties finish
-    (with garbage) instead of waiting for it. Harmless for row shards, which never wait."""
+def team_sync(p: Plan) -> np.ndarray:
+    """The shared state of one unit-sharded call (see rnnkit.kernels.loops, above ``_wait``): tasks
+    done, sched_yield, each shard's next unclaimed phase, the shards' unit edges."""
+    edges = [j0 for _, _, j0, _ in p.shards] + [p.shards[-1][3]]
+    return np.array([0, _sched_yield()] + [0] * p.parties + edges, np.int64)
+
+
+def _open_waits(shards: list) -> None:
+    """After a party failed, perhaps in the middle of a task: every wait of the call passes at once,
+    so the other parties finish (with garbage) instead of waiting for that task. Harmless for row
+    shards, which never wait."""
     shards[0][4][0] = 1 << 62
 
 
 def _run_team(loop: Callable, args: tuple, shards: list, start) -> None:
     """Run the unit shards as an OpenMP team (``start`` from :func:`_openmp`), shard k on thread k.
-    OpenMP may start a smaller team than asked for, which cannot meet at the barriers: the shards
-    then run on the pool's threads instead."""
-    parallel, thread_num, num_threads = start
-    errors, small = [], []
+    OpenMP may start a smaller team than asked for: the shards without a thread of their own are
+    then run by the others, task by task (see rnnkit.kernels.loops)."""
+    parallel, thread_num = start
+    errors = []
     setter = blas().set_threads
 
     def body(_):
-        if num_threads() != len(shards):
-            small.append(True)
-            return
         old = setter(1) if setter is not None else None
         try:
             loop(*args, *shards[thread_num()])
         except BaseException as e:  # noqa: BLE001 - raised again on the calling thread below
-            _open_barriers(shards)
+            _open_waits(shards)
             errors.append(e)
         finally:
             if setter is not None:
@@ -234,9 +240,6 @@ def _run_team(loop: Callable, args: tuple, shards: list, start) -> None:
     parallel(_TEAM_BODY(body), None, len(shards), 0)
     if errors:
         raise errors[0]
-    if small:
-        with _units_lock:
-            _run_pool(loop, args, shards)
 
 
 def _run_pool(loop: Callable, args: tuple, shards: list) -> None:
@@ -245,7 +248,7 @@ def _run_pool(loop: Callable, args: tuple, shards: list) -> None:
     try:
         loop(*args, *shards[0])
     except BaseException:
-        _open_barriers(shards)
+        _open_waits(shards)
         raise
     finally:
         for f in futures:
@@ -267,14 +270,13 @@ def run_sharded(loop: Callable, args: tuple, p: Plan) -> None:
             _run_pool(loop, args, [(b0, b1, np.uint64(j0), np.uint64(j1), _ALONE, 1)
                                    for b0, b1, j0, j1 in p.shards])
         else:
-            sync = np.array([0, _sched_yield()], np.int64)
+            sync = team_sync(p)
             shards = [(b0, b1, np.uint64(j0), np.uint64(j1), sync, p.parties) for b0, b1, j0, j1 in p.shards]
             team = _openmp()
             if team is not None:
                 _run_team(loop, args, shards, team)
-            else:
-                with _units_lock:  # the pool's threads must all be this call's parties
-                    _run_pool(loop, args, shards)
+            else:  # a party the pool starts late (busy with another call) finds its tasks done
+                _run_pool(loop, args, shards)
     finally:
         if setter is not None:
             setter(old)

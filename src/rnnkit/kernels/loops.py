@@ -31,8 +31,9 @@ size H, G gate blocks and T steps; b is the batch row, t the time (not the loop 
 Each call runs the batch rows [b0, b1) and the hidden units [j0, j1) only (the loops release the
 GIL). Rows never mix in a recurrence, so disjoint row ranges run on several threads at once without
 meeting. Units do mix (every unit of h_prev enters each unit's gates): threads that split the units
-meet at a spinning barrier (``_barrier``, on an atomic counter) before each step's product, which
-reads the others' last results.
+run each step as one task per shard, and no task starts before every task of the step before is done
+(see ``_wait`` and ``_claim``: a thread that finds a shard's task unclaimed runs it, so a thread off
+its core does not hold the others up for the rest of the sequence).
 
 A sequence b is alive at time t when ``lengths[b] > t``; a dead row keeps its state, stores zero
 activations (so the caller's GEMMs over them add exact zeros) and passes its gradient through.
@@ -185,19 +186,53 @@ def _call_void(typingctx, fn):
     return types.void(types.int64), codegen
 
 
+@intrinsic
+def _compare_swap(typingctx, addr, expected, value):
+    """Atomically replace the int64 at address ``addr`` by ``value`` if it holds ``expected``;
+    returns whether it did."""
+
+    def codegen(context, builder, sig, args):
+        ptr = builder.inttoptr(args[0], ir.IntType(64).as_pointer())
+        pair = builder.cmpxchg(ptr, args[1], args[2], "seq_cst", "seq_cst")
+        return builder.extract_value(pair, 1)
+
+    return types.boolean(types.int64, types.int64, types.int64), codegen
+
+
+# A call split by hidden units runs as tasks: in each phase (a step, or a part of one that needs
+# every unit of the last), one task per unit shard. ``sync`` (int64) is shared by the parties:
+# [tasks done, address of sched_yield, the next unclaimed phase of each shard (parties), the shards'
+# unit edges (parties + 1)]. A thread waits until every task of the previous phase is done, runs its
+# own shard's task and then any other shard's task of the phase that nobody has claimed yet: a party
+# that lost its core (or never started) holds the others up for at most the task it is in, instead
+# of at every step. A task's arithmetic does not depend on the thread that runs it, so the results
+# do not either. One thread alone passes parties = 1 and its own units (sync is not read).
+
 @njit(**_JIT, inline="always")
-def _barrier(sync, parties, epoch):
-    """Wait until all ``parties`` threads have arrived at their ``epoch``-th barrier (1, 2, ...):
-    sync[0] counts arrivals and never goes down, sync[1] is the address of ``sched_yield``, which a
-    waiting thread calls once it has spun for a while (a party may be off its core)."""
+def _wait(sync, done):
+    """Spin until ``done`` tasks are done, calling sched_yield once spun for a while (a party may be
+    off its core)."""
     counter = _address(sync)
-    _atomic_add(counter, 1)
-    target = parties * epoch
     spins = 0
-    while _atomic_load(counter) < target:
+    while _atomic_load(counter) < done:
         spins += 1
         if spins > 2000:
             _call_void(sync[1])
+
+
+@njit(**_JIT, inline="always")
+def _claim(sync, shard, phase):
+    """Claim shard's task of this phase: true for exactly one of the threads that ask."""
+    return _compare_swap(_address(sync) + (2 + shard) * 8, phase, phase + 1)
+
+
+@njit(**_JIT, inline="always")
+def _own_shard(sync, parties, j0):
+    """The shard whose units start at j0."""
+    for k in range(parties):
+        if sync[2 + parties + k] == np.int64(j0):
+            return k
+    return 0
 
 
 @njit(**_JIT, inline="always")
@@ -245,20 +280,19 @@ def forward(kind, gemm, xp, hs, cs, acts, W_hh, W_own, b_hn, lengths, reverse, b
     product is one call on rows of its own (W_hh itself when one thread has all units); b_hn (H,)
     (GRU reset after; else unused); lengths (B,) int64; acts (B, T or 1, A*H) (see the module
     docstring). j0, j1 are unsigned (see below). ``parties`` threads that share the rows and split the
-    units run this together, meeting at a barrier (``sync``) wherever a product needs every unit of
-    the others' last result; one thread alone passes parties = 1.
+    units run this together as tasks (see ``sync`` above); one thread alone passes parties = 1.
     """
     B, T, GH = xp.shape
     H = hs.shape[2]
     nb = b1 - b0
-    J0 = np.int64(j0)
-    nu = np.int64(j1) - J0
     isz = xp.itemsize
     ws = _workspace(xp.dtype)
     blocks = 2 if kind == GRU_RESET_BEFORE else GH // H  # gate blocks of the first product
-    rec = np.empty((nb, blocks, nu), xp.dtype)  # the first product, h W^T, this thread's units
+    phases = 2 if kind == GRU_RESET_BEFORE else 1
+    units = H if parties == 1 else np.int64(np.max(np.diff(sync[2 + parties:])))  # the largest shard
+    scratch = np.empty(nb * blocks * units, xp.dtype)  # the first product, h W^T, of a task's units
+    me = _own_shard(sync, parties, j0)
     shared = np.empty(H, xp.dtype)  # a row's term shared by two loops (see below)
-    one, zero = xp.dtype.type(1.0), xp.dtype.type(0.0)  # typed constants, see _exp_neg
     # Gate-block views: gate k's element j is [.., k, j] with j from range(j0, j1) of unsigned
     # bounds, which LLVM knows is >= 0. Written [.., k * H + j] or with a signed j it may be negative
     # as far as LLVM knows, and numba's wraparound of negative indices then turns every vector load
@@ -267,91 +301,130 @@ def forward(kind, gemm, xp, hs, cs, acts, W_hh, W_own, b_hn, lengths, reverse, b
     xg = xp.reshape(B, T, GH // H, H)  # (B, T, G, H)
     TA = acts.shape[1]
     ag = acts.reshape(B, TA, acts.shape[2] // H, H)  # (B, TA, A, H)
-    w, x0, h0, a0 = _address(W_hh), _address(xp), _address(hs), _address(acts)
-    w_own = _address(W_own) + blocks * J0 * H * isz
-    epoch = 0
-    for step in range(T):
+    w, x0, h0 = _address(W_hh), _address(xp), _address(hs)
+    for e in range(T * phases):
+        step, phase = e // phases, e % phases
         t = T - 1 - step if reverse else step
         p, q = (t + 1, t) if reverse else (t, t + 1)
         ta = t if TA == T else 0
         xrow = x0 + (b0 * T + t) * GH * isz  # xp[b0, t]
         hrow = h0 + (b0 * (T + 1) + p) * H * isz  # hs[b0, p]
-        if parties > 1 and step > 0:  # every unit of h_prev written
-            epoch += 1
-            _barrier(sync, parties, epoch)
-        _rows_times_wt(gemm, ws, hrow, (T + 1) * H, w_own, blocks * nu, H, nb, 0, _address(rec), blocks * nu)
-        for b in range(b0, b1):
-            if lengths[b] <= t:
-                for j in range(j0, j1):
-                    hs[b, q, j] = hs[b, p, j]
-                if kind == LSTM:
-                    for j in range(j0, j1):
-                        cs[b, q, j] = cs[b, p, j]
-                xg[b, t, :, j0:j1] = 0.0
-                ag[b, ta, :, j0:j1] = 0.0
-                continue
-            r = b - b0
-            # One activation per loop, the cell's branch outside them: each loop vectorizes. Plain
-            # indexing, no per-row views: making them costs more than a row's work at small H. No
-            # loop stores into one row of an array and reads another row of it (h from hs into hs,
-            # c from cs into cs, GRU's n from r in xp): LLVM cannot tell the rows apart and keeps
-            # such a loop scalar (measured 2-3x slower), so those go through ``shared``.
-            # The pre-activation of gate k, unit j is xg[b, t, k, j] + rec[r, k, j - j0].
-            if kind == RNN_TANH:
-                for j in range(j0, j1):
-                    hs[b, q, j] = _tanh(xg[b, t, 0, j] + rec[r, 0, j - j0])
-            elif kind == RNN_RELU:
-                for j in range(j0, j1):
-                    hs[b, q, j] = max(xg[b, t, 0, j] + rec[r, 0, j - j0], zero)
-            elif kind == LSTM:
-                for k in range(2):  # i, f
-                    for j in range(j0, j1):
-                        xg[b, t, k, j] = _sigmoid(xg[b, t, k, j] + rec[r, k, j - j0])
-                for j in range(j0, j1):  # g
-                    xg[b, t, 2, j] = _tanh(xg[b, t, 2, j] + rec[r, 2, j - j0])
-                for j in range(j0, j1):  # o
-                    xg[b, t, 3, j] = _sigmoid(xg[b, t, 3, j] + rec[r, 3, j - j0])
-                for j in range(j0, j1):
-                    shared[j] = xg[b, t, 1, j] * cs[b, p, j] + xg[b, t, 0, j] * xg[b, t, 2, j]
-                for j in range(j0, j1):
-                    cs[b, q, j] = shared[j]
-                    ag[b, ta, 0, j] = _tanh(shared[j])
-                for j in range(j0, j1):
-                    hs[b, q, j] = xg[b, t, 3, j] * ag[b, ta, 0, j]
-            elif kind == GRU:
-                for k in range(2):  # r, z
-                    for j in range(j0, j1):
-                        xg[b, t, k, j] = _sigmoid(xg[b, t, k, j] + rec[r, k, j - j0])
-                for j in range(j0, j1):
-                    ag[b, ta, 0, j] = rec[r, 2, j - j0] + b_hn[j]
-                for j in range(j0, j1):
-                    shared[j] = xg[b, t, 0, j] * ag[b, ta, 0, j]  # r ⊙ (W_hn h + b_hn)
-                for j in range(j0, j1):
-                    xg[b, t, 2, j] = _tanh(xg[b, t, 2, j] + shared[j])
-                for j in range(j0, j1):
-                    shared[j] = (one - xg[b, t, 1, j]) * xg[b, t, 2, j] + xg[b, t, 1, j] * hs[b, p, j]
-                for j in range(j0, j1):
-                    hs[b, q, j] = shared[j]
+        if parties > 1:  # every unit of the last phase written
+            _wait(sync, parties * e)
+        for i in range(parties):
+            k = (me + i) % parties
+            if parties == 1:
+                u0, u1 = j0, j1
+            elif _claim(sync, k, e):
+                u0, u1 = np.uint64(sync[2 + parties + k]), np.uint64(sync[3 + parties + k])
             else:
-                for k in range(2):  # r, z
-                    for j in range(j0, j1):
-                        xg[b, t, k, j] = _sigmoid(xg[b, t, k, j] + rec[r, k, j - j0])
+                continue
+            if phase == 0:
+                _forward_first(kind, gemm, ws, xg, hs, cs, ag, lengths, b_hn, shared, scratch, W_own, blocks,
+                               b0, b1, u0, u1, t, p, q, ta, hrow)
+            else:
+                _forward_reset_before(gemm, ws, xg, hs, acts, lengths, shared, w, b0, b1, u0, u1, t, p, q, ta,
+                                      xrow)
+            if parties > 1:
+                _atomic_add(_address(sync), 1)
+
+
+@njit(**_JIT)
+def _forward_first(kind, gemm, ws, xg, hs, cs, ag, lengths, b_hn, shared, scratch, W_own, blocks, b0, b1,
+                   j0, j1, t, p, q, ta, hrow):
+    """Units [j0, j1) of step t (for GRU with the reset gate before the product, its r, z and r ⊙ h):
+    the step's first product and the gates."""
+    T, H = hs.shape[1] - 1, hs.shape[2]
+    nb = b1 - b0
+    J0 = np.int64(j0)
+    nu = np.int64(j1) - J0
+    isz = hs.itemsize
+    one, zero = hs.dtype.type(1.0), hs.dtype.type(0.0)  # typed constants, see _exp_neg
+    rec = scratch[: nb * blocks * nu].reshape((nb, blocks, nu))
+    w_own = _address(W_own) + blocks * J0 * H * isz  # the task's rows, (gate, unit) within
+    _rows_times_wt(gemm, ws, hrow, (T + 1) * H, w_own, blocks * nu, H, nb, 0, _address(rec), blocks * nu)
+    for b in range(b0, b1):
+        if lengths[b] <= t:
+            for j in range(j0, j1):
+                hs[b, q, j] = hs[b, p, j]
+            if kind == LSTM:
                 for j in range(j0, j1):
-                    ag[b, ta, 0, j] = xg[b, t, 0, j] * hs[b, p, j]  # r ⊙ h
-        if kind == GRU_RESET_BEFORE:  # xp[:, t]'s n block += (r ⊙ h) W_hn^T
-            if parties > 1:  # every unit of r ⊙ h written
-                epoch += 1
-                _barrier(sync, parties, epoch)
-            _rows_times_wt(gemm, ws, a0 + (b0 * TA + ta) * H * isz, TA * H, w + (2 * H + J0) * H * isz, nu, H,
-                           nb, 1, xrow + (2 * H + J0) * isz, T * GH)
-            for b in range(b0, b1):
-                if lengths[b] > t:
-                    for j in range(j0, j1):
-                        xg[b, t, 2, j] = _tanh(xg[b, t, 2, j])
-                    for j in range(j0, j1):
-                        shared[j] = (one - xg[b, t, 1, j]) * xg[b, t, 2, j] + xg[b, t, 1, j] * hs[b, p, j]
-                    for j in range(j0, j1):
-                        hs[b, q, j] = shared[j]
+                    cs[b, q, j] = cs[b, p, j]
+            xg[b, t, :, j0:j1] = 0.0
+            ag[b, ta, :, j0:j1] = 0.0
+            continue
+        r = b - b0
+        # One activation per loop, the cell's branch outside them: each loop vectorizes. Plain
+        # indexing, no per-row views: making them costs more than a row's work at small H. No
+        # loop stores into one row of an array and reads another row of it (h from hs into hs,
+        # c from cs into cs, GRU's n from r in xp): LLVM cannot tell the rows apart and keeps
+        # such a loop scalar (measured 2-3x slower), so those go through ``shared``.
+        # The pre-activation of gate k, unit j is xg[b, t, k, j] + rec[r, k, j - j0].
+        if kind == RNN_TANH:
+            for j in range(j0, j1):
+                hs[b, q, j] = _tanh(xg[b, t, 0, j] + rec[r, 0, j - j0])
+        elif kind == RNN_RELU:
+            for j in range(j0, j1):
+                hs[b, q, j] = max(xg[b, t, 0, j] + rec[r, 0, j - j0], zero)
+        elif kind == LSTM:
+            for k in range(2):  # i, f
+                for j in range(j0, j1):
+                    xg[b, t, k, j] = _sigmoid(xg[b, t, k, j] + rec[r, k, j - j0])
+            for j in range(j0, j1):  # g
+                xg[b, t, 2, j] = _tanh(xg[b, t, 2, j] + rec[r, 2, j - j0])
+            for j in range(j0, j1):  # o
+                xg[b, t, 3, j] = _sigmoid(xg[b, t, 3, j] + rec[r, 3, j - j0])
+            for j in range(j0, j1):
+                shared[j] = xg[b, t, 1, j] * cs[b, p, j] + xg[b, t, 0, j] * xg[b, t, 2, j]
+            for j in range(j0, j1):
+                cs[b, q, j] = shared[j]
+                ag[b, ta, 0, j] = _tanh(shared[j])
+            for j in range(j0, j1):
+                hs[b, q, j] = xg[b, t, 3, j] * ag[b, ta, 0, j]
+        elif kind == GRU:
+            for k in range(2):  # r, z
+                for j in range(j0, j1):
+                    xg[b, t, k, j] = _sigmoid(xg[b, t, k, j] + rec[r, k, j - j0])
+            for j in range(j0, j1):
+                ag[b, ta, 0, j] = rec[r, 2, j - j0] + b_hn[j]
+            for j in range(j0, j1):
+                shared[j] = xg[b, t, 0, j] * ag[b, ta, 0, j]  # r ⊙ (W_hn h + b_hn)
+            for j in range(j0, j1):
+                xg[b, t, 2, j] = _tanh(xg[b, t, 2, j] + shared[j])
+            for j in range(j0, j1):
+                shared[j] = (one - xg[b, t, 1, j]) * xg[b, t, 2, j] + xg[b, t, 1, j] * hs[b, p, j]
+            for j in range(j0, j1):
+                hs[b, q, j] = shared[j]
+        else:
+            for k in range(2):  # r, z
+                for j in range(j0, j1):
+                    xg[b, t, k, j] = _sigmoid(xg[b, t, k, j] + rec[r, k, j - j0])
+            for j in range(j0, j1):
+                ag[b, ta, 0, j] = xg[b, t, 0, j] * hs[b, p, j]  # r ⊙ h
+
+
+@njit(**_JIT)
+def _forward_reset_before(gemm, ws, xg, hs, acts, lengths, shared, w, b0, b1, j0, j1, t, p, q, ta, xrow):
+    """Units [j0, j1) of step t's second part, for GRU with the reset gate before the product:
+    xp[:, t]'s n block += (r ⊙ h) W_hn^T, then n and h."""
+    T, H = hs.shape[1] - 1, hs.shape[2]
+    nb = b1 - b0
+    J0 = np.int64(j0)
+    nu = np.int64(j1) - J0
+    isz = hs.itemsize
+    TA = acts.shape[1]
+    GH = xg.shape[2] * H
+    one = hs.dtype.type(1.0)
+    _rows_times_wt(gemm, ws, _address(acts) + (b0 * TA + ta) * H * isz, TA * H, w + (2 * H + J0) * H * isz, nu,
+                   H, nb, 1, xrow + (2 * H + J0) * isz, T * GH)
+    for b in range(b0, b1):
+        if lengths[b] > t:
+            for j in range(j0, j1):
+                xg[b, t, 2, j] = _tanh(xg[b, t, 2, j])
+            for j in range(j0, j1):
+                shared[j] = (one - xg[b, t, 1, j]) * xg[b, t, 2, j] + xg[b, t, 1, j] * hs[b, p, j]
+            for j in range(j0, j1):
+                hs[b, q, j] = shared[j]
 
 
 @njit(**_JIT)
@@ -372,100 +445,136 @@ def backward(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reverse, d
     B, T, GH = dG.shape
     H = hs.shape[2]
     nb = b1 - b0
-    J0 = np.int64(j0)
-    nu = np.int64(j1) - J0
     isz = dG.itemsize
     ws = _workspace(dG.dtype)
     rows = 2 * H if kind == GRU_RESET_BEFORE else GH  # gate rows of the recurrent product
+    phases = 2 if kind == GRU_RESET_BEFORE else 1
     shared = np.empty(H, dG.dtype)  # LSTM: the gradient of this step's c; GRU: of n's pre-activation
-    one, zero = dG.dtype.type(1.0), dG.dtype.type(0.0)  # typed constants, see _exp_neg
+    me = _own_shard(sync, parties, j0)
     dGg = dG.reshape(B, T, GH // H, H)  # (B, T, G, H)
     xg = xp.reshape(B, T, GH // H, H)
     ag = acts.reshape(B, T, acts.shape[2] // H, H)  # (B, T, A, H)
     grecg = grec.reshape(B, T, grec.shape[2] // H, H)  # (B, T, G, H)
-    w, dh0 = _address(W_hh), _address(dh) + (b0 * H + J0) * isz
+    w = _address(W_hh)
     g0 = _address(grec) if kind == GRU else _address(dG)  # the gradient of h W^T, (B, T, G*H)
-    epoch = 0
-    for step in range(T):
-        t = step if reverse else T - 1 - step
+    # A phase's tasks: the last step's product into dh (its gradient needs every unit of the last
+    # step's), then this step's gates; with the reset gate before the product a second phase (see
+    # _backward_reset_before). One more phase after the last step for its product.
+    for e in range(T * phases + 1):
+        step, phase = e // phases, e % phases
+        t = step if reverse else T - 1 - step  # this step's time (step T: none)
+        last = t - 1 if reverse else t + 1  # the last step's time
         p, q = (t + 1, t) if reverse else (t, t + 1)
-        for b in range(b0, b1):
-            if lengths[b] <= t:
-                dGg[b, t, :, j0:j1] = 0.0
-                grecg[b, t, :, j0:j1] = 0.0
-                dan[b, j0:j1] = 0.0
+        if parties > 1:  # every unit of the last phase written
+            _wait(sync, parties * e)
+        for i in range(parties):
+            k = (me + i) % parties
+            if parties == 1:
+                u0, u1 = j0, j1
+            elif _claim(sync, k, e):
+                u0, u1 = np.uint64(sync[2 + parties + k]), np.uint64(sync[3 + parties + k])
+            else:
                 continue
-            # h's gradient is dh + dy; Elman and LSTM leave h_prev's to the product below.
-            if kind == RNN_TANH:
-                for j in range(j0, j1):
-                    dGg[b, t, 0, j] = (dh[b, j] + dy[b, t, j]) * (one - hs[b, q, j] * hs[b, q, j])
-                    dh[b, j] = zero
-                continue
-            if kind == RNN_RELU:
-                for j in range(j0, j1):
-                    dGg[b, t, 0, j] = dh[b, j] + dy[b, t, j] if hs[b, q, j] > zero else zero
-                    dh[b, j] = zero
-                continue
+            U0 = np.int64(u0)
+            nu = np.int64(u1) - U0
+            if phase == 1:
+                _backward_reset_before(gemm, ws, dh, hs, xg, dGg, dan, drh, lengths, w, b0, b1, u0, u1, t, p)
+            else:
+                if step > 0:  # dh[:, units] += (gradient of h W^T) W[:, units]: dead rows' get exact zeros
+                    _rows_times_w(gemm, ws, g0 + (b0 * T + last) * GH * isz, T * GH, w + U0 * isz, H, rows, nu,
+                                  nb, 1, _address(dh) + (b0 * H + U0) * isz, H)
+                if step < T:
+                    _backward_gates(kind, dy, dh, dc, hs, cs, xg, ag, dGg, grecg, dan, lengths, shared, b0, b1,
+                                    u0, u1, t, p, q)
+            if parties > 1:
+                _atomic_add(_address(sync), 1)
+
+
+@njit(**_JIT)
+def _backward_gates(kind, dy, dh, dc, hs, cs, xg, ag, dGg, grecg, dan, lengths, shared, b0, b1, j0, j1, t, p, q):
+    """Units [j0, j1) of step t: the pre-activation gradients from dh (the loss's and the later
+    steps'), and dh, dc through to the step before (but for the product with W_hh)."""
+    one, zero = dh.dtype.type(1.0), dh.dtype.type(0.0)  # typed constants, see _exp_neg
+    for b in range(b0, b1):
+        if lengths[b] <= t:
+            dGg[b, t, :, j0:j1] = 0.0
+            grecg[b, t, :, j0:j1] = 0.0
+            dan[b, j0:j1] = 0.0
+            continue
+        # h's gradient is dh + dy; Elman and LSTM leave h_prev's to the next phase's product.
+        if kind == RNN_TANH:
             for j in range(j0, j1):
-                dh[b, j] += dy[b, t, j]
-            if kind == LSTM:  # xp: i, f, g, o; acts: tanh(c)
+                dGg[b, t, 0, j] = (dh[b, j] + dy[b, t, j]) * (one - hs[b, q, j] * hs[b, q, j])
+                dh[b, j] = zero
+            continue
+        if kind == RNN_RELU:
+            for j in range(j0, j1):
+                dGg[b, t, 0, j] = dh[b, j] + dy[b, t, j] if hs[b, q, j] > zero else zero
+                dh[b, j] = zero
+            continue
+        for j in range(j0, j1):
+            dh[b, j] += dy[b, t, j]
+        if kind == LSTM:  # xp: i, f, g, o; acts: tanh(c)
+            for j in range(j0, j1):
+                tc = ag[b, t, 0, j]
+                shared[j] = dc[b, j] + dh[b, j] * xg[b, t, 3, j] * (one - tc * tc)
+            for j in range(j0, j1):
+                i = xg[b, t, 0, j]
+                dGg[b, t, 0, j] = shared[j] * xg[b, t, 2, j] * i * (one - i)
+            for j in range(j0, j1):
+                f = xg[b, t, 1, j]
+                dGg[b, t, 1, j] = shared[j] * cs[b, p, j] * f * (one - f)
+            for j in range(j0, j1):
+                g = xg[b, t, 2, j]
+                dGg[b, t, 2, j] = shared[j] * xg[b, t, 0, j] * (one - g * g)
+            for j in range(j0, j1):
+                o = xg[b, t, 3, j]
+                dGg[b, t, 3, j] = dh[b, j] * ag[b, t, 0, j] * o * (one - o)
+            for j in range(j0, j1):
+                dc[b, j] = shared[j] * xg[b, t, 1, j]
+                dh[b, j] = zero
+        else:  # xp: r, z, n; acts: W_hn h + b_hn (reset after) or r ⊙ h (reset before)
+            for j in range(j0, j1):
+                n = xg[b, t, 2, j]
+                shared[j] = dh[b, j] * (one - xg[b, t, 1, j]) * (one - n * n)
+            for j in range(j0, j1):
+                z = xg[b, t, 1, j]
+                gz = dh[b, j] * (hs[b, p, j] - xg[b, t, 2, j]) * z * (one - z)
+                dGg[b, t, 1, j] = gz
+            for j in range(j0, j1):
+                dGg[b, t, 2, j] = shared[j]
+            if kind == GRU:
                 for j in range(j0, j1):
-                    tc = ag[b, t, 0, j]
-                    shared[j] = dc[b, j] + dh[b, j] * xg[b, t, 3, j] * (one - tc * tc)
+                    rr = xg[b, t, 0, j]
+                    gr = shared[j] * ag[b, t, 0, j] * rr * (one - rr)
+                    dGg[b, t, 0, j] = gr
+                    grecg[b, t, 0, j] = gr
                 for j in range(j0, j1):
-                    i = xg[b, t, 0, j]
-                    dGg[b, t, 0, j] = shared[j] * xg[b, t, 2, j] * i * (one - i)
+                    grecg[b, t, 1, j] = dGg[b, t, 1, j]
+                    grecg[b, t, 2, j] = shared[j] * xg[b, t, 0, j]
+            else:
                 for j in range(j0, j1):
-                    f = xg[b, t, 1, j]
-                    dGg[b, t, 1, j] = shared[j] * cs[b, p, j] * f * (one - f)
-                for j in range(j0, j1):
-                    g = xg[b, t, 2, j]
-                    dGg[b, t, 2, j] = shared[j] * xg[b, t, 0, j] * (one - g * g)
-                for j in range(j0, j1):
-                    o = xg[b, t, 3, j]
-                    dGg[b, t, 3, j] = dh[b, j] * ag[b, t, 0, j] * o * (one - o)
-                for j in range(j0, j1):
-                    dc[b, j] = shared[j] * xg[b, t, 1, j]
-                    dh[b, j] = zero
-            else:  # xp: r, z, n; acts: W_hn h + b_hn (reset after) or r ⊙ h (reset before)
-                for j in range(j0, j1):
-                    n = xg[b, t, 2, j]
-                    shared[j] = dh[b, j] * (one - xg[b, t, 1, j]) * (one - n * n)
-                for j in range(j0, j1):
-                    z = xg[b, t, 1, j]
-                    gz = dh[b, j] * (hs[b, p, j] - xg[b, t, 2, j]) * z * (one - z)
-                    dGg[b, t, 1, j] = gz
-                for j in range(j0, j1):
-                    dGg[b, t, 2, j] = shared[j]
-                if kind == GRU:
-                    for j in range(j0, j1):
-                        rr = xg[b, t, 0, j]
-                        gr = shared[j] * ag[b, t, 0, j] * rr * (one - rr)
-                        dGg[b, t, 0, j] = gr
-                        grecg[b, t, 0, j] = gr
-                    for j in range(j0, j1):
-                        grecg[b, t, 1, j] = dGg[b, t, 1, j]
-                        grecg[b, t, 2, j] = shared[j] * xg[b, t, 0, j]
-                else:
-                    for j in range(j0, j1):
-                        dan[b, j] = shared[j]
-                for j in range(j0, j1):
-                    dh[b, j] *= xg[b, t, 1, j]  # through h = (1 - z) n + z h_prev
-        if kind == GRU_RESET_BEFORE:  # drh = dan W_hn, for this thread's units
-            if parties > 1:  # every unit of dan written
-                epoch += 1
-                _barrier(sync, parties, epoch)
-            _rows_times_w(gemm, ws, _address(dan) + b0 * H * isz, H, w + (2 * H * H + J0) * isz, H, H, nu,
-                          nb, 0, _address(drh) + (b0 * H + J0) * isz, H)
-            for b in range(b0, b1):
-                if lengths[b] > t:
-                    for j in range(j0, j1):
-                        rr = xg[b, t, 0, j]
-                        gr = drh[b, j] * hs[b, p, j] * rr * (one - rr)
-                        dGg[b, t, 0, j] = gr
-                        dh[b, j] += drh[b, j] * rr
-        if parties > 1:  # every unit of the gradient below written
-            epoch += 1
-            _barrier(sync, parties, epoch)
-        # dh[:, j0:j1] += (gradient of h W^T) W[:, j0:j1]: dead sequences' rows get exact zeros
-        _rows_times_w(gemm, ws, g0 + (b0 * T + t) * GH * isz, T * GH, w + J0 * isz, H, rows, nu, nb, 1, dh0, H)
+                    dan[b, j] = shared[j]
+            for j in range(j0, j1):
+                dh[b, j] *= xg[b, t, 1, j]  # through h = (1 - z) n + z h_prev
+
+
+@njit(**_JIT)
+def _backward_reset_before(gemm, ws, dh, hs, xg, dGg, dan, drh, lengths, w, b0, b1, j0, j1, t, p):
+    """Units [j0, j1) of step t's second part, for GRU with the reset gate before the product:
+    drh = dan W_hn, then r's gradient and h's through r ⊙ h."""
+    H = hs.shape[2]
+    nb = b1 - b0
+    J0 = np.int64(j0)
+    nu = np.int64(j1) - J0
+    isz = dh.itemsize
+    one = dh.dtype.type(1.0)
+    _rows_times_w(gemm, ws, _address(dan) + b0 * H * isz, H, w + (2 * H * H + J0) * isz, H, H, nu,
+                  nb, 0, _address(drh) + (b0 * H + J0) * isz, H)
+    for b in range(b0, b1):
+        if lengths[b] > t:
+            for j in range(j0, j1):
+                rr = xg[b, t, 0, j]
+                gr = drh[b, j] * hs[b, p, j] * rr * (one - rr)
+                dGg[b, t, 0, j] = gr
+                dh[b, j] += drh[b, j] * rr
