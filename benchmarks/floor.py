@@ -1,0 +1,76 @@
+"""The most any recurrent layer could gain over torch.nn in `rnnkit bench`'s train step: the same step
+with a layer that costs nothing (an autograd.Function that hands back ready zeros, forward and
+backward, with the parameters of the real layer), interleaved in one process with rnnkit's fused
+layer and torch.nn's. What is left in the free layer's step (head, loss, autograd's engine, zeroing,
+Adam) every implementation pays, so torch.nn / free is the ceiling of the `x torch` column.
+
+    .venv/bin/python benchmarks/floor.py                    # B32 T50 H32, the bench's small size
+    .venv/bin/python benchmarks/floor.py --sizes 32x50x32,64x200x128 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch import nn
+
+from rnnkit.bench import _Model, _build, _time_interleaved, _train_step, parse_sizes
+
+
+class _Free(torch.autograd.Function):
+    """Output and h_n of ready zeros; gradients of ready zeros for every parameter."""
+
+    @staticmethod
+    def forward(ctx, out, h_n, grads, *params):
+        ctx.grads = grads
+        return out, h_n
+
+    @staticmethod
+    def backward(ctx, d_out, d_h_n):
+        return (None, None, None) + ctx.grads
+
+
+class FreeLayer(nn.Module):
+    """A stand-in for a batch-first recurrent layer, with its parameters, that computes nothing."""
+
+    def __init__(self, like: nn.Module, B: int, T: int, H: int) -> None:
+        super().__init__()
+        self.weights = nn.ParameterList([nn.Parameter(p.detach().clone()) for p in like.parameters()])
+        self.out, self.h_n = torch.zeros(B, T, H), torch.zeros(1, B, H)
+        self.grads = tuple(torch.zeros_like(p) for p in self.weights)
+
+    def forward(self, x):
+        return _Free.apply(self.out, self.h_n, self.grads, *self.weights)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="32x50x32")
+    parser.add_argument("--cells", default="rnn,gru,lstm")
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    print(f"{torch.get_num_threads()} threads; train step in ms, median of {args.rounds} interleaved rounds")
+    print(f"{'cell':<5} {'B':>4} {'T':>4} {'H':>4} {'free':>7} {'fused':>7} {'torch':>7}  "
+          f"{'torch/fused':>11} {'torch/free':>10}")
+    for B, T, H in parse_sizes(args.sizes):
+        x, y = torch.randn(B, T, 1), torch.randn(B, 1)
+        for cell in args.cells.split(","):
+            torch.manual_seed(0)
+            models = {"fused": _build(cell, "fused", H, None)}
+            models["torch"] = _build(cell, "torch", H, models["fused"])
+            models["free"] = _Model(FreeLayer(models["fused"].rnn, B, T, H), H)
+            opts = {k: torch.optim.Adam(m.parameters(), lr=1e-3, fused=True) for k, m in models.items()}
+            times = _time_interleaved(
+                {k: (lambda m=m, o=opts[k]: _train_step(m, o, x, y)) for k, m in models.items()},
+                args.rounds, 0.06)
+            ms = {k: v * 1e3 for k, v in times.items()}
+            print(f"{cell:<5} {B:>4} {T:>4} {H:>4} {ms['free']:>7.3f} {ms['fused']:>7.3f} {ms['torch']:>7.3f}  "
+                  f"{ms['torch'] / ms['fused']:>11.2f} {ms['torch'] / ms['free']:>10.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
