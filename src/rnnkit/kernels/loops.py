@@ -228,7 +228,9 @@ def _claim(sync, shard, phase):
 
 @njit(**_JIT, inline="always")
 def _own_shard(sync, parties, j0):
-    """The shard whose units start at j0."""
+    """The shard whose units start at j0 (0 for one thread alone, whose sync has no shards)."""
+    if parties == 1:
+        return 0
     for k in range(parties):
         if sync[2 + parties + k] == np.int64(j0):
             return k
