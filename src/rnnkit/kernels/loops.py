@@ -209,12 +209,14 @@ def _compare_swap(typingctx, addr, expected, value):
 # do not either. One thread alone passes parties = 1 and its own units (sync is not read).
 
 @njit(**_JIT, inline="always")
-def _wait(sync, done):
-    """Spin until ``done`` tasks are done, calling sched_yield once spun for a while (a party may be
-    off its core)."""
+def _wait(sync, parties, phase):
+    """Spin until every task of the phases before this one is done, calling sched_yield once spun
+    for a while (a party may be off its core)."""
+    if parties == 1:
+        return
     counter = _address(sync)
     spins = 0
-    while _atomic_load(counter) < done:
+    while _atomic_load(counter) < parties * phase:
         spins += 1
         if spins > 2000:
             _call_void(sync[1])
@@ -235,6 +237,25 @@ def _own_shard(sync, parties, j0):
         if sync[2 + parties + k] == np.int64(j0):
             return k
     return 0
+
+
+@njit(**_JIT, inline="always")
+def _task(sync, parties, me, i, phase, j0, j1):
+    """The units of the i-th task this thread tries in this phase (its own shard's, then the others'
+    in turn) and whether it got it: not when another thread claimed it first. One thread alone has
+    its own units."""
+    if parties == 1:
+        return True, j0, j1
+    k = (me + i) % parties
+    if _claim(sync, k, phase):
+        return True, np.uint64(sync[2 + parties + k]), np.uint64(sync[3 + parties + k])
+    return False, j0, j1
+
+
+@njit(**_JIT, inline="always")
+def _task_done(sync, parties):
+    if parties > 1:
+        _atomic_add(_address(sync), 1)
 
 
 @njit(**_JIT, inline="always")
@@ -311,15 +332,10 @@ def forward(kind, gemm, xp, hs, cs, acts, W_hh, W_own, b_hn, lengths, reverse, b
         ta = t if TA == T else 0
         xrow = x0 + (b0 * T + t) * GH * isz  # xp[b0, t]
         hrow = h0 + (b0 * (T + 1) + p) * H * isz  # hs[b0, p]
-        if parties > 1:  # every unit of the last phase written
-            _wait(sync, parties * e)
+        _wait(sync, parties, e)  # every unit of the last phase written
         for i in range(parties):
-            k = (me + i) % parties
-            if parties == 1:
-                u0, u1 = j0, j1
-            elif _claim(sync, k, e):
-                u0, u1 = np.uint64(sync[2 + parties + k]), np.uint64(sync[3 + parties + k])
-            else:
+            mine, u0, u1 = _task(sync, parties, me, i, e, j0, j1)
+            if not mine:
                 continue
             if phase == 0:
                 _forward_first(kind, gemm, ws, xg, hs, cs, ag, lengths, b_hn, shared, scratch, W_own, blocks,
@@ -327,8 +343,7 @@ def forward(kind, gemm, xp, hs, cs, acts, W_hh, W_own, b_hn, lengths, reverse, b
             else:
                 _forward_reset_before(gemm, ws, xg, hs, acts, lengths, shared, w, b0, b1, u0, u1, t, p, q, ta,
                                       xrow)
-            if parties > 1:
-                _atomic_add(_address(sync), 1)
+            _task_done(sync, parties)
 
 
 @njit(**_JIT)
@@ -467,15 +482,10 @@ def backward(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reverse, d
         t = step if reverse else T - 1 - step  # this step's time (step T: none)
         last = t - 1 if reverse else t + 1  # the last step's time
         p, q = (t + 1, t) if reverse else (t, t + 1)
-        if parties > 1:  # every unit of the last phase written
-            _wait(sync, parties * e)
+        _wait(sync, parties, e)  # every unit of the last phase written
         for i in range(parties):
-            k = (me + i) % parties
-            if parties == 1:
-                u0, u1 = j0, j1
-            elif _claim(sync, k, e):
-                u0, u1 = np.uint64(sync[2 + parties + k]), np.uint64(sync[3 + parties + k])
-            else:
+            mine, u0, u1 = _task(sync, parties, me, i, e, j0, j1)
+            if not mine:
                 continue
             U0 = np.int64(u0)
             nu = np.int64(u1) - U0
@@ -488,8 +498,7 @@ def backward(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reverse, d
                 if step < T:
                     _backward_gates(kind, dy, dh, dc, hs, cs, xg, ag, dGg, grecg, dan, lengths, shared, b0, b1,
                                     u0, u1, t, p, q)
-            if parties > 1:
-                _atomic_add(_address(sync), 1)
+            _task_done(sync, parties)
 
 
 @njit(**_JIT)
