@@ -6,6 +6,7 @@ autograd.Function, and the engine choice (auto falls back, fused refuses what it
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import math
 
@@ -82,12 +83,19 @@ def test_fused_matches_reference_float64(name, config):
 
 
 # How the loops run (rnnkit.kernels.blas): "one" thread with the default BLAS (MKL where torch has
-# it), hidden-unit shards as tasks of several threads ("units"; with MKL), the same on our own threads
-# ("units-pool") or with the team's threads starting one after another ("units-late": the first one
-# runs every task and the others find theirs done), scipy's OpenBLAS on one thread ("openblas") and
-# over batch-row shards on several threads ("shards"). Each is forced on these tiny layers by moving
-# the thresholds.
-PATHS = ("one", "shards", "units", "units-pool", "units-late", "openblas")
+# it); with MKL, hidden-unit shards as tasks of a team of torch's OpenMP threads ("units"), the same
+# on our own threads ("units-pool") or with the team's body run once on this thread, which then runs
+# every shard's tasks ("units-late"), and batch-row shards on the team ("rows"); scipy's OpenBLAS on
+# one thread ("openblas") and over batch-row shards on the pool's threads ("shards"). Each is forced
+# on these tiny layers by moving the thresholds.
+PATHS = ("one", "shards", "units", "units-pool", "units-late", "rows", "openblas")
+
+
+def _one_thread_team(real):
+    """torch's OpenMP runtime ``real``, but a 'team' that runs the body once on the calling thread
+    (outside a parallel region: thread 0 of 1)."""
+    body = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+    return real._replace(parallel=lambda fn, data, n, flags: body(fn)(data))
 
 
 def _force(monkeypatch, name: str) -> None:
@@ -98,18 +106,15 @@ def _force(monkeypatch, name: str) -> None:
         monkeypatch.setattr(blas, "SHARD_MIN_WORK", 0 if name == "shards" else 1 << 60)
         monkeypatch.setattr(blas, "SHARD_MIN_ROWS", 1)
         torch.set_num_threads(3)  # B=4 rows: shards of 1, 2 and 1 rows
+    elif name == "rows":
+        monkeypatch.setattr(blas, "TEAM_ROWS_MIN_WORK", 0)
+        monkeypatch.setattr(blas, "SHARD_MIN_ROWS", 1)
+        torch.set_num_threads(3)
     elif name.startswith("units"):
         if name == "units-pool":
             monkeypatch.setattr(blas, "_openmp", lambda: None)
-        elif name == "units-late":
-            started = []
-
-            def one_after_another(body, data, n, flags):
-                for k in range(n):
-                    started.append(k)
-                    body(data)
-
-            monkeypatch.setattr(blas, "_openmp", lambda: (one_after_another, lambda: started[-1]))
+        elif name == "units-late" and blas._openmp() is not None:
+            monkeypatch.setattr(blas, "_openmp", functools.partial(_one_thread_team, blas._openmp()))
         monkeypatch.setattr(blas, "UNITS_MIN_WORK", 0)
         monkeypatch.setattr(blas, "UNITS_ALIGN", 1)
         torch.set_num_threads(3)  # H=5 units: shards of 2, 1 and 2 units
@@ -130,9 +135,10 @@ def test_every_path_matches_reference(name, config, path):
     from rnnkit.kernels import blas
 
     plan = blas.plan(B, H, H)
-    if path == "shards":
+    mkl = blas.blas().name == "mkl"
+    if path == "shards" or (path == "rows" and mkl and blas._openmp()):
         assert [s[:2] for s in plan.shards] == [(0, 1), (1, 3), (3, 4)] and plan.parties == 1
-    elif path.startswith("units") and blas.blas().name == "mkl":
+    elif path.startswith("units") and mkl:
         assert [s[2:] for s in plan.shards] == [(0, 2), (2, 3), (3, 5)] and plan.parties == 3
     else:
         assert len(plan.shards) == 1
@@ -163,9 +169,10 @@ def test_unit_shards_give_the_same_bits_whichever_thread_runs_them(name, monkeyp
         torch.set_num_threads(threads)
 
 
-def _lstm_forward_args(parties=2):
+def _lstm_forward_args(parties=2, rows=False):
     """A float64 LSTM layer's forward-loop arguments (the input projection done, the states not) and
-    a plan of hidden-unit shards for them, as run_sharded gets them from the fused engine."""
+    a plan of hidden-unit shards (or two batch-row shards) for them, as run_sharded gets them from the
+    fused engine."""
     import numpy as np
 
     from rnnkit.kernels import blas, fused, loops
@@ -176,60 +183,57 @@ def _lstm_forward_args(parties=2):
     W_ih, W_hh, b_ih, b_hh = [p.detach() for p in layer.layer_weights(0, 0)]
     xp = torch.addmm(b_ih + b_hh, torch.randn(B * T, I, dtype=torch.float64), W_ih.t()).view(B, T, -1)
     hs, cs = torch.zeros(2, B, T + 1, H16, dtype=torch.float64)
-    edges = [round(k * H16 / parties) for k in range(parties + 1)]
-    plan = blas.Plan([(0, B, a, b) for a, b in zip(edges[:-1], edges[1:])], parties)
-    W_own = W_hh.index_select(0, fused._own_rows(tuple(plan.shards), H16, 4))
+    if rows:
+        plan = blas.Plan([(0, B // 2, 0, H16), (B // 2, B, 0, H16)], 1)
+        W_own = W_hh
+    else:
+        edges = [round(k * H16 / parties) for k in range(parties + 1)]
+        plan = blas.Plan([(0, B, a, b) for a, b in zip(edges[:-1], edges[1:])], parties)
+        W_own = W_hh.index_select(0, fused._own_rows(tuple(plan.shards), H16, 4))
     args = (loops.LSTM, blas.blas().gemm[np.dtype(np.float64)], xp.numpy(), hs.numpy(), cs.numpy(),
             torch.empty(B, T, H16, dtype=torch.float64).numpy(), W_hh.contiguous().numpy(), W_own.numpy(),
             W_hh[0].numpy(), np.full(B, T, np.int64), False)
     return args, plan
 
 
-def test_unit_shards_survive_a_small_team_and_a_failing_party():
+def test_unit_shards_survive_a_small_team_and_a_failing_party(monkeypatch):
     """OpenMP may start fewer threads than asked: the threads there are run the other shards' tasks
-    too, with the same result. A party that fails in the middle of a task opens every wait of the
-    call, so the others finish and the error comes back."""
+    too, with the same result. On the pool, a party that fails in the middle of a task opens every
+    wait of the call, so the others finish and the error comes back."""
     import threading
 
     import numpy as np
 
     from rnnkit.kernels import blas, loops
 
-    args, plan = _lstm_forward_args()
-    blas.run_sharded(loops.forward, args, plan)
-    expected = args[3].copy()  # hs
-
-    def team(order):
-        """A fake OpenMP team whose threads run one after another, in this order of thread numbers."""
-        current = []
-
-        def parallel(body, data, n, flags):
-            for k in order:
-                current.append(k)
-                body(data)
-
-        return parallel, lambda: current[-1]
-
-    def shards():
-        sync = blas.team_sync(plan)
-        return [(b0, b1, np.uint64(j0), np.uint64(j1), sync, 2) for b0, b1, j0, j1 in plan.shards]
-
-    args, plan = _lstm_forward_args()
-    blas._run_team(loops.forward, args, shards(), team([0]))  # a team of one
-    np.testing.assert_array_equal(args[3], expected)
+    if blas._openmp() is None or blas.blas().name != "mkl":
+        pytest.skip("teams need torch's OpenMP runtime and MKL")
+    real = blas._openmp()
+    one = real._replace(parallel=lambda fn, data, n, flags: real.parallel(fn, data, 1, 0))
+    for rows in (False, True):
+        args, plan = _lstm_forward_args(rows=rows)
+        blas.run_sharded(loops.forward, args, plan)
+        expected = args[3].copy()  # hs
+        with monkeypatch.context() as m:
+            m.setattr(blas, "_openmp", lambda: one)
+            args, plan = _lstm_forward_args(rows=rows)
+            blas.run_sharded(loops.forward, args, plan)  # a team of one
+        np.testing.assert_array_equal(args[3], expected)
 
     def flaky(*a):
-        if a[-4] != 0:  # j0: the second party claims its first task, then fails
-            a[-2][2 + 1] = 1
+        if a[-4] == 0:  # j0: the first party (this thread's) claims its first task, then fails
+            a[-2][2] = 1
             raise RuntimeError("party failed")
         loops.forward(*a)
 
     args, plan = _lstm_forward_args()
+    sync = blas.team_sync(plan)
+    shards = [(b0, b1, np.uint64(j0), np.uint64(j1), sync, 2) for b0, b1, j0, j1 in plan.shards]
     outcome = []
 
     def attempt():
         with pytest.raises(RuntimeError, match="party failed"):
-            blas._run_team(flaky, args, shards(), team([1, 0]))
+            blas._run_pool(flaky, args, shards)
         outcome.append("raised")
 
     worker = threading.Thread(target=attempt, daemon=True)

@@ -40,9 +40,11 @@ import torch
 
 # Per-step multiply-adds (rows x G*H x H) from which the work is split: measured crossovers on the
 # 2-core dev machine (benchmarks/README.md). Module attributes so that tests can force each path.
-SHARD_MIN_WORK = 256 * 1024
+SHARD_MIN_WORK = 256 * 1024  # row shards on the pool's threads (OpenBLAS)
 SHARD_MIN_ROWS = 8
-UNITS_MIN_WORK = 1024 * 1024
+TEAM_ROWS_MIN_WORK = 32 * 1024  # row shards on an OpenMP team (MKL)
+UNITS_MIN_WORK = 1024 * 1024  # unit shards, where there are too few rows to split
+UNITS_OVER_ROWS_WORK = 6 * 1024 * 1024  # unit shards rather than row shards
 UNITS_ALIGN = 8  # unit shards start on multiples of this (a vector of float32)
 
 
@@ -50,6 +52,7 @@ class Blas(NamedTuple):
     name: str  # "mkl" or "openblas"
     gemm: dict  # numpy dtype -> address of the Fortran ?gemm_
     set_threads: Callable[[int], int] | None  # this thread's BLAS threads; returns the old count
+    set_threads_address: int  # of MKL's MKL_Set_Num_Threads_Local (0 for OpenBLAS)
 
 
 def _mkl() -> Blas | None:
@@ -63,7 +66,7 @@ def _mkl() -> Blas | None:
     setter = lib.MKL_Set_Num_Threads_Local
     setter.argtypes, setter.restype = [ctypes.c_int], ctypes.c_int
     addr = {np.dtype(np.float32): _address(lib.sgemm_), np.dtype(np.float64): _address(lib.dgemm_)}
-    return Blas("mkl", addr, setter)
+    return Blas("mkl", addr, setter, _address(setter))
 
 
 def _openblas() -> Blas:
@@ -83,7 +86,7 @@ def _openblas() -> Blas:
         old = [s(n) for s in setters]
         return old[0] if old else 1
 
-    return Blas("openblas", addr, set_threads if setters else None)
+    return Blas("openblas", addr, set_threads if setters else None, 0)
 
 
 def _openblas_setters() -> tuple:
@@ -138,21 +141,22 @@ class Plan(NamedTuple):
 
 def plan(B: int, H: int, GH: int) -> Plan:
     """How to run a layer of B rows, hidden size H and G*H gate rows on this many threads (see the
-    module docstring): one thread below the thresholds; unit shards with MKL (measured faster than
-    MKL's own threads at the big sizes of `rnnkit bench`, and than one thread from about 0.5-1M
-    multiply-adds a step, benchmarks/README.md); row shards with OpenBLAS."""
+    module docstring), from the per-step multiply-adds: with MKL, batch-row shards on an OpenMP team
+    from 32K (they never meet; measured 8-20% off the train step at B32 T50 H32 for GRU and LSTM)
+    and hidden-unit shards from 6M, where each thread's share of W_hh staying in its core's cache
+    pays for the per-step wait (or from 1M when there are too few rows to split); with OpenBLAS, row
+    shards on the pool's threads from 256K; one thread below (benchmarks/README.md)."""
     threads = torch.get_num_threads()
     work = B * GH * H
-    units = H // UNITS_ALIGN
     if blas().name == "mkl":
-        n = min(threads, units) if work >= UNITS_MIN_WORK else 1
-        if n > 1:
-            edges = [round(k * units / n) * UNITS_ALIGN for k in range(n)] + [H]
-            return Plan([(0, B, j0, j1) for j0, j1 in zip(edges[:-1], edges[1:])], n)
-        return Plan([(0, B, 0, H)], 1)
-    n = min(threads, B // SHARD_MIN_ROWS) if work >= SHARD_MIN_WORK else 1
-    step = B / max(n, 1)
-    edges = [round(k * step) for k in range(n + 1)] if n > 1 else [0, B]
+        rows = min(threads, B // SHARD_MIN_ROWS) if work >= TEAM_ROWS_MIN_WORK and _openmp() else 1
+        units = min(threads, H // UNITS_ALIGN)
+        if units > 1 and work >= (UNITS_OVER_ROWS_WORK if rows > 1 else UNITS_MIN_WORK):
+            edges = [round(k * (H // UNITS_ALIGN) / units) * UNITS_ALIGN for k in range(units)] + [H]
+            return Plan([(0, B, j0, j1) for j0, j1 in zip(edges[:-1], edges[1:])], units)
+    else:
+        rows = min(threads, B // SHARD_MIN_ROWS) if work >= SHARD_MIN_WORK else 1
+    edges = [round(k * B / rows) for k in range(rows + 1)] if rows > 1 else [0, B]
     return Plan([(b0, b1, 0, H) for b0, b1 in zip(edges[:-1], edges[1:])], 1)
 
 
@@ -185,23 +189,28 @@ def _sched_yield() -> int:
 
 
 _ALONE = np.zeros(2, np.int64)  # the sync of a loop without parties (never read)
-_TEAM_BODY = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+
+
+class Team(NamedTuple):
+    parallel: Callable  # GOMP_parallel(body address, data address, threads, flags)
+    thread_num: int  # address of omp_get_thread_num
+    num_threads: int  # address of omp_get_num_threads
 
 
 @functools.cache
-def _openmp():
-    """(GOMP_parallel, omp_get_thread_num) of torch's own OpenMP runtime, or
-    None. Unit shards run as an OpenMP team of torch's threads: threads of our own would compete for
-    the cores with torch's, which spin for a while after each of torch's parallel operations."""
+def _openmp() -> Team | None:
+    """torch's own OpenMP runtime, or None. Shards run as a team of torch's OpenMP threads, each
+    starting a compiled body without Python (rnnkit.kernels.team): threads of our own would compete
+    for the cores with torch's, which spin for a while after each of torch's parallel operations."""
     path = os.path.join(os.path.dirname(torch.__file__), "lib", "libgomp.so.1")
     if not os.path.exists(path):
         return None
     lib = ctypes.CDLL(path)
-    if not all(hasattr(lib, n) for n in ("GOMP_parallel", "omp_get_thread_num")):
+    if not all(hasattr(lib, n) for n in ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads")):
         return None
-    lib.GOMP_parallel.argtypes = [_TEAM_BODY, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+    lib.GOMP_parallel.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
     lib.GOMP_parallel.restype = None
-    return lib.GOMP_parallel, lib.omp_get_thread_num
+    return Team(lib.GOMP_parallel, _address(lib.omp_get_thread_num), _address(lib.omp_get_num_threads))
 
 
 def team_sync(p: Plan) -> np.ndarray:
@@ -211,72 +220,65 @@ def team_sync(p: Plan) -> np.ndarray:
     return np.array([0, _sched_yield()] + [0] * p.parties + edges, np.int64)
 
 
-def _open_waits(shards: list) -> None:
+def _open_waits(sync: np.ndarray) -> None:
     """After a party failed, perhaps in the middle of a task: every wait of the call passes at once,
-    so the other parties finish (with garbage) instead of waiting for that task. Harmless for row
-    shards, which never wait."""
-    shards[0][4][0] = 1 << 62
+    so the other parties finish (with garbage) instead of waiting for that task."""
+    if sync is not _ALONE:  # row shards never wait
+        sync[0] = 1 << 62
 
 
-def _run_team(loop: Callable, args: tuple, shards: list, start) -> None:
-    """Run the unit shards as an OpenMP team (``start`` from :func:`_openmp`), shard k on thread k.
-    OpenMP may start a smaller team than asked for: the shards without a thread of their own are
-    then run by the others, task by task (see rnnkit.kernels.loops)."""
-    parallel, thread_num = start
-    errors = []
-    setter = blas().set_threads
-
-    def body(_):
-        old = setter(1) if setter is not None else None
-        try:
-            loop(*args, *shards[thread_num()])
-        except BaseException as e:  # noqa: BLE001 - raised again on the calling thread below
-            _open_waits(shards)
-            errors.append(e)
-        finally:
-            if setter is not None:
-                setter(old)
-
-    parallel(_TEAM_BODY(body), None, len(shards), 0)
-    if errors:
-        raise errors[0]
+def _party(loop: Callable, args: tuple, shard: tuple) -> None:
+    try:
+        loop(*args, *shard)
+    except BaseException:
+        _open_waits(shard[4])
+        raise
 
 
 def _run_pool(loop: Callable, args: tuple, shards: list) -> None:
-    """Run the shards on this thread (the first) and the pool's (the others)."""
-    futures = [_executor(len(shards) - 1).submit(loop, *args, *shard) for shard in shards[1:]]
+    """Run the shards on this thread (the first) and the pool's (the others); the first failure is
+    raised once all have returned."""
+    futures = [_executor(len(shards) - 1).submit(_party, loop, args, shard) for shard in shards[1:]]
     try:
-        loop(*args, *shards[0])
-    except BaseException:
-        _open_waits(shards)
-        raise
+        _party(loop, args, shards[0])
     finally:
         for f in futures:
             f.result()
 
 
+def _team_body(loop: Callable, args: tuple):
+    """(block maker, body address) of the loop for the dtype of its arrays, or None for a loop
+    without one (tests pass wrapped loops)."""
+    from . import team
+
+    entry = team.BODIES.get(loop)
+    return None if entry is None else (entry[0], entry[1][args[2].dtype])
+
+
 def run_sharded(loop: Callable, args: tuple, p: Plan) -> None:
     """``loop(*args, b0, b1, j0, j1, sync, parties)`` for every shard of the plan, with a one-thread
-    BLAS each: unit shards as a team of torch's OpenMP threads where there is one, else (and row
-    shards) on this thread and the pool's. (Called twice per layer and step of training: no context
-    manager, which costs more than the small loops.)"""
-    setter = blas().set_threads
+    BLAS each: as a team of torch's OpenMP threads where there is one and the BLAS is MKL (whose
+    threads the team's bodies can set), else on this thread and the pool's. (Called twice per layer
+    and step of training: no context manager, which costs more than the small loops.)"""
+    b = blas()
+    setter = b.set_threads
     old = setter(1) if setter is not None else None
     try:
         if len(p.shards) == 1:
             b0, b1, j0, j1 = p.shards[0]
             loop(*args, b0, b1, np.uint64(j0), np.uint64(j1), _ALONE, 1)
-        elif p.parties == 1:
-            _run_pool(loop, args, [(b0, b1, np.uint64(j0), np.uint64(j1), _ALONE, 1)
+            return
+        sync = team_sync(p) if p.parties > 1 else _ALONE
+        team = _openmp() if b.name == "mkl" else None
+        body = None if team is None else _team_body(loop, args)
+        if body is not None:
+            make, address = body
+            calls = np.array([team.thread_num, team.num_threads, b.set_threads_address], np.int64)
+            block = make(*args, np.array(p.shards, np.int64), sync, p.parties, calls)
+            team.parallel(address, block.ctypes.data, len(p.shards), 0)
+        else:  # a party the pool starts late (busy with another call) finds its tasks done
+            _run_pool(loop, args, [(b0, b1, np.uint64(j0), np.uint64(j1), sync, p.parties)
                                    for b0, b1, j0, j1 in p.shards])
-        else:
-            sync = team_sync(p)
-            shards = [(b0, b1, np.uint64(j0), np.uint64(j1), sync, p.parties) for b0, b1, j0, j1 in p.shards]
-            team = _openmp()
-            if team is not None:
-                _run_team(loop, args, shards, team)
-            else:  # a party the pool starts late (busy with another call) finds its tasks done
-                _run_pool(loop, args, shards)
     finally:
         if setter is not None:
             setter(old)

@@ -1,9 +1,9 @@
-"""When to split a layer's hidden units between threads: the fused train step with the unit split
-forced on against one thread, interleaved in one process (rnnkit.kernels.blas.UNITS_MIN_WORK is the
-threshold this measures). Prints units/one per size and cell: below 1, the split pays.
+"""How to split a layer between threads: the fused train step on one thread, over batch-row shards
+and over hidden-unit shards (each forced by rnnkit.kernels.blas's thresholds, which this measures),
+interleaved in one process. Prints each mode's time and its ratio to one thread: below 1, it pays.
 
-    .venv/bin/python benchmarks/unit_split.py                       # B32 T50 H32..128, B64 T50 H128
-    .venv/bin/python benchmarks/unit_split.py --sizes 32x50x96 --cells lstm
+    .venv/bin/python benchmarks/split.py                          # B16-64 T50 H32-256
+    .venv/bin/python benchmarks/split.py --sizes 32x50x96 --cells lstm
 """
 
 from __future__ import annotations
@@ -17,25 +17,34 @@ import torch
 from rnnkit.bench import _build, _train_step, parse_sizes
 from rnnkit.kernels import blas
 
+# The thresholds that force each mode (per-step multiply-adds; 1 << 62 is never reached).
+MODES = {
+    "one": {"TEAM_ROWS_MIN_WORK": 1 << 62, "UNITS_MIN_WORK": 1 << 62, "UNITS_OVER_ROWS_WORK": 1 << 62},
+    "rows": {"TEAM_ROWS_MIN_WORK": 0, "UNITS_MIN_WORK": 1 << 62, "UNITS_OVER_ROWS_WORK": 1 << 62},
+    "units": {"TEAM_ROWS_MIN_WORK": 1 << 62, "UNITS_MIN_WORK": 0, "UNITS_OVER_ROWS_WORK": 0},
+}
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="32x50x32,32x50x64,32x50x128,64x50x128")
+    parser.add_argument("--sizes", default="16x50x32,32x50x32,32x50x64,64x50x64,32x50x128,64x200x128,32x50x256")
     parser.add_argument("--cells", default="rnn,gru,lstm")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    default = {name: getattr(blas, name) for name in MODES["one"]}
     for B, T, H in parse_sizes(args.sizes):
         for cell in args.cells.split(","):
             torch.manual_seed(0)
             x, y = torch.randn(B, T, 1), torch.randn(B, 1)
             first = _build(cell, "fused", H, None)
-            models = {"units": first, "one": _build(cell, "fused", H, first)}
+            models = {k: first if k == "one" else _build(cell, "fused", H, first) for k in MODES}
             opts = {k: torch.optim.Adam(m.parameters(), lr=1e-3, fused=True) for k, m in models.items()}
 
             def step(k):
-                blas.UNITS_MIN_WORK = 0 if k == "units" else 1 << 62
+                for name, value in MODES[k].items():
+                    setattr(blas, name, value)
                 _train_step(models[k], opts[k], x, y)
 
             for k in models:  # warm-up: compiled loops, Adam state
@@ -52,8 +61,10 @@ def main() -> None:
                     times[k].append((time.perf_counter() - start) / n * 1e3)
             med = {k: statistics.median(v) for k, v in times.items()}
             work = B * H * H * {"rnn": 1, "gru": 3, "lstm": 4}[cell]
-            print(f"{cell:4s} B{B} T{T} H{H}  {work / 1e6:.2f}M multiply-adds/step  units {med['units']:.3f} ms  "
-                  f"one {med['one']:.3f} ms  units/one {med['units'] / med['one']:.2f}", flush=True)
+            print(f"{cell:4s} B{B} T{T} H{H}  {work / 1e6:.2f}M multiply-adds/step  one {med['one']:.3f} ms  "
+                  f"rows/one {med['rows'] / med['one']:.2f}  units/one {med['units'] / med['one']:.2f}", flush=True)
+    for name, value in default.items():
+        setattr(blas, name, value)
 
 
 if __name__ == "__main__":
