@@ -21,8 +21,9 @@ def supports(x: Tensor, lengths: Tensor | None) -> bool:
 
 
 def precompile() -> None:
-    """Compile the loops for both dtypes into numba's on-disk cache (8-12 s per dtype on the 2-core
-    dev machine, once per install: `make install` runs it), so that no training run pays for it.
+    """Compile the loops for both dtypes into numba's on-disk cache (~33 s with their team bodies on
+    the 2-core dev machine, once per install: `make install` runs it), so that no training run pays
+    for it.
     The cell is a runtime value of the loops, so one small layer per dtype compiles them all; the
     OpenMP team bodies (rnnkit.kernels.team) compile on import."""
     from . import team  # noqa: F401 - compiled and cached on import

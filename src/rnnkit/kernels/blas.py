@@ -16,14 +16,17 @@ Threads (:func:`plan`), following ``torch.get_num_threads()``: small layers run 
 throughout (a thread hand-off costs more than their step). Bigger ones are split into *shards* that
 each run the whole time loop (the loops release the GIL):
 
-* with MKL, by **hidden units**: each thread computes its units' rows of every gate, reading only its
-  share of W_hh, which stays in its own core's cache, and waits for the others' last step once per
-  step (oneDNN's scheme; MKL's own threads re-split each step's product). A thread that finishes its
+* with MKL, by **batch rows** (rows never meet), and for the biggest steps (or too few rows) by
+  **hidden units**: each thread computes its units' rows of every gate, reading only its share of
+  W_hh, which stays in its own core's cache, and waits for the others' last step once per step
+  (oneDNN's scheme; MKL's own threads re-split each step's product). A thread that finishes its
   share takes over the share of a thread that has not started it (one that lost its core to another
-  process), step by step, with the same arithmetic. The threads are a team of
-  torch's own OpenMP runtime where it has one (:func:`_openmp`): threads of our own lost their core
-  to torch's OpenMP workers, which spin for a while after each of torch's parallel operations.
-* with OpenBLAS, by **batch rows**, which never meet, on a small pool of Python threads.
+  process), step by step, with the same arithmetic. Both run as a team of torch's own OpenMP runtime
+  (:func:`_openmp`) whose threads start compiled bodies without Python (rnnkit.kernels.team):
+  threads of our own lost their core to torch's OpenMP workers, which spin for a while after each of
+  torch's parallel operations.
+* with OpenBLAS, or without torch's OpenMP runtime, on a small pool of Python threads: by batch rows
+  (with OpenBLAS), or by hidden units.
 """
 
 from __future__ import annotations

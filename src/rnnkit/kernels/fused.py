@@ -2,7 +2,7 @@
 
 Forward: ``xp = x W_ih^T + b_ih + b_hh`` for all steps as one GEMM (batch-major, so no transposes),
 then the recurrence in :func:`rnnkit.kernels.loops.forward`, on several threads when the layer is
-big enough (hidden-unit shards with MKL, batch-row shards without: :mod:`rnnkit.kernels.blas`).
+big enough (batch-row or hidden-unit shards: :mod:`rnnkit.kernels.blas`).
 Backward: hand-written BPTT in :func:`rnnkit.kernels.loops.backward`, then every weight gradient as
 one GEMM over all steps (``dW_ih = dG^T x``, ``dW_hh = dG_h^T h_prev``) and ``dx = dG W_ih``.
 :func:`run_fused` has the signature of :func:`rnnkit.layers.run_reference` and is held to it in
