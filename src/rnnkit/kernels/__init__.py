@@ -21,19 +21,26 @@ def supports(x: Tensor, lengths: Tensor | None) -> bool:
 
 
 def precompile() -> None:
-    """Compile the loops for both dtypes into numba's on-disk cache (~33 s with their team bodies on
-    the 2-core dev machine, once per install: `make install` runs it), so that no training run pays
-    for it.
-    The cell is a runtime value of the loops, so one small layer per dtype compiles them all; the
-    OpenMP team bodies (rnnkit.kernels.team) compile on import."""
-    from . import team  # noqa: F401 - compiled and cached on import
+    """Compile the loops for both dtypes into numba's on-disk cache (~35-40 s with their team bodies
+    on the 2-core dev machine, once per install: `make install` runs it), so that no training run
+    pays for it. The cell is a runtime value of the loops, so one small layer per dtype compiles them all;
+    it runs split into two row shards, so that what starts a team compiles too."""
+    from . import blas
+    from . import team  # noqa: F401 - the team bodies compile (or load) on import
     from .fused import run_fused
 
-    for dtype in DTYPES:
-        x = torch.zeros(2, 3, 1, dtype=dtype, requires_grad=True)
-        weights = (torch.zeros(4, 1, dtype=dtype), torch.zeros(4, 4, dtype=dtype), None, None)
-        out, _ = run_fused("rnn", x, (torch.zeros(2, 4, dtype=dtype),), weights)
-        out.sum().backward()
+    saved = blas.TEAM_ROWS_MIN_WORK, blas.SHARD_MIN_ROWS, blas.SHARD_MIN_WORK, torch.get_num_threads()
+    blas.TEAM_ROWS_MIN_WORK = blas.SHARD_MIN_ROWS = blas.SHARD_MIN_WORK = 1
+    torch.set_num_threads(2)
+    try:
+        for dtype in DTYPES:
+            x = torch.zeros(2, 3, 1, dtype=dtype, requires_grad=True)
+            weights = (torch.zeros(4, 1, dtype=dtype), torch.zeros(4, 4, dtype=dtype), None, None)
+            out, _ = run_fused("rnn", x, (torch.zeros(2, 4, dtype=dtype),), weights)
+            out.sum().backward()
+    finally:
+        blas.TEAM_ROWS_MIN_WORK, blas.SHARD_MIN_ROWS, blas.SHARD_MIN_WORK, threads = saved
+        torch.set_num_threads(threads)
 
 
 def __getattr__(name: str):
