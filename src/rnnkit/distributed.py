@@ -115,8 +115,10 @@ def resolve_device(name: "str | torch.device", local_world: int | None = None) -
 @contextmanager
 def process_group(device: str) -> Iterator["torch.device"]:
     """Yields this process's device. Under torchrun it first joins the process group (nccl on CUDA,
-    gloo on the CPU) and leaves it after a clean exit; on an error the process exits and torchrun
-    tears the group down."""
+    gloo on the CPU) and leaves it after a clean exit or a Ctrl-C (every rank gets one); on an error
+    the process exits and torchrun tears the group down. (A gloo group still alive when the
+    interpreter shuts down can abort the process from its worker threads, "terminate called without
+    an active exception": seen in tests/test_ddp.py's Ctrl-C test.)"""
     dev = resolve_device(device)
     if not in_worker():
         yield dev
@@ -130,7 +132,11 @@ def process_group(device: str) -> Iterator["torch.device"]:
         torch.cuda.set_device(dev)
     dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     _first_ctrl_c_stops()
-    yield dev
+    try:
+        yield dev
+    except KeyboardInterrupt:
+        dist.destroy_process_group()
+        raise
     dist.destroy_process_group()
 
 
