@@ -123,7 +123,7 @@ def _forward(code: int, reverse: bool, lengths: Tensor | None, x: Tensor, h0: Te
         alive = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
         out = out * alive.unsqueeze(2).to(out.dtype)
     c_n = cs[:, last] if lstm else None
-    return out, hs[:, last], c_n, (x2, xp, hs, cs, acts, W, lens)
+    return out, hs[:, last], c_n, (x2, xp, hs, cs, acts, W, lens, plan)
 
 
 class FusedLayer(torch.autograd.Function):
@@ -134,17 +134,17 @@ class FusedLayer(torch.autograd.Function):
     def forward(ctx, code: int, reverse: bool, lengths: Tensor | None, x: Tensor, h0: Tensor,
                 c0: Tensor | None, W_ih: Tensor, W_hh: Tensor, b_ih: Tensor | None,
                 b_hh: Tensor | None):
-        out, h_n, c_n, (x2, xp, hs, cs, acts, W, lens) = _forward(
+        out, h_n, c_n, (x2, xp, hs, cs, acts, W, lens, plan) = _forward(
             code, reverse, lengths, x, h0, c0, W_ih, W_hh, b_ih, b_hh, store=True)
         ctx.save_for_backward(x2, xp, hs, cs, acts, W_ih, W, b_ih, b_hh)
-        ctx.config = (code, reverse, lens, x.shape)
+        ctx.config = (code, reverse, lens, x.shape, plan)  # the backward splits the work the same way
         return out, h_n, c_n
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dout: Tensor, dh_n: Tensor, dc_n: Tensor | None):
         x2, xp, hs, cs, acts, W_ih, W_hh, b_ih, b_hh = ctx.saved_tensors
-        code, reverse, lens, x_shape = ctx.config
+        code, reverse, lens, x_shape, plan = ctx.config
         B, T, GH = xp.shape
         H = hs.shape[2]
         lstm = code == loops.LSTM
@@ -158,7 +158,7 @@ class FusedLayer(torch.autograd.Function):
         blas.run_sharded(loops.backward, (code, blas.blas().gemm[dG_np.dtype], dy.numpy(), dh.numpy(),
                                           dc.numpy(), hs.numpy(), cs.numpy(), xp.numpy(), acts.numpy(),
                                           W_hh.numpy(), lens, reverse, dG_np, dG_h.numpy(), dan,
-                                          np.empty_like(dan)), blas.plan(B, H, GH))
+                                          np.empty_like(dan)), plan)
         need = ctx.needs_input_grad  # code, reverse, lengths, x, h0, c0, W_ih, W_hh, b_ih, b_hh
         dG2 = dG.view(B * T, GH)  # (B*T, G*H)
         W_ih = W_ih.detach()
