@@ -1,7 +1,11 @@
-"""`python -m rnnkit` = the `rnnkit` command."""
+"""`python -m rnnkit` = the `rnnkit` command (also how torchrun starts each worker)."""
 
 import sys
 
+from . import distributed
 from .cli import main
 
-sys.exit(main())
+code = main()
+if distributed.in_worker():
+    distributed.leave(code)
+sys.exit(code)
