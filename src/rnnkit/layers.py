@@ -182,30 +182,28 @@ class RNNBase(nn.Module):
         state tuples of (B, H) tensors."""
         n_states = 2 if self.kind == "lstm" else 1
         LD = self.num_layers * self.num_directions
-        if hx is None:
-            zeros = like.new_zeros(LD, B, self.hidden_size)
-            parts = (zeros,) * n_states
+        if hx is None:  # one zero state that every layer-direction reads (engines never write it)
+            return [(like.new_zeros(B, self.hidden_size),) * n_states] * LD
+        if self.kind == "lstm":
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise ShapeError("LSTM expects hx as a tuple (h_0, c_0)")
+            parts = tuple(hx)
         else:
-            if self.kind == "lstm":
-                if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                    raise ShapeError("LSTM expects hx as a tuple (h_0, c_0)")
-                parts = tuple(hx)
-            else:
-                if not isinstance(hx, Tensor):
-                    raise ShapeError(f"{type(self).__name__} expects hx as a tensor, got {type(hx).__name__}")
-                parts = (hx,)
-            want = (LD, B, self.hidden_size) if batched else (LD, self.hidden_size)
-            for name, p in zip(("h_0", "c_0"), parts):
-                if tuple(p.shape) != want:
-                    raise ShapeError(
-                        f"{type(self).__name__} expects {name} of shape {want} "
-                        f"(num_layers*num_directions, {'batch, ' if batched else ''}hidden_size), "
-                        f"got {tuple(p.shape)}"
-                    )
-                if p.dtype != like.dtype:  # engines differ here (cast or fail), so say it once
-                    raise ShapeError(f"{name} dtype {p.dtype} does not match the input's {like.dtype}")
-            if not batched:
-                parts = tuple(p.unsqueeze(1) for p in parts)  # (L*D, 1, H)
+            if not isinstance(hx, Tensor):
+                raise ShapeError(f"{type(self).__name__} expects hx as a tensor, got {type(hx).__name__}")
+            parts = (hx,)
+        want = (LD, B, self.hidden_size) if batched else (LD, self.hidden_size)
+        for name, p in zip(("h_0", "c_0"), parts):
+            if tuple(p.shape) != want:
+                raise ShapeError(
+                    f"{type(self).__name__} expects {name} of shape {want} "
+                    f"(num_layers*num_directions, {'batch, ' if batched else ''}hidden_size), "
+                    f"got {tuple(p.shape)}"
+                )
+            if p.dtype != like.dtype:  # engines differ here (cast or fail), so say it once
+                raise ShapeError(f"{name} dtype {p.dtype} does not match the input's {like.dtype}")
+        if not batched:
+            parts = tuple(p.unsqueeze(1) for p in parts)  # (L*D, 1, H)
         return [tuple(p[k] for p in parts) for k in range(LD)]
 
     def forward(self, input, hx=None):
