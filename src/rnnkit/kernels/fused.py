@@ -6,7 +6,8 @@ big enough (batch-row or hidden-unit shards: :mod:`rnnkit.kernels.blas`).
 Backward: hand-written BPTT in :func:`rnnkit.kernels.loops.backward`, then every weight gradient as
 one GEMM over all steps (``dW_ih = dG^T x``, ``dW_hh = dG_h^T h_prev``) and ``dx = dG W_ih``.
 :func:`run_fused` has the signature of :func:`rnnkit.layers.run_reference` and is held to it in
-float64 by tests/test_kernels.py.
+float64 by tests/test_kernels.py. Arrays of a megabyte and more are kept from call to call
+(:mod:`rnnkit.kernels.buffers`).
 
 The backward is first-order only (``once_differentiable``): asking for a double backward through it
 raises instead of returning a wrong answer; use ``engine="reference"`` for that.
