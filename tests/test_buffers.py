@@ -31,6 +31,22 @@ def test_a_free_array_serves_the_next_request_of_its_size():
     assert buffers.empty((4, 5), torch.float64).data_ptr() != address  # another dtype: another array
 
 
+def test_a_request_takes_the_smallest_free_array_up_to_twice_its_size():
+    big, small = buffers.empty((300,), torch.float32), buffers.empty((200,), torch.float32)
+    addresses = big.data_ptr(), small.data_ptr()
+    del big, small
+    first = buffers.empty((150,), torch.float32)
+    assert first.data_ptr() == addresses[1] and first.shape == (150,)  # 200 fits best
+    second = buffers.empty((160,), torch.float32)
+    assert second.data_ptr() == addresses[0]  # then 300
+    del second
+    third = buffers.empty((140,), torch.float64)  # bytes are bytes: 300 float32 hold 140 float64
+    assert third.data_ptr() == addresses[0]
+    del first, third
+    assert buffers.empty((99,), torch.float32).data_ptr() not in addresses  # both over twice 99
+    assert buffers.kept_bytes() == (300 + 200 + 99) * 4 + 3 * buffers._ALIGN
+
+
 @pytest.mark.parametrize("holder", ["view", "numpy", "saved-for-backward", "itself"])
 def test_an_array_still_held_is_not_handed_out(holder):
     a = buffers.empty((4, 5), torch.float64)
@@ -54,21 +70,35 @@ def test_small_arrays_come_from_torch(monkeypatch):
     monkeypatch.setattr(buffers, "MIN_BYTES", 1024)
     buffers.empty((16, 16), torch.float32)  # 1 KiB: kept
     buffers.empty((15, 16), torch.float32)  # under it: torch.empty
-    assert buffers.kept_bytes() == 1024
+    assert buffers.kept_bytes() == 1024 + buffers._ALIGN
 
 
 def test_free_arrays_past_the_limit_go_least_recently_used_first(monkeypatch):
-    monkeypatch.setattr(buffers, "MAX_FREE_BYTES", 3 * 4096)
-    held = [buffers.empty((1024,), torch.float32) for _ in range(4)]  # 4 KiB each, all in use
-    assert buffers.kept_bytes() == 4 * 4096
+    block = 4096 + buffers._ALIGN  # what a 4 KiB array takes
+    monkeypatch.setattr(buffers, "MAX_FREE_BYTES", 3 * block)
+    held = [buffers.empty((1024,), torch.float32) for _ in range(4)]  # all in use
+    assert buffers.kept_bytes() == 4 * block
     oldest = held[0].data_ptr()
     del held
-    newest = buffers.empty((2048,), torch.float32)  # 8 KiB: only 4 KiB of free arrays may stay
-    assert buffers.kept_bytes() == 4096 + newest.nbytes
-    again = buffers.empty((1024,), torch.float32)  # the most recent of the four
+    newest = buffers.empty((3072,), torch.float32)  # none fits: a new array, and one free one goes
+    assert buffers.kept_bytes() == 3 * block + newest.nbytes + buffers._ALIGN
+    again = buffers.empty((1024,), torch.float32)
     assert again.data_ptr() != oldest
     del newest
-    assert buffers.release() == 2048 * 4 and buffers.kept_bytes() == again.nbytes  # still in use
+    assert buffers.release() == 2 * block + 3 * 4096 + buffers._ALIGN
+    assert buffers.kept_bytes() == block  # `again`, in use
+
+
+def test_varying_lengths_keep_no_more_free_memory_than_was_ever_in_use():
+    torch.manual_seed(0)
+    layer = rnnkit.LSTM(1, 16, batch_first=True, dtype=torch.float64)
+    for T in torch.randint(5, 200, (40,)).tolist():
+        out, state = layer(torch.randn(8, T, 1, dtype=torch.float64))
+        out.sum().backward()
+    del out, state
+    kept = buffers.kept_bytes()  # every array is free now
+    assert 0 < kept <= buffers._peak < 4 * 8 * 200 * 4 * 16 * 8  # under one call's of the longest
+    assert buffers.release() == kept and buffers.kept_bytes() == 0
 
 
 def _run(layer, xs, engine):

@@ -4,15 +4,18 @@ A layer's input projection, states, activations and pre-activation gradients are
 larger sizes (6.5 MB for ``xp`` at B32 T50 H256 LSTM), allocated every call and freed when the
 backward pass is done. glibc may map such blocks fresh from the system and unmap them on free
 (whether it does depends on the process's allocation history), and each call then writes them into
-new pages: up to 5,400 page faults per train step at B32 T50 H256 and 19,000 at B64 T200 H128 in a
+new pages: up to 5,400 page faults per train step at B32 T50 H256 and 14,000 at B64 T200 H128 in a
 fresh process, 1-3 µs each on the dev machine (benchmarks/README.md, fifth pass).
 
-:func:`empty` hands out tensors over numpy arrays that this module keeps. A tensor made by
-``torch.from_numpy`` holds a reference to its array for as long as the tensor, any view of it or
-anything saved for a backward pass lives; an array that nothing else references is free, and the
-next request of the same size gets it (uninitialized, like ``torch.empty``). Free arrays beyond
-:data:`MAX_FREE_BYTES` go back to the system, least recently used first; :func:`release` returns
-all of them. Arrays under :data:`MIN_BYTES` come from ``torch.empty``: glibc keeps those itself.
+:func:`empty` hands out tensors over byte arrays that this module keeps. Each tensor is made by
+``torch.from_numpy`` from a numpy view of one of them, and a numpy view references the array that
+owns its memory: for as long as the tensor, any view of it or anything saved for a backward pass
+lives, so does that reference. An array that nothing else references is free; the next request that
+it holds without wasting more than the request needs (the smallest such array) gets it,
+uninitialized like ``torch.empty``, so sequences of varying length reuse the longest ones. Free
+arrays beyond the most that was ever in use at once (at most :data:`MAX_FREE_BYTES`) go back to
+the system, least recently used first; :func:`release` returns all of them. Arrays under :data:`MIN_BYTES` come from ``torch.empty``: glibc
+keeps those itself.
 """
 
 from __future__ import annotations
@@ -27,15 +30,22 @@ import torch
 from torch import Tensor
 
 MIN_BYTES = 1 << 20  # smaller arrays come from torch.empty (module attributes: tests change them)
-MAX_FREE_BYTES = 256 << 20  # free arrays kept beyond this are dropped, least recently used first
+MAX_FREE_BYTES = 256 << 20  # at most this much free memory is kept (see _trim)
+_ALIGN = 64  # bytes: a cache line, as torch.empty's (numpy's own allocations are 16-byte aligned)
 
 _lock = threading.Lock()
-_kept: list[np.ndarray] = []  # least recently handed out first
+_kept: list[np.ndarray] = []  # uint8 arrays that own their memory, least recently handed out first
+_peak = 0  # the most bytes of them in use at once (as seen at each new allocation)
 
 
 def _free(i: int) -> bool:
-    """Whether nothing but the list holds _kept[i] (getrefcount's own argument is the other one)."""
+    """Whether nothing but the list holds _kept[i]: every array handed out is a view of it, and a
+    numpy view references the array that owns its memory (getrefcount's argument is the other one)."""
     return sys.getrefcount(_kept[i]) == 2
+
+
+def _capacity(i: int) -> int:
+    return _kept[i].nbytes - _ALIGN
 
 
 @functools.cache
@@ -45,35 +55,37 @@ def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
 
 def empty(shape: tuple, dtype: torch.dtype) -> Tensor:
     """An uninitialized contiguous tensor, as ``torch.empty(shape, dtype=dtype)`` on the CPU."""
-    count = math.prod(shape)
     np_dtype = _numpy_dtype(dtype)
-    if count * np_dtype.itemsize < MIN_BYTES:
+    nbytes = math.prod(shape) * np_dtype.itemsize
+    if nbytes < MIN_BYTES:
         return torch.empty(shape, dtype=dtype)
     with _lock:
+        best = None  # the smallest free array that holds it without wasting more than it needs
         for i in range(len(_kept)):
-            if _kept[i].size == count and _kept[i].dtype == np_dtype and _free(i):
-                array = _kept.pop(i)
-                break
+            room = _capacity(i)
+            if nbytes <= room <= 2 * nbytes and (best is None or room < _capacity(best)) and _free(i):
+                best = i
+        if best is None:
+            owner = np.empty(nbytes + _ALIGN, np.uint8)
         else:
-            array = _aligned(count, np_dtype)
-            _trim(MAX_FREE_BYTES - array.nbytes)
-        _kept.append(array)
-        return torch.from_numpy(array).view(shape)
+            owner = _kept.pop(best)
+        _kept.append(owner)
+        if best is None:
+            _trim()
+        start = -owner.ctypes.data % _ALIGN
+        return torch.from_numpy(owner[start:start + nbytes].view(np_dtype)).view(shape)
 
 
-def _aligned(count: int, dtype: np.dtype) -> np.ndarray:
-    """np.empty(count, dtype) starting on a 64-byte boundary, as torch.empty's (numpy's own
-    allocations are 16-byte aligned, and the loops' vector loads and MKL's prefer whole lines)."""
-    raw = np.empty(count * dtype.itemsize + 64, np.uint8)
-    start = -raw.ctypes.data % 64
-    return raw[start:start + count * dtype.itemsize].view(dtype)
-
-
-def _trim(limit: int) -> int:
-    """Drop free arrays, least recently used first, until those left take at most ``limit`` bytes;
-    the bytes dropped. (Caller holds the lock.)"""
+def _trim(limit: int | None = None) -> int:
+    """Drop free arrays, least recently used first, until those left take at most ``limit`` bytes:
+    by default as many as were ever in use at once (what the next call of a steady training loop
+    needs again), and no more than MAX_FREE_BYTES. The bytes dropped. (Caller holds the lock.)"""
+    global _peak
     free = [i for i in range(len(_kept)) if _free(i)]
     total = sum(_kept[i].nbytes for i in free)
+    _peak = max(_peak, sum(a.nbytes for a in _kept) - total)
+    if limit is None:
+        limit = min(_peak, MAX_FREE_BYTES)
     dropped = 0
     for i in free:
         if total - dropped <= limit:
@@ -85,9 +97,13 @@ def _trim(limit: int) -> int:
 
 
 def release() -> int:
-    """Give every free array back to the system; returns the bytes given back."""
+    """Give every free array back to the system (and forget the most ever in use); returns the bytes
+    given back."""
+    global _peak
     with _lock:
-        return _trim(0)
+        dropped = _trim(0)
+        _peak = sum(a.nbytes for a in _kept)
+        return dropped
 
 
 def kept_bytes() -> int:
