@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 
 import torch
 
-from rnnkit.bench import _build, parse_sizes
+from rnnkit.bench import _build, _time_interleaved, parse_sizes
 from rnnkit.kernels import blas
 
 
@@ -41,17 +39,7 @@ def _loops(cell: str, B: int, T: int, H: int) -> dict:
 
 
 def _median_us(job, rounds: int) -> float:
-    job()
-    start = time.perf_counter()
-    job()
-    n = max(1, int(0.02 / (time.perf_counter() - start)))
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(n):
-            job()
-        times.append((time.perf_counter() - start) / n * 1e6)
-    return statistics.median(times)
+    return _time_interleaved({"job": job}, rounds, 0.02)["job"] * 1e6
 
 
 def main() -> None:

@@ -9,12 +9,10 @@ interleaved in one process. Prints each mode's time and its ratio to one thread:
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
-from rnnkit.bench import _build, _train_step, parse_sizes
+from rnnkit.bench import _build, _time_interleaved, _train_step, parse_sizes
 from rnnkit.kernels import blas
 
 # The thresholds that force each mode (per-step multiply-adds; 1 << 62 is never reached).
@@ -47,19 +45,8 @@ def main() -> None:
                     setattr(blas, name, value)
                 _train_step(models[k], opts[k], x, y)
 
-            for k in models:  # warm-up: compiled loops, Adam state
-                step(k)
-            start = time.perf_counter()
-            step("one")
-            n = max(1, int(0.03 / (time.perf_counter() - start)))
-            times = {k: [] for k in models}
-            for _ in range(args.rounds):
-                for k in models:
-                    start = time.perf_counter()
-                    for _ in range(n):
-                        step(k)
-                    times[k].append((time.perf_counter() - start) / n * 1e3)
-            med = {k: statistics.median(v) for k, v in times.items()}
+            times = _time_interleaved({k: (lambda k=k: step(k)) for k in models}, args.rounds, 0.03)
+            med = {k: v * 1e3 for k, v in times.items()}
             work = B * H * H * {"rnn": 1, "gru": 3, "lstm": 4}[cell]
             print(f"{cell:4s} B{B} T{T} H{H}  {work / 1e6:.2f}M multiply-adds/step  one {med['one']:.3f} ms  "
                   f"rows/one {med['rows'] / med['one']:.2f}  units/one {med['units'] / med['one']:.2f}", flush=True)
