@@ -67,11 +67,11 @@ def empty(shape: tuple, dtype: torch.dtype) -> Tensor:
                 best = i
         if best is None:
             owner = np.empty(nbytes + _ALIGN, np.uint8)
+            _kept.append(owner)
+            _trim()  # with a new array in use, the free ones may be more than will be needed
         else:
             owner = _kept.pop(best)
-        _kept.append(owner)
-        if best is None:
-            _trim()
+            _kept.append(owner)  # the most recently handed out last
         start = -owner.ctypes.data % _ALIGN
         return torch.from_numpy(owner[start:start + nbytes].view(np_dtype)).view(shape)
 
