@@ -15,8 +15,10 @@ from rnnkit.kernels import buffers
 
 @pytest.fixture(autouse=True)
 def every_array_kept(monkeypatch):
-    """Every array through the kept list, however small; an empty list before and after."""
+    """Every array through the kept list, however small, and no call kept as a work (tested at the
+    end, with their own setting); an empty list before and after."""
     monkeypatch.setattr(buffers, "MIN_BYTES", 0)
+    monkeypatch.setattr(buffers, "WORK_MAX_BYTES", -1)
     buffers.release()
     yield
     buffers.release()

@@ -138,7 +138,7 @@ def blas() -> Blas:
 
 
 class Plan(NamedTuple):
-    shards: list  # [(b0, b1, j0, j1), ...] batch rows and hidden units, one per thread
+    shards: tuple  # ((b0, b1, j0, j1), ...) batch rows and hidden units, one per thread
     parties: int  # threads that share each step's tasks: len(shards) for unit shards, else 1
 
 
@@ -148,19 +148,26 @@ def plan(B: int, H: int, GH: int) -> Plan:
     from 32K (they never meet; measured 8-20% off the train step at B32 T50 H32 for GRU and LSTM)
     and hidden-unit shards from 6M, where each thread's share of W_hh staying in its core's cache
     pays for the per-step wait (or from 1M when there are too few rows to split); with OpenBLAS, row
-    shards on the pool's threads from 256K; one thread below (benchmarks/README.md)."""
-    threads = torch.get_num_threads()
+    shards on the pool's threads from 256K; one thread below (benchmarks/README.md). Made once per
+    shape and setting."""
+    return _plan(B, H, GH, torch.get_num_threads(), blas().name, _openmp() is not None,
+                 (SHARD_MIN_WORK, SHARD_MIN_ROWS, TEAM_ROWS_MIN_WORK, UNITS_MIN_WORK, UNITS_OVER_ROWS_WORK,
+                  UNITS_ALIGN))
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(B: int, H: int, GH: int, threads: int, blas_name: str, openmp: bool, limits: tuple) -> Plan:
     work = B * GH * H
-    if blas().name == "mkl":
-        rows = min(threads, B // SHARD_MIN_ROWS) if work >= TEAM_ROWS_MIN_WORK and _openmp() else 1
+    if blas_name == "mkl":
+        rows = min(threads, B // SHARD_MIN_ROWS) if work >= TEAM_ROWS_MIN_WORK and openmp else 1
         units = min(threads, H // UNITS_ALIGN)
         if units > 1 and work >= (UNITS_OVER_ROWS_WORK if rows > 1 else UNITS_MIN_WORK):
             edges = [round(k * (H // UNITS_ALIGN) / units) * UNITS_ALIGN for k in range(units)] + [H]
-            return Plan([(0, B, j0, j1) for j0, j1 in zip(edges[:-1], edges[1:])], units)
+            return Plan(tuple((0, B, j0, j1) for j0, j1 in zip(edges[:-1], edges[1:])), units)
     else:
         rows = min(threads, B // SHARD_MIN_ROWS) if work >= SHARD_MIN_WORK else 1
     edges = [round(k * B / rows) for k in range(rows + 1)] if rows > 1 else [0, B]
-    return Plan([(b0, b1, 0, H) for b0, b1 in zip(edges[:-1], edges[1:])], 1)
+    return Plan(tuple((b0, b1, 0, H) for b0, b1 in zip(edges[:-1], edges[1:])), 1)
 
 
 _pool: tuple[int, int, ThreadPoolExecutor] | None = None
@@ -249,13 +256,43 @@ def _run_pool(loop: Callable, args: tuple, shards: list) -> None:
             f.result()
 
 
-def _team_body(loop: Callable, args: tuple):
-    """(block maker, body address) of the loop for the dtype of its arrays, or None for a loop
-    without one (tests pass wrapped loops)."""
+def team_body(loop: Callable, dtype: np.dtype) -> int | None:
+    """The address of the team body that runs ``loop`` on arrays of ``dtype``, where loops run as
+    teams of torch's OpenMP threads (MKL and torch's OpenMP runtime, see :func:`run_sharded`);
+    None where they run from Python, or for a loop without one (tests pass wrapped loops)."""
+    if blas().name != "mkl" or _openmp() is None:
+        return None
     from . import team
 
     entry = team.BODIES.get(loop)
-    return None if entry is None else (entry[0], entry[1][args[2].dtype])
+    return None if entry is None else entry[1][dtype]
+
+
+def team_block(loop: Callable, args: tuple, p: Plan, body: int | None) -> tuple | None:
+    """(block, its address, body) of a team running ``loop(*args, shard...)`` on the plan's shards
+    with the body ``team_body(loop, dtype)`` (rnnkit.kernels.team), or None for no body (the loop
+    runs from Python). The block holds the addresses of args' arrays and of a sync array:
+    :func:`rnnkit.kernels.team.point` moves them to another call's arrays of the same shapes."""
+    if body is None:
+        return None
+    from . import team
+
+    team_ = _openmp()
+    calls = np.array([team_.thread_num, team_.num_threads, blas().set_threads_address], np.int64)
+    block = team.BODIES[loop][0](*args, np.array(p.shards, np.int64), sync_for(p), p.parties, calls)
+    return block, block.ctypes.data, body
+
+
+def sync_for(p: Plan) -> np.ndarray:
+    """A fresh sync array for one call under the plan: :func:`team_sync` for unit shards, else the
+    shared one that no loop reads."""
+    return team_sync(p) if p.parties > 1 else _ALONE
+
+
+def start(body: int, block_address: int, p: Plan) -> None:
+    """Run a team block (see :func:`team_block`) on as many threads as the plan has shards; its
+    body sets each thread's MKL to one thread."""
+    _openmp().parallel(body, block_address, len(p.shards), 0)
 
 
 def run_sharded(loop: Callable, args: tuple, p: Plan) -> None:
@@ -263,6 +300,11 @@ def run_sharded(loop: Callable, args: tuple, p: Plan) -> None:
     BLAS each: as a team of torch's OpenMP threads where there is one and the BLAS is MKL (whose
     threads the team's bodies can set), else on this thread and the pool's. (Called twice per layer
     and step of training: no context manager, which costs more than the small loops.)"""
+    if len(p.shards) > 1:
+        found = team_block(loop, args, p, team_body(loop, args[2].dtype))
+        if found is not None:
+            start(found[2], found[1], p)
+            return
     b = blas()
     setter = b.set_threads
     old = setter(1) if setter is not None else None
@@ -270,16 +312,8 @@ def run_sharded(loop: Callable, args: tuple, p: Plan) -> None:
         if len(p.shards) == 1:
             b0, b1, j0, j1 = p.shards[0]
             loop(*args, b0, b1, np.uint64(j0), np.uint64(j1), _ALONE, 1)
-            return
-        sync = team_sync(p) if p.parties > 1 else _ALONE
-        team = _openmp() if b.name == "mkl" else None
-        body = None if team is None else _team_body(loop, args)
-        if body is not None:
-            make, address = body
-            calls = np.array([team.thread_num, team.num_threads, b.set_threads_address], np.int64)
-            block = make(*args, np.array(p.shards, np.int64), sync, p.parties, calls)
-            team.parallel(address, block.ctypes.data, len(p.shards), 0)
         else:  # a party the pool starts late (busy with another call) finds its tasks done
+            sync = sync_for(p)
             _run_pool(loop, args, [(b0, b1, np.uint64(j0), np.uint64(j1), sync, p.parties)
                                    for b0, b1, j0, j1 in p.shards])
     finally:

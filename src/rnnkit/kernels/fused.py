@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from . import blas, buffers, loops
+from . import blas, buffers, loops, team
 
 def kind_code(kind: str, nonlinearity: str = "tanh", reset_after: bool = True) -> int:
     if kind == "rnn":
@@ -33,17 +33,50 @@ def kind_code(kind: str, nonlinearity: str = "tanh", reset_after: bool = True) -
 
 
 @functools.lru_cache(maxsize=16)
-def _full_lengths(B: int, T: int):
-    """(B,) int64 numpy array of T, made once per shape: the loop only reads it, and building it per
-    call (torch.full + .numpy()) was a measurable share of a small layer's call."""
-    return np.full(B, T, np.int64)
+def _full_lengths(B: int, T: int) -> Tensor:
+    """(B,) int64 tensor of T, made once per shape: the loop only reads it, and building it per
+    call was a measurable share of a small layer's call."""
+    return torch.full((B,), T, dtype=torch.int64)
 
 
-def _lengths(lengths: Tensor | None, B: int, T: int):
-    """(B,) int64 numpy lengths for the loop; all T when absent."""
+def _lengths(lengths: Tensor | None, B: int, T: int) -> Tensor:
+    """(B,) int64 lengths for the loop; all T when absent."""
     if lengths is None:
         return _full_lengths(B, T)
-    return lengths.contiguous().numpy()
+    return lengths.contiguous()
+
+
+def _loop_args(kind: int, gemm: int, reverse: bool, arrays: list, split: int) -> tuple:
+    """A loop's arguments from its arrays as tensors, in its order (``reverse`` after the first
+    ``split``), and its leading scalars."""
+    np_arrays = [a.numpy() for a in arrays]
+    return (kind, gemm, *np_arrays[:split], reverse, *np_arrays[split:])
+
+
+def _work(name: str, loop, kind: int, reverse: bool, plan: blas.Plan, shapes: tuple, dtype: torch.dtype,
+          compose, split: int):
+    """This call's arrays of ``shapes`` (:func:`rnnkit.kernels.buffers.work`), kept with the team
+    block over the loop's arrays that ``compose(arrays)`` lists (None where the loop runs from
+    Python). Returns the work and its arrays."""
+    np_dtype = buffers._numpy_dtype(dtype)
+    gemm = blas.blas().gemm[np_dtype]
+    body = blas.team_body(loop, np_dtype)
+    key = (name, kind, reverse, dtype, plan, gemm, body, shapes)
+    return buffers.work(key, shapes, dtype, lambda arrays: blas.team_block(
+        loop, _loop_args(kind, gemm, reverse, compose(arrays), split), plan, body))
+
+
+def _launch(work: buffers.Work, loop, kind: int, reverse: bool, plan: blas.Plan, arrays: list,
+            split: int) -> None:
+    """Run the loop over this call's arrays (tensors in its order, see :func:`_loop_args`): as the
+    work's team block pointed at them, else from Python (:func:`rnnkit.kernels.blas.run_sharded`)."""
+    if work.extra is None:
+        gemm = blas.blas().gemm[buffers._numpy_dtype(arrays[0].dtype)]
+        blas.run_sharded(loop, _loop_args(kind, gemm, reverse, arrays, split), plan)
+    else:
+        block, address, body = work.extra
+        team.point(block, [a.data_ptr() for a in arrays], blas.sync_for(plan).ctypes.data)
+        blas.start(body, address, plan)
 
 
 @functools.lru_cache(maxsize=16)
@@ -92,35 +125,37 @@ def _forward(code: int, reverse: bool, lengths: Tensor | None, x: Tensor, h0: Te
     x2 = x.detach().reshape(B * T, I)  # (B*T, I), a view when x is contiguous
     bias, b_hn = _input_bias(code, b_ih, b_hh, W_hh)
     W_ih = W_ih.detach()
-    xp = buffers.empty((B * T, GH), x.dtype)
-    if bias is None:
-        torch.mm(x2, W_ih.t(), out=xp)  # (B*T, G*H)
-    elif I == 1:  # an outer product: addcmul measured ~1.7x faster than addmm's K = 1 GEMM
-        torch.addcmul(bias, x2, W_ih.t(), out=xp)
-    else:
-        torch.addmm(bias, x2, W_ih.t(), out=xp)
-    xp = xp.view(B, T, GH)
-    first, last = (T, 0) if reverse else (0, T)
-    hs = buffers.empty((B, T + 1, H), x.dtype)
-    hs[:, first] = h0
-    lstm = code == loops.LSTM
-    cs = buffers.empty((B, T + 1 if lstm else 0, H), x.dtype)
-    if lstm:
-        cs[:, first] = c0
-    acts = buffers.empty((B, T if store else 1, loops.ACTS[code] * H), x.dtype)
     W = W_hh.detach().contiguous()
     lens = _lengths(lengths, B, T)
-    b_hn_np = (b_hn if b_hn is not None else W[0]).numpy()  # (H,), read by GRU (reset after) only
-    xp_np = xp.numpy()
+    b_hn = b_hn if b_hn is not None else W[0]  # (H,), read by GRU (reset after) only
     plan = blas.plan(B, H, GH)
+    lstm = code == loops.LSTM
     if plan.parties == 1:
-        W_own = W
+        rows = None
     else:  # each thread's rows of W_hh together (loops.forward's W_own)
-        blocks = 2 if code == loops.GRU_RESET_BEFORE else GH // H
-        rows = _own_rows(tuple(plan.shards), H, blocks)
-        W_own = torch.index_select(W, 0, rows, out=buffers.empty((len(rows), H), W.dtype))
-    blas.run_sharded(loops.forward, (code, blas.blas().gemm[xp_np.dtype], xp_np, hs.numpy(), cs.numpy(),
-                                     acts.numpy(), W.numpy(), W_own.numpy(), b_hn_np, lens, reverse), plan)
+        rows = _own_rows(plan.shards, H, 2 if code == loops.GRU_RESET_BEFORE else GH // H)
+    shapes = ((B, T, GH), (B, T + 1, H), (B, T + 1 if lstm else 0, H),
+              (B, T if store else 1, loops.ACTS[code] * H), (0 if rows is None else len(rows), H))
+
+    def compose(arrays):  # the loop's arrays
+        return [*arrays[:4], W, W if rows is None else arrays[4], b_hn, lens]
+
+    work, arrays = _work("forward", loops.forward, code, reverse, plan, shapes, x.dtype, compose, 8)
+    xp, hs, cs, acts, W_own = arrays
+    xp2 = xp.view(B * T, GH)
+    if bias is None:
+        torch.mm(x2, W_ih.t(), out=xp2)  # (B*T, G*H)
+    elif I == 1:  # an outer product: addcmul measured ~1.7x faster than addmm's K = 1 GEMM
+        torch.addcmul(bias, x2, W_ih.t(), out=xp2)
+    else:
+        torch.addmm(bias, x2, W_ih.t(), out=xp2)
+    first, last = (T, 0) if reverse else (0, T)
+    hs[:, first] = h0
+    if lstm:
+        cs[:, first] = c0
+    if rows is not None:
+        torch.index_select(W, 0, rows, out=W_own)
+    _launch(work, loops.forward, code, reverse, plan, compose(arrays), 8)
     out = hs[:, :-1] if reverse else hs[:, 1:]  # (B, T, H)
     if lengths is not None:
         alive = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
@@ -152,16 +187,19 @@ class FusedLayer(torch.autograd.Function):
         H = hs.shape[2]
         lstm = code == loops.LSTM
         dy = dout.contiguous()  # (B, T, H)
-        dh = dh_n.clone(memory_format=torch.contiguous_format)
-        dc = dc_n.clone(memory_format=torch.contiguous_format) if lstm else hs.new_empty(0, 0)
-        dG = buffers.empty((B, T, GH), hs.dtype)
-        dG_np = dG.numpy()
-        dG_h = buffers.empty((B, T, GH if code == loops.GRU else 0), hs.dtype)  # the loop's grec
-        dan = np.empty((B, H if code == loops.GRU_RESET_BEFORE else 0), dG_np.dtype)
-        blas.run_sharded(loops.backward, (code, blas.blas().gemm[dG_np.dtype], dy.numpy(), dh.numpy(),
-                                          dc.numpy(), hs.numpy(), cs.numpy(), xp.numpy(), acts.numpy(),
-                                          W_hh.numpy(), lens, reverse, dG_np, dG_h.numpy(), dan,
-                                          np.empty_like(dan)), plan)
+        hn = H if code == loops.GRU_RESET_BEFORE else 0
+        shapes = ((B, H), (B, H) if lstm else (0, 0), (B, T, GH), (B, T, GH if code == loops.GRU else 0),
+                  (B, hn), (B, hn), (B, T, H))
+
+        def compose(arrays):  # the loop's arrays
+            return [dy, *arrays[:2], hs, cs, xp, acts, W_hh, lens, *arrays[2:6]]
+
+        work, arrays = _work("backward", loops.backward, code, reverse, plan, shapes, hs.dtype, compose, 9)
+        dh, dc, dG, dG_h, _, _, h_prev = arrays
+        dh.copy_(dh_n)  # the loop turns them into the initial states' gradients
+        if lstm:
+            dc.copy_(dc_n)
+        _launch(work, loops.backward, code, reverse, plan, compose(arrays), 9)
         need = ctx.needs_input_grad  # code, reverse, lengths, x, h0, c0, W_ih, W_hh, b_ih, b_hh
         dG2 = dG.view(B * T, GH)  # (B*T, G*H)
         W_ih = W_ih.detach()
@@ -177,7 +215,6 @@ class FusedLayer(torch.autograd.Function):
         db_ih = dG2.sum(0) if b_ih is not None and need[8] else None
         dW_hh = db_hh = None
         if need[7] or (b_hh is not None and need[9]):
-            h_prev = buffers.empty((B, T, H), hs.dtype)
             h_prev.copy_(hs[:, 1:] if reverse else hs[:, :-1])
             h_prev = h_prev.view(B * T, H)  # (B*T, H)
             if code == loops.GRU_RESET_BEFORE:
@@ -192,7 +229,7 @@ class FusedLayer(torch.autograd.Function):
                 dW_hh = torch.mm(dG_h.t(), h_prev)
             if b_hh is not None:  # the same sum as db_ih unless GRU rescaled dG_h; a copy is cheaper
                 db_hh = db_ih.clone() if dG_h is dG2 and db_ih is not None else dG_h.sum(0)
-        return (None, None, None, dx, dh if need[4] else None, dc if lstm and need[5] else None,
+        return (None, None, None, dx, dh.clone() if need[4] else None, dc.clone() if lstm and need[5] else None,
                 dW_ih, dW_hh if need[7] else None, db_ih, db_hh if b_hh is not None and need[9] else None)
 
 

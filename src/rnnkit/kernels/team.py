@@ -134,6 +134,14 @@ def backward_block(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reve
     return block
 
 
+def point(block: np.ndarray, addresses: list, sync_address: int) -> None:
+    """Move a block to another call's arrays of the same shapes: their addresses in the block's order
+    (the loop's arrays in its argument order) and the sync array's."""
+    block[9] = sync_address
+    for i, address in enumerate(addresses):
+        block[_HEAD + 4 * i] = address
+
+
 @njit(**_JIT, inline="always")
 def _forward_shard(block, like, b0, b1, j0, j1):
     a = _HEAD
