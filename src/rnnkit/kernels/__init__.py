@@ -46,6 +46,7 @@ def precompile() -> None:
 def __getattr__(name: str):
     if name == "run_fused":
         from .fused import run_fused
+        globals()["run_fused"] = run_fused  # found directly from now on (layers look it up per call)
         return run_fused
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

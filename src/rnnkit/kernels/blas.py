@@ -199,6 +199,7 @@ def _sched_yield() -> int:
 
 
 _ALONE = np.zeros(2, np.int64)  # the sync of a loop without parties (never read)
+_ALONE_ADDRESS = _ALONE.ctypes.data
 
 
 class Team(NamedTuple):
@@ -262,31 +263,43 @@ def team_body(loop: Callable, dtype: np.dtype) -> int | None:
     None where they run from Python, or for a loop without one (tests pass wrapped loops)."""
     if blas().name != "mkl" or _openmp() is None:
         return None
+    return _bodies().get((loop, dtype))
+
+
+@functools.cache
+def _bodies() -> dict:
+    """(loop, dtype) -> address of its team body (imported on first use: the bodies compile or load
+    then)."""
     from . import team
 
-    entry = team.BODIES.get(loop)
-    return None if entry is None else entry[1][dtype]
+    return {(loop, dtype): address for loop, (_, by_dtype) in team.BODIES.items()
+            for dtype, address in by_dtype.items()}
 
 
-def team_block(loop: Callable, args: tuple, p: Plan, body: int | None) -> tuple | None:
-    """(block, its address, body) of a team running ``loop(*args, shard...)`` on the plan's shards
-    with the body ``team_body(loop, dtype)`` (rnnkit.kernels.team), or None for no body (the loop
-    runs from Python). The block holds the addresses of args' arrays and of a sync array:
-    :func:`rnnkit.kernels.team.point` moves them to another call's arrays of the same shapes."""
+def team_block(loop: Callable, args: tuple, p: Plan, body: int | None, sync: np.ndarray) -> tuple | None:
+    """(block, its address, body, its slots) of a team running ``loop(*args, shard...)`` on the
+    plan's shards (rnnkit.kernels.team) with the body ``team_body(loop, dtype)`` and the sync array
+    ``sync`` (which the caller holds while the team runs: :func:`sync_address`), or None for no body
+    (the loop runs from Python). The block holds the addresses of args' arrays and of a sync array:
+    :func:`rnnkit.kernels.team.point` moves them (through the slots) to another call's arrays of
+    the same shapes."""
     if body is None:
         return None
     from . import team
 
     team_ = _openmp()
     calls = np.array([team_.thread_num, team_.num_threads, blas().set_threads_address], np.int64)
-    block = team.BODIES[loop][0](*args, np.array(p.shards, np.int64), sync_for(p), p.parties, calls)
-    return block, block.ctypes.data, body
+    block = team.BODIES[loop][0](*args, np.array(p.shards, np.int64), sync, p.parties, calls)
+    return block, block.ctypes.data, body, team.slots(block)
 
 
-def sync_for(p: Plan) -> np.ndarray:
-    """A fresh sync array for one call under the plan: :func:`team_sync` for unit shards, else the
-    shared one that no loop reads."""
-    return team_sync(p) if p.parties > 1 else _ALONE
+def sync_address(p: Plan) -> tuple:
+    """(sync array, its address) for one call under the plan: a fresh :func:`team_sync` for unit
+    shards, else the shared one that no loop reads."""
+    if p.parties == 1:
+        return _ALONE, _ALONE_ADDRESS
+    sync = team_sync(p)
+    return sync, sync.ctypes.data
 
 
 def start(body: int, block_address: int, p: Plan) -> None:
@@ -300,8 +313,9 @@ def run_sharded(loop: Callable, args: tuple, p: Plan) -> None:
     BLAS each: as a team of torch's OpenMP threads where there is one and the BLAS is MKL (whose
     threads the team's bodies can set), else on this thread and the pool's. (Called twice per layer
     and step of training: no context manager, which costs more than the small loops.)"""
+    sync, _ = sync_address(p)
     if len(p.shards) > 1:
-        found = team_block(loop, args, p, team_body(loop, args[2].dtype))
+        found = team_block(loop, args, p, team_body(loop, args[2].dtype), sync)
         if found is not None:
             start(found[2], found[1], p)
             return
@@ -313,7 +327,6 @@ def run_sharded(loop: Callable, args: tuple, p: Plan) -> None:
             b0, b1, j0, j1 = p.shards[0]
             loop(*args, b0, b1, np.uint64(j0), np.uint64(j1), _ALONE, 1)
         else:  # a party the pool starts late (busy with another call) finds its tasks done
-            sync = sync_for(p)
             _run_pool(loop, args, [(b0, b1, np.uint64(j0), np.uint64(j1), sync, p.parties)
                                    for b0, b1, j0, j1 in p.shards])
     finally:

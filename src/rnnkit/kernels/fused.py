@@ -57,13 +57,15 @@ def _work(name: str, loop, kind: int, reverse: bool, plan: blas.Plan, shapes: tu
           compose, split: int):
     """This call's arrays of ``shapes`` (:func:`rnnkit.kernels.buffers.work`), kept with the team
     block over the loop's arrays that ``compose(arrays)`` lists (None where the loop runs from
-    Python). Returns the work and its arrays."""
+    Python; :func:`_launch` points it at each call's arrays and sync array). Returns the work and
+    its arrays."""
     np_dtype = buffers._numpy_dtype(dtype)
     gemm = blas.blas().gemm[np_dtype]
     body = blas.team_body(loop, np_dtype)
     key = (name, kind, reverse, dtype, plan, gemm, body, shapes)
     return buffers.work(key, shapes, dtype, lambda arrays: blas.team_block(
-        loop, _loop_args(kind, gemm, reverse, compose(arrays), split), plan, body))
+        loop, _loop_args(kind, gemm, reverse, compose(arrays), split), plan, body,
+        blas.sync_address(plan)[0]))  # a sync array of the call's length (each call points at its own)
 
 
 def _launch(work: buffers.Work, loop, kind: int, reverse: bool, plan: blas.Plan, arrays: list,
@@ -74,8 +76,9 @@ def _launch(work: buffers.Work, loop, kind: int, reverse: bool, plan: blas.Plan,
         gemm = blas.blas().gemm[buffers._numpy_dtype(arrays[0].dtype)]
         blas.run_sharded(loop, _loop_args(kind, gemm, reverse, arrays, split), plan)
     else:
-        block, address, body = work.extra
-        team.point(block, [a.data_ptr() for a in arrays], blas.sync_for(plan).ctypes.data)
+        _, address, body, slots = work.extra
+        sync, sync_address = blas.sync_address(plan)  # (held until the team is done)
+        team.point(slots, [sync_address, *[a.data_ptr() for a in arrays]])
         blas.start(body, address, plan)
 
 
@@ -85,6 +88,12 @@ def _gru_mask(H: int, dtype: torch.dtype) -> Tensor:
     mask = torch.ones(3 * H, dtype=dtype)
     mask[2 * H:] = 0
     return mask
+
+
+@functools.lru_cache(maxsize=16)
+def _unread(H: int, dtype: torch.dtype) -> Tensor:
+    """(H,) zeros in the place of an array that the loop does not read."""
+    return torch.zeros(H, dtype=dtype)
 
 
 @functools.lru_cache(maxsize=64)
@@ -127,7 +136,7 @@ def _forward(code: int, reverse: bool, lengths: Tensor | None, x: Tensor, h0: Te
     W_ih = W_ih.detach()
     W = W_hh.detach().contiguous()
     lens = _lengths(lengths, B, T)
-    b_hn = b_hn if b_hn is not None else W[0]  # (H,), read by GRU (reset after) only
+    b_hn = b_hn if b_hn is not None else _unread(H, x.dtype)  # (H,), read by GRU (reset after) only
     plan = blas.plan(B, H, GH)
     lstm = code == loops.LSTM
     if plan.parties == 1:

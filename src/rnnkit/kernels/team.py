@@ -24,8 +24,9 @@ from numba.extending import intrinsic
 from . import loops
 from .loops import _JIT, _address
 
-# Block layout: [length, kind, gemm, reverse, parties, shards, thread_num, num_threads, set_threads,
-# sync address, sync length], then (address, 3 dims) for each array, then (b0, b1, j0, j1) per shard.
+# Block layout: [length, kind, gemm, reverse, parties, shards, thread_num, sync address, num_threads,
+# set_threads, sync length], then (address, 3 dims) for each array, then (b0, b1, j0, j1) per shard
+# (the sync address 4 slots before the first array's: see slots).
 _HEAD = 11
 _FORWARD_ARRAYS = 8  # xp, hs, cs, acts, W_hh, W_own, b_hn, lengths
 _BACKWARD_ARRAYS = 13  # dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, dG, grec, dan, drh
@@ -94,8 +95,8 @@ def _head(n_arrays, kind, gemm, reverse, shards, sync, parties, calls):
     n = len(shards)
     block = np.empty(_HEAD + 4 * n_arrays + 4 * n, np.int64)
     block[0], block[1], block[2], block[3], block[4], block[5] = len(block), kind, gemm, reverse, parties, n
-    block[6], block[7], block[8] = calls[0], calls[1], calls[2]
-    block[9], block[10] = _address(sync), len(sync)
+    block[6], block[8], block[9] = calls[0], calls[1], calls[2]
+    block[7], block[10] = _address(sync), len(sync)
     block[len(block) - 4 * n:] = shards.ravel()
     return block
 
@@ -134,12 +135,15 @@ def backward_block(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reve
     return block
 
 
-def point(block: np.ndarray, addresses: list, sync_address: int) -> None:
-    """Move a block to another call's arrays of the same shapes: their addresses in the block's order
-    (the loop's arrays in its argument order) and the sync array's."""
-    block[9] = sync_address
-    for i, address in enumerate(addresses):
-        block[_HEAD + 4 * i] = address
+def slots(block: np.ndarray) -> np.ndarray:
+    """The view of a block that :func:`point` writes: the sync array's address, then each array's."""
+    return block[7:len(block) - 4 * block[5]:4]  # 7, then every 4th: each array's address from _HEAD
+
+
+def point(slots_view: np.ndarray, addresses: list) -> None:
+    """Move a block (through its :func:`slots`) to another call's arrays of the same shapes: the sync
+    array's address, then the arrays' in the loop's argument order."""
+    slots_view[:] = addresses
 
 
 @njit(**_JIT, inline="always")
@@ -164,15 +168,15 @@ def _backward_shard(block, like, b0, b1, j0, j1):
 
 @njit(**_JIT, inline="always")
 def _sync(block):
-    return carray(_pointer(block[9], np.int64(0)), (block[10],))
+    return carray(_pointer(block[7], np.int64(0)), (block[10],))
 
 
 @njit(**_JIT)
 def _body(data, like, backward):
     """One team thread: its shards (k, k + n, ...), with a one-thread MKL."""
     block = carray(data, (carray(data, (1,), np.int64)[0],), np.int64)
-    me, team = _call_int(block[6]), _call_int(block[7])
-    old = _call_int_int(block[8], 1)
+    me, team = _call_int(block[6]), _call_int(block[8])
+    old = _call_int_int(block[9], 1)
     n = block[5]
     shards = block[len(block) - 4 * n:].reshape((n, 4))
     for s in range(me, n, team):
@@ -181,7 +185,7 @@ def _body(data, like, backward):
             _backward_shard(block, like, b0, b1, j0, j1)
         else:
             _forward_shard(block, like, b0, b1, j0, j1)
-    _call_int_int(block[8], old)
+    _call_int_int(block[9], old)
 
 
 _BODY = types.void(types.voidptr)
