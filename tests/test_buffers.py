@@ -112,8 +112,16 @@ def _run(layer, xs, engine):
     return [o.detach() for o in outs] + [p.grad.clone() for p in layer.parameters()]
 
 
+@pytest.fixture(params=["arrays", "works"])
+def kept(request, monkeypatch):
+    """Kept big arrays (every array, with the autouse fixture), or small calls kept whole as works."""
+    if request.param == "works":
+        monkeypatch.setattr(buffers, "WORK_MAX_BYTES", 4 << 20)
+    return request.param
+
+
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
-def test_reused_buffers_give_the_reference_results(cell):
+def test_reused_buffers_give_the_reference_results(cell, kept):
     """Two calls alive at once (their activations saved for one backward pass), then the same again
     on buffers that the first round freed: nothing one call stored is overwritten by the other."""
     torch.manual_seed(0)
@@ -127,7 +135,7 @@ def test_reused_buffers_give_the_reference_results(cell):
     assert buffers.kept_bytes() > 0
 
 
-def test_threads_do_not_share_a_buffer():
+def test_threads_do_not_share_a_buffer(kept):
     """Fused layers trained on four threads at once (the loops release the GIL) give each thread
     the results of running alone."""
     torch.manual_seed(0)
@@ -152,3 +160,50 @@ def test_threads_do_not_share_a_buffer():
 
 def test_arrays_start_on_a_cache_line():
     assert all(buffers.empty((n,), torch.float32).data_ptr() % 64 == 0 for n in (1, 3, 1000, 4097))
+
+
+def _take(key="k", shapes=((4, 5), (3,))):
+    return buffers.work(key, shapes, torch.float64, lambda arrays: len(arrays))
+
+
+@pytest.fixture
+def works(monkeypatch):
+    monkeypatch.setattr(buffers, "WORK_MAX_BYTES", 1 << 20)
+
+
+@pytest.mark.parametrize("holder", ["view", "numpy", "saved-for-backward", "itself", "the list"])
+def test_a_work_goes_to_the_next_call_only_when_nothing_holds_its_arrays(works, holder):
+    w, arrays = _take()
+    assert w.extra == 2 and [a.shape for a in arrays] == [(4, 5), (3,)]
+    addresses = [a.data_ptr() for a in arrays]
+    a = arrays[1]
+    if holder == "view":
+        held = a[1:]
+    elif holder == "numpy":
+        held = a.numpy()
+    elif holder == "saved-for-backward":
+        held = (a * torch.ones(3, dtype=torch.float64, requires_grad=True)).sum()
+    elif holder == "itself":
+        held = a
+    else:
+        held = arrays
+    del a, arrays
+    other, arrays = _take()
+    assert other is not w and arrays[1].data_ptr() != addresses[1]
+    del other, arrays, held
+    again, arrays = _take()
+    assert again is w and [a.data_ptr() for a in arrays] == addresses
+    assert _take("another key")[0] is not w
+
+
+def test_a_big_call_is_not_kept(works):
+    w, arrays = _take(shapes=((1024, 1024),))  # 8 MB
+    del arrays
+    assert _take(shapes=((1024, 1024),))[0] is not w and not buffers._works
+
+
+def test_free_works_past_the_limit_go_least_recently_used_first(works, monkeypatch):
+    monkeypatch.setattr(buffers, "FREE_WORKS", 2)
+    made = [_take(key)[0] for key in "abcd"]  # each free once made
+    assert list(buffers._works) == ["b", "c", "d"] and buffers._works["d"] == [made[3]]
+    assert buffers.release() == 3 * (20 + 3) * 8 and not buffers._works

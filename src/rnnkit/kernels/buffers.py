@@ -170,8 +170,8 @@ def work(key, shapes: tuple, dtype: torch.dtype, make: Callable) -> tuple[Work, 
     """A call's arrays of these shapes (uninitialized), as the list ``arrays`` returned with the Work
     (holding it marks them in use): a free kept work of the same key, else new arrays, with
     ``make(arrays)`` as the work's ``extra``. A new work is kept if its arrays take at most
-    WORK_MAX_BYTES (then from torch.empty, else from :func:`empty`); free works beyond FREE_WORKS
-    go, least recently used first."""
+    WORK_MAX_BYTES (then from torch.empty, else from :func:`empty`); as one is, free works beyond
+    FREE_WORKS go, least recently used first."""
     with _lock:
         kept = _works.get(key)
         if kept is not None:
@@ -184,8 +184,8 @@ def work(key, shapes: tuple, dtype: torch.dtype, make: Callable) -> tuple[Work, 
         if keep:
             arrays = tuple(torch.empty(s, dtype=dtype) for s in shapes)
             w = Work(arrays, make(arrays))
+            _trim_works(FREE_WORKS)  # before the new work joins (its arrays look free until returned)
             _works.setdefault(key, []).append(w)
-            _trim_works(FREE_WORKS)
             return w, list(arrays)
     arrays = tuple(empty(s, dtype) for s in shapes)
     return Work(arrays, make(arrays)), list(arrays)
