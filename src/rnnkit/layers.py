@@ -9,6 +9,7 @@ loop over :mod:`rnnkit.cells`) and picks the engine for each call.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -135,6 +136,7 @@ class RNNBase(nn.Module):
         return ("", "_reverse") if self.bidirectional else ("",)
 
     @staticmethod
+    @functools.lru_cache(maxsize=256)  # looked up on every call
     def _names(layer: int, suffix: str) -> tuple[str, str, str, str]:
         return (f"weight_ih_l{layer}{suffix}", f"weight_hh_l{layer}{suffix}",
                 f"bias_ih_l{layer}{suffix}", f"bias_hh_l{layer}{suffix}")

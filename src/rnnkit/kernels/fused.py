@@ -159,18 +159,18 @@ def _forward(code: int, reverse: bool, lengths: Tensor | None, x: Tensor, h0: Te
     else:
         torch.addmm(bias, x2, W_ih.t(), out=xp2)
     first, last = (T, 0) if reverse else (0, T)
-    hs[:, first] = h0
+    hs.select(1, first).copy_(h0)  # (select and narrow: cheaper than indexing, a call that counts)
     if lstm:
-        cs[:, first] = c0
+        cs.select(1, first).copy_(c0)
     if rows is not None:
         torch.index_select(W, 0, rows, out=W_own)
     _launch(work, loops.forward, code, reverse, plan, compose(arrays), 8)
-    out = hs[:, :-1] if reverse else hs[:, 1:]  # (B, T, H)
+    out = hs.narrow(1, 0 if reverse else 1, T)  # (B, T, H): hs[:, :-1] reverse, else hs[:, 1:]
     if lengths is not None:
         alive = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
         out = out * alive.unsqueeze(2).to(out.dtype)
-    c_n = cs[:, last] if lstm else None
-    return out, hs[:, last], c_n, (x2, xp, hs, cs, acts, W, lens, plan)
+    c_n = cs.select(1, last) if lstm else None
+    return out, hs.select(1, last), c_n, (x2, xp, hs, cs, acts, W, lens, plan)
 
 
 class FusedLayer(torch.autograd.Function):
@@ -224,7 +224,7 @@ class FusedLayer(torch.autograd.Function):
         db_ih = dG2.sum(0) if b_ih is not None and need[8] else None
         dW_hh = db_hh = None
         if need[7] or (b_hh is not None and need[9]):
-            h_prev.copy_(hs[:, 1:] if reverse else hs[:, :-1])
+            h_prev.copy_(hs.narrow(1, 1 if reverse else 0, T))  # hs[:, 1:] reverse, else hs[:, :-1]
             h_prev = h_prev.view(B * T, H)  # (B*T, H)
             if code == loops.GRU_RESET_BEFORE:
                 # The n rows of W_hh multiply r ⊙ h_prev, stored in acts.
