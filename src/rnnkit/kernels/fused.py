@@ -6,8 +6,9 @@ big enough (batch-row or hidden-unit shards: :mod:`rnnkit.kernels.blas`).
 Backward: hand-written BPTT in :func:`rnnkit.kernels.loops.backward`, then every weight gradient as
 one GEMM over all steps (``dW_ih = dG^T x``, ``dW_hh = dG_h^T h_prev``) and ``dx = dG W_ih``.
 :func:`run_fused` has the signature of :func:`rnnkit.layers.run_reference` and is held to it in
-float64 by tests/test_kernels.py. Arrays of a megabyte and more are kept from call to call
-(:mod:`rnnkit.kernels.buffers`).
+float64 by tests/test_kernels.py. A small call's arrays are kept whole from call to call, with
+the team block that points at them (:func:`rnnkit.kernels.buffers.work`); a bigger one's arrays of
+a megabyte and more are kept one by one (:func:`rnnkit.kernels.buffers.empty`).
 
 The backward is first-order only (``once_differentiable``): asking for a double backward through it
 raises instead of returning a wrong answer; use ``engine="reference"`` for that.
@@ -238,8 +239,10 @@ class FusedLayer(torch.autograd.Function):
                 dW_hh = torch.mm(dG_h.t(), h_prev)
             if b_hh is not None:  # the same sum as db_ih unless GRU rescaled dG_h; a copy is cheaper
                 db_hh = db_ih.clone() if dG_h is dG2 and db_ih is not None else dG_h.sum(0)
-        return (None, None, None, dx, dh.clone() if need[4] else None, dc.clone() if lstm and need[5] else None,
-                dW_ih, dW_hh if need[7] else None, db_ih, db_hh if b_hh is not None and need[9] else None)
+        dh0 = dh.clone() if need[4] else None  # (the work's own arrays stay with it)
+        dc0 = dc.clone() if lstm and need[5] else None
+        return (None, None, None, dx, dh0, dc0, dW_ih, dW_hh if need[7] else None, db_ih,
+                db_hh if b_hh is not None and need[9] else None)
 
 
 def run_fused(kind: str, x: Tensor, state: tuple, weights: tuple, lengths: Tensor | None = None,
