@@ -207,3 +207,10 @@ def test_free_works_past_the_limit_go_least_recently_used_first(works, monkeypat
     made = [_take(key)[0] for key in "abcd"]  # each free once made
     assert list(buffers._works) == ["b", "c", "d"] and buffers._works["d"] == [made[3]]
     assert buffers.release() == 3 * (20 + 3) * 8 and not buffers._works
+
+
+def test_without_torch_use_counts_no_work_is_kept(works, monkeypatch):
+    monkeypatch.setattr(buffers, "_COUNTS", False)
+    w, arrays = _take()
+    del arrays
+    assert _take()[0] is not w and not buffers._works

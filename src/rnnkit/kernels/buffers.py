@@ -141,6 +141,7 @@ class Work:
 
 _works: OrderedDict = OrderedDict()  # key -> [Work], least recently used key first
 _storage_uses = getattr(torch._C, "_storage_Use_Count", None)
+_COUNTS = _storage_uses is not None and hasattr(Tensor, "_use_count")  # else no work is kept
 
 
 def _python_refs(t: Tensor) -> int:
@@ -181,7 +182,7 @@ def work(key, shapes: tuple, dtype: torch.dtype, make: Callable) -> tuple[Work, 
                 if _free_work(w):
                     return w, list(w.arrays)
         nbytes = sum(math.prod(s) for s in shapes) * _numpy_dtype(dtype).itemsize
-        keep = nbytes <= WORK_MAX_BYTES and _storage_uses is not None and len(kept or ()) < _WORKS_PER_KEY
+        keep = _COUNTS and nbytes <= WORK_MAX_BYTES and len(kept or ()) < _WORKS_PER_KEY
         if keep:
             arrays = tuple(torch.empty(s, dtype=dtype) for s in shapes)
             w = Work(arrays, make(arrays))
