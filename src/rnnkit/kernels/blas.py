@@ -157,15 +157,16 @@ def plan(B: int, H: int, GH: int) -> Plan:
 
 @functools.lru_cache(maxsize=256)
 def _plan(B: int, H: int, GH: int, threads: int, blas_name: str, openmp: bool, limits: tuple) -> Plan:
+    shard_min_work, shard_min_rows, team_rows_min_work, units_min_work, units_over_rows_work, align = limits
     work = B * GH * H
     if blas_name == "mkl":
-        rows = min(threads, B // SHARD_MIN_ROWS) if work >= TEAM_ROWS_MIN_WORK and openmp else 1
-        units = min(threads, H // UNITS_ALIGN)
-        if units > 1 and work >= (UNITS_OVER_ROWS_WORK if rows > 1 else UNITS_MIN_WORK):
-            edges = [round(k * (H // UNITS_ALIGN) / units) * UNITS_ALIGN for k in range(units)] + [H]
+        rows = min(threads, B // shard_min_rows) if work >= team_rows_min_work and openmp else 1
+        units = min(threads, H // align)
+        if units > 1 and work >= (units_over_rows_work if rows > 1 else units_min_work):
+            edges = [round(k * (H // align) / units) * align for k in range(units)] + [H]
             return Plan(tuple((0, B, j0, j1) for j0, j1 in zip(edges[:-1], edges[1:])), units)
     else:
-        rows = min(threads, B // SHARD_MIN_ROWS) if work >= SHARD_MIN_WORK else 1
+        rows = min(threads, B // shard_min_rows) if work >= shard_min_work else 1
     edges = [round(k * B / rows) for k in range(rows + 1)] if rows > 1 else [0, B]
     return Plan(tuple((b0, b1, 0, H) for b0, b1 in zip(edges[:-1], edges[1:])), 1)
 

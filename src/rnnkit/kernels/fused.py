@@ -91,8 +91,9 @@ def _gru_mask(H: int, dtype: torch.dtype) -> Tensor:
 
 
 @functools.lru_cache(maxsize=16)
-def _unread(H: int, dtype: torch.dtype) -> Tensor:
-    """(H,) zeros in the place of an array that the loop does not read."""
+def _zero_row(H: int, dtype: torch.dtype) -> Tensor:
+    """(H,) zeros, never written: GRU's b_hn when it has none, and the b_hn slot of the cells that
+    do not read it."""
     return torch.zeros(H, dtype=dtype)
 
 
@@ -105,15 +106,13 @@ def _own_rows(shards: tuple, H: int, blocks: int) -> Tensor:
 
 def _input_bias(code: int, b_ih: Tensor | None, b_hh: Tensor | None, W_hh: Tensor):
     """The bias folded into the input projection, and GRU's b_hn (reset after), which r scales and
-    so stays out of it (zeros when there is none)."""
+    so stays out of it (None when there is none)."""
     H = W_hh.shape[1]
     b_hn = None
     if b_hh is not None:
         b_hh = b_hh.detach()
     if code == loops.GRU:
-        if b_hh is None:
-            b_hn = W_hh.new_zeros(H)
-        else:
+        if b_hh is not None:
             b_hn = b_hh[2 * H:]
             if b_ih is not None:
                 return torch.addcmul(b_ih.detach(), b_hh, _gru_mask(H, b_hh.dtype)), b_hn
@@ -136,7 +135,7 @@ def _forward(code: int, reverse: bool, lengths: Tensor | None, x: Tensor, h0: Te
     W_ih = W_ih.detach()
     W = W_hh.detach().contiguous()
     lens = _lengths(lengths, B, T)
-    b_hn = b_hn if b_hn is not None else _unread(H, x.dtype)  # (H,), read by GRU (reset after) only
+    b_hn = b_hn if b_hn is not None else _zero_row(H, x.dtype)  # (H,), read by GRU (reset after) only
     plan = blas.plan(B, H, GH)
     lstm = code == loops.LSTM
     if plan.parties == 1:
