@@ -56,7 +56,7 @@ def _run(layer, engine, x, hx, packed):
     return [out] + states + list(grads)
 
 
-def _compare(name, config, dtype, atol):
+def _compare(name, config, dtype, atol, H=H):
     cls, extra = CELLS[name]
     num_layers, bidirectional, bias, hx_given, lengths, batch_first = config
     torch.manual_seed(0)
@@ -143,6 +143,45 @@ def test_every_path_matches_reference(name, config, path):
     else:
         assert len(plan.shards) == 1
     _compare(name, config, torch.float64, 1e-9)
+
+
+@pytest.mark.parametrize("path", ["one", "openblas"], indirect=True)
+@pytest.mark.parametrize("name", CELLS)
+def test_products_through_blas_match_reference(name, path):
+    """The layers above run every step's product in the loops' own small-product loop; 96 units are
+    past it for every cell in float64 (W_hh over loops.SMALL_BYTES), so each product goes to BLAS."""
+    from rnnkit.kernels import loops
+
+    assert not loops._small.py_func(96, 96, 8)
+    _compare(name, CONFIGS[4], torch.float64, 1e-9, H=96)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_small_products_match_numpy(dtype):
+    """The loops' small-product loop against numpy: every remainder of its 4-row by 2-vector blocks,
+    row strides wider than the rows, with and without adding C."""
+    import numpy as np
+    from numba import njit
+
+    from rnnkit.kernels import loops
+
+    @njit
+    def product(a, b, c, m, n, k, accumulate):
+        loops._small_mm(c.dtype.type(0.0), loops._address(a), a.shape[1], loops._address(b), b.shape[1],
+                        loops._address(c), c.shape[1], m, n, k, accumulate)
+
+    rng = np.random.default_rng(0)
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    for m, n, k in [(1, 1, 1), (4, 16, 8), (5, 37, 13), (7, 8, 3), (9, 50, 33), (3, 4, 200), (12, 130, 2)]:
+        a = rng.standard_normal((m, k + 3)).astype(dtype)  # rows wider than the k used
+        b = rng.standard_normal((k, n + 5)).astype(dtype)
+        for accumulate in (False, True):
+            c = rng.standard_normal((m, n + 2)).astype(dtype)
+            before = c.copy()
+            want = a[:, :k].astype(np.float64) @ b[:, :n] + (c[:, :n] if accumulate else 0)
+            product(a, b, c, m, n, k, accumulate)
+            np.testing.assert_allclose(c[:, :n], want, rtol=tol, atol=tol * k)
+            assert np.array_equal(c[:, n:], before[:, n:])  # nothing written past the n columns
 
 
 @pytest.mark.parametrize("name", ["lstm", "gru-reset-before"])

@@ -44,6 +44,7 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 RNN_TANH, RNN_RELU, LSTM, GRU, GRU_RESET_BEFORE = range(5)
@@ -120,6 +121,95 @@ def _tanh(a):
     return v if a >= F(0.0) else -v
 
 
+
+
+# ---- small products, compiled in ----------------------------------------------------------------
+
+# A step's product at the small sizes (B x H by H x G*H with G*H*H a few thousand) takes MKL 1.4-1.7x
+# the time of the same arithmetic as a plain register-blocked loop: its call, checks and packing cost
+# more than the multiply-adds (benchmarks/README.md, seventh pass). Products whose right-hand matrix
+# fits in SMALL_BYTES (in the core's L1/L2) with a depth below SMALL_DEPTH use the loop below instead.
+# It multiply-adds along the depth in order, from zero, and adds C last (beta = 1), which is what
+# MKL's float32 kernel does below a depth of 256 on the dev machine: the results are bit for bit the
+# same there (tests/test_kernels.py holds the loop to numpy either way).
+SMALL_BYTES = 64 * 1024
+SMALL_DEPTH = 256
+_ROWS, _VECS = 4, 2  # a block of 4 rows by 2 vectors: 8 accumulators, 2 loads, 1 broadcast (16 ymm)
+
+
+@intrinsic
+def _small_mm(typingctx, zero, a, lda, b, ldb, c, ldc, m, n, k, accumulate):
+    """Row-major C (m, n) = A (m, k) B (k, n) (+ C when ``accumulate``): addresses and row strides
+    in elements; ``zero`` only gives the element type. Blocks of 4 rows by two 32-byte vectors of
+    columns, their accumulators in registers across the whole depth; then single vectors, then
+    single columns; then the rows left over, one at a time."""
+    size = 4 if zero == types.float32 else 8
+    lanes = 32 // size
+
+    def codegen(context, builder, sig, args):
+        F = context.get_value_type(zero)
+        i64, i32 = ir.IntType(64), ir.IntType(32)
+        _, a, lda, b, ldb, c, ldc, m, n, k, accumulate = args
+        A, B, C = (builder.inttoptr(v, F.as_pointer()) for v in (a, b, c))
+
+        def const(v):
+            return ir.Constant(i64, v)
+
+        def element(base, row, ld, col, offset, vt):
+            ptr = builder.gep(base, [builder.add(builder.add(builder.mul(row, ld), col), const(offset))])
+            return ptr if vt is F else builder.bitcast(ptr, vt.as_pointer())
+
+        def block(i0, j0, rows, vecs, width):  # C[i0:i0+rows, j0:j0+vecs*width]
+            vt = F if width == 1 else ir.VectorType(F, width)
+            fma = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vt, [vt] * 3),
+                f"llvm.fma.{'v%d' % width if width > 1 else ''}f{size * 8}")
+            acc = [[cgutils.alloca_once_value(builder, ir.Constant(vt, None)) for _ in range(vecs)]
+                   for _ in range(rows)]
+            with cgutils.for_range(builder, k, intp=i64) as loop:
+                bv = [builder.load(element(B, loop.index, ldb, j0, v * width, vt), align=size)
+                      for v in range(vecs)]
+                for r in range(rows):
+                    av = builder.load(element(A, builder.add(i0, const(r)), lda, loop.index, 0, F))
+                    if width > 1:  # broadcast
+                        av = builder.insert_element(ir.Constant(vt, ir.Undefined), av, ir.Constant(i32, 0))
+                        av = builder.shuffle_vector(av, ir.Constant(vt, ir.Undefined),
+                                                    ir.Constant(ir.VectorType(i32, width), None))
+                    for v in range(vecs):
+                        builder.store(builder.call(fma, [av, bv[v], builder.load(acc[r][v])]), acc[r][v])
+            for r in range(rows):
+                for v in range(vecs):
+                    ptr = element(C, builder.add(i0, const(r)), ldc, j0, v * width, vt)
+                    value = builder.load(acc[r][v])
+                    with builder.if_else(accumulate) as (add, store):
+                        with add:
+                            builder.store(builder.fadd(builder.load(ptr, align=size), value), ptr, align=size)
+                        with store:
+                            builder.store(value, ptr, align=size)
+
+        def rows_from(i0, rows):
+            wide = builder.mul(builder.sdiv(n, const(_VECS * lanes)), const(_VECS * lanes))
+            vectors = builder.mul(builder.sdiv(n, const(lanes)), const(lanes))
+            for start, stop, step, vecs, width in ((const(0), wide, _VECS * lanes, _VECS, lanes),
+                                                   (wide, vectors, lanes, 1, lanes), (vectors, n, 1, 1, 1)):
+                with cgutils.for_range_slice(builder, start, stop, const(step), intp=i64) as (j0, _):
+                    block(i0, j0, rows, vecs, width)
+
+        whole = builder.mul(builder.sdiv(m, const(_ROWS)), const(_ROWS))
+        with cgutils.for_range_slice(builder, const(0), whole, const(_ROWS), intp=i64) as (i0, _):
+            rows_from(i0, _ROWS)
+        with cgutils.for_range_slice(builder, whole, m, const(1), intp=i64) as (i0, _):
+            rows_from(i0, 1)
+        return context.get_dummy_value()
+
+    return types.void(zero, *[types.int64] * 9, types.boolean), codegen
+
+
+@njit(**_JIT, inline="always")
+def _small(depth, cols, itemsize):
+    """Whether a product of this depth onto a right-hand matrix of ``cols`` columns runs in the loop
+    above rather than through BLAS."""
+    return depth < SMALL_DEPTH and depth * cols * itemsize <= SMALL_BYTES
 
 
 # ---- BLAS by address ---------------------------------------------------------------------------
@@ -278,16 +368,25 @@ def _gemm(fn, ws, trans_a, m, n, k, a, lda, b, ldb, beta, c, ldc):
 
 
 @njit(**_JIT, inline="always")
-def _rows_times_wt(fn, ws, x, ldx, w, rows, cols, nb, beta, c, ldc):
+def _rows_times_wt(fn, ws, x, ldx, w, wt, ldwt, rows, cols, nb, beta, c, ldc):
     """Row-major C (nb, rows) = X (nb, cols) W^T + beta C, W (rows, cols) contiguous; addresses and
-    row strides (in elements) of X and C."""
-    _gemm(fn, ws, True, rows, nb, cols, w, cols, x, ldx, beta, c, ldc)
+    row strides (in elements) of X and C. ``wt`` is W^T's address (row stride ``ldwt``) where the
+    caller has it, else 0: the small loop (see ``_small``) needs W^T, BLAS takes W as it is."""
+    scal = ws[1]
+    if wt != 0 and _small(cols, rows, scal.itemsize):
+        _small_mm(scal.dtype.type(0.0), x, ldx, wt, ldwt, c, ldc, nb, rows, cols, beta != 0)
+    else:
+        _gemm(fn, ws, True, rows, nb, cols, w, cols, x, ldx, beta, c, ldc)
 
 
 @njit(**_JIT, inline="always")
 def _rows_times_w(fn, ws, g, ldg, w, ldw, rows, cols, nb, beta, c, ldc):
     """Row-major C (nb, cols) = Gm (nb, rows) W + beta C, W (rows, cols) with row stride ldw."""
-    _gemm(fn, ws, False, cols, nb, rows, w, ldw, g, ldg, beta, c, ldc)
+    scal = ws[1]
+    if _small(rows, cols, scal.itemsize):
+        _small_mm(scal.dtype.type(0.0), g, ldg, w, ldw, c, ldc, nb, cols, rows, beta != 0)
+    else:
+        _gemm(fn, ws, False, cols, nb, rows, w, ldw, g, ldg, beta, c, ldc)
 
 
 # ---- the loops ---------------------------------------------------------------------------------
@@ -325,6 +424,15 @@ def forward(kind, gemm, xp, hs, cs, acts, W_hh, W_own, b_hn, lengths, reverse, b
     TA = acts.shape[1]
     ag = acts.reshape(B, TA, acts.shape[2] // H, H)  # (B, TA, A, H)
     w, x0, h0 = _address(W_hh), _address(xp), _address(hs)
+    # W_hh^T, where the step's products are small enough for the compiled loop (which reads the
+    # right-hand matrix by rows): one thread has every unit then (units are split for big layers
+    # only), so its products read plain column ranges of it.
+    small = parties == 1 and _small(H, GH, isz)
+    WT = np.empty((H if small else 0, GH), xp.dtype)
+    for i in range(GH if small else 0):
+        for k in range(H):
+            WT[k, i] = W_hh[i, k]
+    wt = _address(WT) if small else 0
     for e in range(T * phases):
         step, phase = e // phases, e % phases
         t = T - 1 - step if reverse else step
@@ -338,19 +446,20 @@ def forward(kind, gemm, xp, hs, cs, acts, W_hh, W_own, b_hn, lengths, reverse, b
             if not mine:
                 continue
             if phase == 0:
-                _forward_first(kind, gemm, ws, xg, hs, cs, ag, lengths, b_hn, shared, scratch, W_own, blocks,
-                               b0, b1, u0, u1, t, p, q, ta, hrow)
+                _forward_first(kind, gemm, ws, xg, hs, cs, ag, lengths, b_hn, shared, scratch, W_own, wt,
+                               blocks, b0, b1, u0, u1, t, p, q, ta, hrow)
             else:
-                _forward_reset_before(gemm, ws, xg, hs, acts, lengths, shared, w, b0, b1, u0, u1, t, p, q, ta,
-                                      xrow)
+                _forward_reset_before(gemm, ws, xg, hs, acts, lengths, shared, w, wt, b0, b1, u0, u1, t, p, q,
+                                      ta, xrow)
             _task_done(sync, parties)
 
 
 @njit(**_JIT)
-def _forward_first(kind, gemm, ws, xg, hs, cs, ag, lengths, b_hn, shared, scratch, W_own, blocks, b0, b1,
-                   j0, j1, t, p, q, ta, hrow):
+def _forward_first(kind, gemm, ws, xg, hs, cs, ag, lengths, b_hn, shared, scratch, W_own, wt, blocks, b0,
+                   b1, j0, j1, t, p, q, ta, hrow):
     """Units [j0, j1) of step t (for GRU with the reset gate before the product, its r, z and r ⊙ h):
-    the step's first product and the gates."""
+    the step's first product and the gates. wt: the address of W_hh^T (G*H columns), or 0 (see
+    :func:`forward`)."""
     T, H = hs.shape[1] - 1, hs.shape[2]
     nb = b1 - b0
     J0 = np.int64(j0)
@@ -359,7 +468,8 @@ def _forward_first(kind, gemm, ws, xg, hs, cs, ag, lengths, b_hn, shared, scratc
     one, zero = hs.dtype.type(1.0), hs.dtype.type(0.0)  # typed constants, see _exp_neg
     rec = scratch[: nb * blocks * nu].reshape((nb, blocks, nu))
     w_own = _address(W_own) + blocks * J0 * H * isz  # the task's rows, (gate, unit) within
-    _rows_times_wt(gemm, ws, hrow, (T + 1) * H, w_own, blocks * nu, H, nb, 0, _address(rec), blocks * nu)
+    _rows_times_wt(gemm, ws, hrow, (T + 1) * H, w_own, wt, xg.shape[2] * H, blocks * nu, H, nb, 0, _address(rec),
+                   blocks * nu)
     for b in range(b0, b1):
         if lengths[b] <= t:
             for j in range(j0, j1):
@@ -421,7 +531,7 @@ def _forward_first(kind, gemm, ws, xg, hs, cs, ag, lengths, b_hn, shared, scratc
 
 
 @njit(**_JIT)
-def _forward_reset_before(gemm, ws, xg, hs, acts, lengths, shared, w, b0, b1, j0, j1, t, p, q, ta, xrow):
+def _forward_reset_before(gemm, ws, xg, hs, acts, lengths, shared, w, wt, b0, b1, j0, j1, t, p, q, ta, xrow):
     """Units [j0, j1) of step t's second part, for GRU with the reset gate before the product:
     xp[:, t]'s n block += (r ⊙ h) W_hn^T, then n and h."""
     T, H = hs.shape[1] - 1, hs.shape[2]
@@ -432,8 +542,8 @@ def _forward_reset_before(gemm, ws, xg, hs, acts, lengths, shared, w, b0, b1, j0
     TA = acts.shape[1]
     GH = xg.shape[2] * H
     one = hs.dtype.type(1.0)
-    _rows_times_wt(gemm, ws, _address(acts) + (b0 * TA + ta) * H * isz, TA * H, w + (2 * H + J0) * H * isz, nu,
-                   H, nb, 1, xrow + (2 * H + J0) * isz, T * GH)
+    _rows_times_wt(gemm, ws, _address(acts) + (b0 * TA + ta) * H * isz, TA * H, w + (2 * H + J0) * H * isz,
+                   wt + (2 * H + J0) * isz if wt != 0 else 0, GH, nu, H, nb, 1, xrow + (2 * H + J0) * isz, T * GH)
     for b in range(b0, b1):
         if lengths[b] > t:
             for j in range(j0, j1):

@@ -16,6 +16,8 @@ what made splitting small layers over threads a loss. The loops themselves are t
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 from llvmlite import ir
 from numba import carray, cfunc, njit, types
@@ -171,7 +173,7 @@ def _sync(block):
     return carray(_pointer(block[7], np.int64(0)), (block[10],))
 
 
-@njit(**_JIT)
+@njit(nogil=True, error_model="numpy")  # not cached itself: see _source_stamp
 def _body(data, like, backward):
     """One team thread: its shards (k, k + n, ...), with a one-thread MKL."""
     block = carray(data, (carray(data, (1,), np.int64)[0],), np.int64)
@@ -189,27 +191,34 @@ def _body(data, like, backward):
 
 
 _BODY = types.void(types.voidptr)
-_CFUNC = dict(cache=True, error_model="numpy")
 
 
-@cfunc(_BODY, **_CFUNC)
-def _forward_float32(data):
-    _body(data, np.float32(0), False)
+def _source_stamp() -> int:
+    """A hash of this file's and the loops' source. numba keys a cached function on its own file
+    only, so a body cached before a change to loops.py would still run the old loops; the stamp is
+    part of each body's closure, which numba's cache key includes."""
+    digest = hashlib.sha256()
+    for path in (loops.__file__, __file__):
+        with open(path, "rb") as f:
+            digest.update(f.read())
+    return int(digest.hexdigest()[:15], 16)
 
 
-@cfunc(_BODY, **_CFUNC)
-def _forward_float64(data):
-    _body(data, np.float64(0), False)
+def _team_body(like, backward: bool, stamp: int):
+    """The compiled team body of one loop and dtype (``like``: a zero of the dtype)."""
+
+    def body(data):
+        if stamp:  # (always true; the closure holds it)
+            _body(data, like, backward)
+
+    return cfunc(_BODY, cache=True, error_model="numpy")(body)
 
 
-@cfunc(_BODY, **_CFUNC)
-def _backward_float32(data):
-    _body(data, np.float32(0), True)
-
-
-@cfunc(_BODY, **_CFUNC)
-def _backward_float64(data):
-    _body(data, np.float64(0), True)
+_STAMP = _source_stamp()
+_forward_float32 = _team_body(np.float32(0), False, _STAMP)
+_forward_float64 = _team_body(np.float64(0), False, _STAMP)
+_backward_float32 = _team_body(np.float32(0), True, _STAMP)
+_backward_float64 = _team_body(np.float64(0), True, _STAMP)
 
 
 # loop -> (block maker, {dtype: address of the team body})
