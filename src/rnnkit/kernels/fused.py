@@ -200,7 +200,7 @@ class FusedLayer(torch.autograd.Function):
                   (B, hn), (B, hn), (B, T, H))
 
         def compose(arrays):  # the loop's arrays
-            return [dy, *arrays[:2], hs, cs, xp, acts, W_hh, lens, *arrays[2:6]]
+            return [dy, *arrays[:2], hs, cs, xp, acts, W_hh, lens, *arrays[2:]]
 
         work, arrays = _work("backward", loops.backward, code, reverse, plan, shapes, hs.dtype, compose, 9)
         dh, dc, dG, dG_h, _, _, h_prev = arrays
@@ -223,8 +223,7 @@ class FusedLayer(torch.autograd.Function):
         db_ih = dG2.sum(0) if b_ih is not None and need[8] else None
         dW_hh = db_hh = None
         if need[7] or (b_hh is not None and need[9]):
-            h_prev.copy_(hs.narrow(1, 1 if reverse else 0, T))  # hs[:, 1:] reverse, else hs[:, :-1]
-            h_prev = h_prev.view(B * T, H)  # (B*T, H)
+            h_prev = h_prev.view(B * T, H)  # (B*T, H), hs[:, 1:] reverse, else hs[:, :-1] (the loop copies it)
             if code == loops.GRU_RESET_BEFORE:
                 # The n rows of W_hh multiply r ⊙ h_prev, stored in acts.
                 rh = acts.view(B * T, H)
