@@ -419,3 +419,18 @@ def test_activations_across_their_range(dtype):
         name = str(a.numpy().dtype)  # no silent float64 arithmetic on float32 data:
         assert {str(s.return_type) for s in ours.nopython_signatures if str(s.args[0]) == name} == {name}
         assert math.isnan(ours(a.numpy().dtype.type("nan")))
+
+
+def test_team_bodies_are_keyed_on_the_loops_source(tmp_path, monkeypatch):
+    """numba keys a cached function on its own file only: the team bodies (team.py) must miss their
+    cache when loops.py changes, or they would run the loops they were compiled with. Their closure
+    holds a hash of both files, which numba's cache key includes."""
+    from rnnkit.kernels import loops, team
+
+    assert team._source_stamp() == team._STAMP
+    for body in (team._forward_float32, team._forward_float64, team._backward_float32, team._backward_float64):
+        assert team._STAMP in [cell.cell_contents for cell in body.__wrapped__.__closure__]
+    changed = tmp_path / "loops.py"
+    changed.write_text(open(loops.__file__).read() + "\n# one more line\n")
+    monkeypatch.setattr(loops, "__file__", str(changed))
+    assert team._source_stamp() != team._STAMP
