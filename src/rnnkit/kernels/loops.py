@@ -4,15 +4,17 @@ The caller does the input projection of all steps as one GEMM before the loop, w
 adds straight to a pre-activation folded in: ``xp = x W_ih^T + b_ih + b_hh`` (for GRU with the reset
 gate after the matrix, b_hn is left out: r scales W_hn h + b_hn). It does every weight gradient as
 one GEMM after the backward loop, over the stored states and the pre-activation gradients ``dG``.
-What is left inside the loop is one BLAS call per step (two for GRU with the reset gate before the
-matrix) and the gates. The BLAS call adds ``h W_hh^T`` straight into the step's slice of xp (beta = 1)
+What is left inside the loop is one matrix product per step (two for GRU with the reset gate before
+the matrix) and the gates. The BLAS call adds ``h W_hh^T`` straight into the step's slice of xp (beta = 1)
 and the gates are then computed in place there, so xp ends up holding the activations the backward
 pass reads. numba compiles each loop once per dtype (the cell, direction and rows are runtime
 values) and caches it on disk, so the loop pays no Python or dispatcher cost per step.
 
-BLAS: the loops call a Fortran ``?gemm_`` through its address (``gemm``), found by
-:mod:`rnnkit.kernels.blas`: the MKL inside torch's own library where it has one, else scipy's. Only
-its address crosses into compiled code, so the on-disk cache holds no pointer of another process.
+Products: small ones (the right-hand matrix within SMALL_BYTES) run in a register-blocked loop
+compiled in (``_small_mm``); the others call a Fortran ``?gemm_`` through its address (``gemm``),
+found by :mod:`rnnkit.kernels.blas`: the MKL inside torch's own library where it has one, else
+scipy's. Only its address crosses into compiled code, so the on-disk cache holds no pointer of
+another process.
 
 Storage, batch-major as the model's tensors (no transposes around the loop), for a layer of hidden
 size H, G gate blocks and T steps; b is the batch row, t the time (not the loop step):
