@@ -5,9 +5,8 @@ adds straight to a pre-activation folded in: ``xp = x W_ih^T + b_ih + b_hh`` (fo
 gate after the matrix, b_hn is left out: r scales W_hn h + b_hn). It does every weight gradient as
 one GEMM after the backward loop, over the stored states and the pre-activation gradients ``dG``.
 What is left inside the loop is one matrix product per step (two for GRU with the reset gate before
-the matrix) and the gates. The BLAS call adds ``h W_hh^T`` straight into the step's slice of xp (beta = 1)
-and the gates are then computed in place there, so xp ends up holding the activations the backward
-pass reads. numba compiles each loop once per dtype (the cell, direction and rows are runtime
+the matrix) and the gates. The gates add the product ``h W_hh^T`` to the step's slice of xp and are
+computed in place there, so xp ends up holding the activations the backward pass reads. numba compiles each loop once per dtype (the cell, direction and rows are runtime
 values) and caches it on disk, so the loop pays no Python or dispatcher cost per step.
 
 Products: small ones (the right-hand matrix within SMALL_BYTES) run in a register-blocked loop
@@ -127,9 +126,9 @@ def _tanh(a):
 
 # ---- small products, compiled in ----------------------------------------------------------------
 
-# A step's product at the small sizes (B x H by H x G*H with G*H*H a few thousand) takes MKL 1.4-1.7x
-# the time of the same arithmetic as a plain register-blocked loop: its call, checks and packing cost
-# more than the multiply-adds (benchmarks/README.md, seventh pass). Products whose right-hand matrix
+# A step's product at the small sizes (16 rows of H32 or H64 by G*H) takes MKL 1.2-1.7x the time of
+# the same arithmetic as a plain register-blocked loop: its call, checks and packing cost more than
+# the multiply-adds (benchmarks/README.md, seventh pass). Products whose right-hand matrix
 # fits in SMALL_BYTES (in the core's L1/L2) with a depth below SMALL_DEPTH use the loop below instead.
 # It multiply-adds along the depth in order, from zero, and adds C last (beta = 1), which is what
 # MKL's float32 kernel does below a depth of 256 on the dev machine: the results are bit for bit the
