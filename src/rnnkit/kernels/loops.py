@@ -372,9 +372,10 @@ def _gemm(fn, ws, trans_a, m, n, k, a, lda, b, ldb, beta, c, ldc):
 def _rows_times_wt(fn, ws, x, ldx, w, wt, ldwt, rows, cols, nb, beta, c, ldc):
     """Row-major C (nb, rows) = X (nb, cols) W^T + beta C, W (rows, cols) contiguous; addresses and
     row strides (in elements) of X and C. ``wt`` is W^T's address (row stride ``ldwt``) where the
-    caller has it, else 0: the small loop (see ``_small``) needs W^T, BLAS takes W as it is."""
-    scal = ws[1]
-    if wt != 0 and _small(cols, rows, scal.itemsize):
+    caller made it, for a product small enough for the small loop (see ``_small`` and
+    :func:`forward`), else 0: the small loop needs W^T, BLAS takes W as it is."""
+    if wt != 0:
+        scal = ws[1]
         _small_mm(scal.dtype.type(0.0), x, ldx, wt, ldwt, c, ldc, nb, rows, cols, beta != 0)
     else:
         _gemm(fn, ws, True, rows, nb, cols, w, cols, x, ldx, beta, c, ldc)
