@@ -4,11 +4,7 @@ Forward: ``xp = x W_ih^T + b_ih + b_hh`` for all steps as one GEMM (batch-major,
 then the recurrence in :func:`rnnkit.kernels.loops.forward`, on several threads when the layer is
 big enough (batch-row or hidden-unit shards: :mod:`rnnkit.kernels.blas`).
 Backward: hand-written BPTT in :func:`rnnkit.kernels.loops.backward`, then every weight gradient as
-GEMMs over all steps (``dW_hh = dG_h^T h_prev``, ``[dW_ih^T; db] = [x | 1]^T dG``) on the loop's own
-threads, each over the rows it ran (the caller adds up their partial sums: one small sum), then
-``dx = dG W_ih``. (As torch operations after the loop, those products and sums took ~0.2 ms of a
-1 ms train step at B32 T50 H32 LSTM, each reading dG from the other core's cache: benchmarks/README.md,
-eighth pass.)
+one GEMM over all steps (``dW_ih = dG^T x``, ``dW_hh = dG_h^T h_prev``) and ``dx = dG W_ih``.
 :func:`run_fused` has the signature of :func:`rnnkit.layers.run_reference` and is held to it in
 float64 by tests/test_kernels.py. A small call's arrays are kept whole from call to call, with
 the team block that points at them (:func:`rnnkit.kernels.buffers.work`); a bigger one's arrays of
@@ -84,15 +80,6 @@ def _launch(work: buffers.Work, loop, kind: int, reverse: bool, plan: blas.Plan,
         sync, sync_address = blas.sync_address(plan)  # (held until the team is done)
         team.point(slots, [sync_address, *[a.data_ptr() for a in arrays]])
         blas.start(body, address, plan)
-
-
-@functools.lru_cache(maxsize=64)
-def _row_edges(plan: blas.Plan, B: int) -> Tensor:
-    """(S + 1,) int64: the edges of the plan's S row shards, [0, B] for one shard or unit shards: each
-    row shard's partial weight gradients go to their own row of the backward's wgrad (S, N)."""
-    if plan.parties > 1:
-        return torch.tensor([0, B], dtype=torch.int64)
-    return torch.tensor([b0 for b0, _, _, _ in plan.shards] + [B], dtype=torch.int64)
 
 
 @functools.lru_cache(maxsize=16)
@@ -205,40 +192,54 @@ class FusedLayer(torch.autograd.Function):
         x2, xp, hs, cs, acts, W_ih, W_hh, b_ih, b_hh = ctx.saved_tensors
         code, reverse, lens, x_shape, plan = ctx.config
         B, T, GH = xp.shape
-        H, I = hs.shape[2], x2.shape[1]
+        H = hs.shape[2]
         lstm = code == loops.LSTM
         dy = dout.contiguous()  # (B, T, H)
         hn = H if code == loops.GRU_RESET_BEFORE else 0
-        edges = _row_edges(plan, B)
-        x3 = x2.view(B, T, I) if x2.is_contiguous() else x2.reshape(B, T, I).contiguous()  # the loop reads it
-        n_grad = GH * H + (I + 2) * GH  # dW_hh, [dW_ih^T; db_ih], db_hh (see loops._weight_grads)
         shapes = ((B, H), (B, H) if lstm else (0, 0), (B, T, GH), (B, T, GH if code == loops.GRU else 0),
-                  (B, hn), (B, hn), (B, T, H + I + 1), (len(edges) - 1, n_grad))
+                  (B, hn), (B, hn), (B, T, H))
 
         def compose(arrays):  # the loop's arrays
-            return [dy, *arrays[:2], hs, cs, xp, acts, W_hh, lens, *arrays[2:7], x3, arrays[7], edges]
+            return [dy, *arrays[:2], hs, cs, xp, acts, W_hh, lens, *arrays[2:]]
 
         work, arrays = _work("backward", loops.backward, code, reverse, plan, shapes, hs.dtype, compose, 9)
-        dh, dc, dG, _, _, _, _, wgrad = arrays
+        dh, dc, dG, dG_h, _, _, h_prev = arrays
         dh.copy_(dh_n)  # the loop turns them into the initial states' gradients
         if lstm:
             dc.copy_(dc_n)
         _launch(work, loops.backward, code, reverse, plan, compose(arrays), 9)
         need = ctx.needs_input_grad  # code, reverse, lengths, x, h0, c0, W_ih, W_hh, b_ih, b_hh
-        dx = None
+        dG2 = dG.view(B * T, GH)  # (B*T, G*H)
+        W_ih = W_ih.detach()
+        dx = dW_ih = None
+        # Written as the products that measured fast: with 2-8 input features, dG W_ih and dG^T x
+        # took 4-6x longer than the same products transposed (benchmarks/README.md).
+        # (Contiguous results: DDP checks a gradient's strides against its parameter's.)
+        odd = 1 < x2.shape[1] <= 8
         if need[3]:
-            # Written as the product that measured fast: with 2-8 input features, dG W_ih took 4-6x
-            # longer than the same product transposed (benchmarks/README.md). (Contiguous: DDP checks
-            # a gradient's strides against its parameter's.)
-            dG2, W_ih = dG.view(B * T, GH), W_ih.detach()
-            dx = (torch.mm(W_ih.t(), dG2.t()).t().contiguous() if 1 < I <= 8 else torch.mm(dG2, W_ih)).view(x_shape)
-        # The row shards' partial sums added up (one shard: a copy, the work's array stays with it).
-        dW_hh, ih, db_ih, db_hh = wgrad.sum(0).split_with_sizes((GH * H, I * GH, GH, GH))  # (split: 2x the call)
-        dW_ih = ih.view(GH, 1) if I == 1 else ih.view(I, GH).t().contiguous()
+            dx = (torch.mm(W_ih.t(), dG2.t()).t().contiguous() if odd else torch.mm(dG2, W_ih)).view(x_shape)
+        if need[6]:
+            dW_ih = torch.mm(x2.t(), dG2).t().contiguous() if odd else torch.mm(dG2.t(), x2)
+        db_ih = dG2.sum(0) if b_ih is not None and need[8] else None
+        dW_hh = db_hh = None
+        if need[7] or (b_hh is not None and need[9]):
+            h_prev = h_prev.view(B * T, H)  # (B*T, H), hs[:, 1:] reverse, else hs[:, :-1] (the loop copies it)
+            if code == loops.GRU_RESET_BEFORE:
+                # The n rows of W_hh multiply r ⊙ h_prev, stored in acts.
+                rh = acts.view(B * T, H)
+                dG_h = dG2
+                dW_hh = torch.cat([torch.mm(dG2[:, : 2 * H].t(), h_prev), torch.mm(dG2[:, 2 * H:].t(), rh)])
+            else:
+                # GRU: the n rows of W_hh h + b_hh are scaled by r before they meet the input's, so
+                # their gradient is the loop's dG_h, not dG.
+                dG_h = dG_h.view(B * T, GH) if code == loops.GRU else dG2
+                dW_hh = torch.mm(dG_h.t(), h_prev)
+            if b_hh is not None:  # the same sum as db_ih unless GRU rescaled dG_h; a copy is cheaper
+                db_hh = db_ih.clone() if dG_h is dG2 and db_ih is not None else dG_h.sum(0)
         dh0 = dh.clone() if need[4] else None  # (the work's own arrays stay with it)
         dc0 = dc.clone() if lstm and need[5] else None
-        return (None, None, None, dx, dh0, dc0, dW_ih if need[6] else None, dW_hh.view(GH, H) if need[7] else None,
-                db_ih if b_ih is not None and need[8] else None, db_hh if b_hh is not None and need[9] else None)
+        return (None, None, None, dx, dh0, dc0, dW_ih, dW_hh if need[7] else None, db_ih,
+                db_hh if b_hh is not None and need[9] else None)
 
 
 def run_fused(kind: str, x: Tensor, state: tuple, weights: tuple, lengths: Tensor | None = None,

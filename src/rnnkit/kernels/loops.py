@@ -2,9 +2,8 @@
 
 The caller does the input projection of all steps as one GEMM before the loop, with every bias that
 adds straight to a pre-activation folded in: ``xp = x W_ih^T + b_ih + b_hh`` (for GRU with the reset
-gate after the matrix, b_hn is left out: r scales W_hn h + b_hn). The backward loop ends with every
-weight gradient as GEMMs over all steps, of the stored states and the pre-activation gradients
-``dG``, each thread over its own rows (partial sums the caller adds up) or units (see ``backward``).
+gate after the matrix, b_hn is left out: r scales W_hn h + b_hn). It does every weight gradient as
+one GEMM after the backward loop, over the stored states and the pre-activation gradients ``dG``.
 What is left inside the loop is one matrix product per step (two for GRU with the reset gate before
 the matrix) and the gates. The gates add the product ``h W_hh^T`` to the step's slice of xp and are
 computed in place there, so xp ends up holding the activations the backward pass reads. numba compiles each loop once per dtype (the cell, direction and rows are runtime
@@ -359,14 +358,14 @@ def _workspace(dtype):
 
 
 @njit(**_JIT, inline="always")
-def _gemm(fn, ws, trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc):
-    """Column-major C (m x n) = op(A) op(B) + beta C with op(X) = X^T when trans_x, by address."""
+def _gemm(fn, ws, trans_a, m, n, k, a, lda, b, ldb, beta, c, ldc):
+    """Column-major C (m x n) = op(A) B + beta C with op(A) = A^T when trans_a, by address."""
     ints, scal, chars = ws
     ints[0], ints[1], ints[2], ints[3], ints[4], ints[5] = m, n, k, lda, ldb, ldc
     scal[0], scal[1] = 1, beta
     pi, ps, pc = _address(ints), _address(scal), _address(chars)
-    _call_fortran(fn, (pc + (1 if trans_a else 0), pc + (1 if trans_b else 0), pi, pi + 4, pi + 8, ps, a,
-                       pi + 12, b, pi + 16, ps + scal.itemsize, c, pi + 20))
+    _call_fortran(fn, (pc + (1 if trans_a else 0), pc, pi, pi + 4, pi + 8, ps, a, pi + 12, b, pi + 16,
+                       ps + scal.itemsize, c, pi + 20))
 
 
 @njit(**_JIT, inline="always")
@@ -379,7 +378,7 @@ def _rows_times_wt(fn, ws, x, ldx, w, wt, ldwt, rows, cols, nb, beta, c, ldc):
         scal = ws[1]
         _small_mm(scal.dtype.type(0.0), x, ldx, wt, ldwt, c, ldc, nb, rows, cols, beta != 0)
     else:
-        _gemm(fn, ws, True, False, rows, nb, cols, w, cols, x, ldx, beta, c, ldc)
+        _gemm(fn, ws, True, rows, nb, cols, w, cols, x, ldx, beta, c, ldc)
 
 
 @njit(**_JIT, inline="always")
@@ -389,16 +388,7 @@ def _rows_times_w(fn, ws, g, ldg, w, ldw, rows, cols, nb, beta, c, ldc):
     if _small(rows, cols, scal.itemsize):
         _small_mm(scal.dtype.type(0.0), g, ldg, w, ldw, c, ldc, nb, cols, rows, beta != 0)
     else:
-        _gemm(fn, ws, False, False, cols, nb, rows, w, ldw, g, ldg, beta, c, ldc)
-
-
-@njit(**_JIT, inline="always")
-def _t_times(fn, ws, a, lda, b, ldb, m, n, k, c, ldc):
-    """Row-major C (m, n) = A^T B for row-major A (k, m) and B (k, n) (a weight gradient over k
-    steps): addresses and row strides in elements. Through BLAS at every size: the small loop, with
-    A read down its columns, measured 1.1-2x slower here (benchmarks/README.md, eighth pass)."""
-    # column-major: C^T (n x m) = B^T (n x k, B as stored) A (k x m)
-    _gemm(fn, ws, False, True, n, m, k, b, ldb, a, lda, 0, c, ldc)
+        _gemm(fn, ws, False, cols, nb, rows, w, ldw, g, ldg, beta, c, ldc)
 
 
 # ---- the loops ---------------------------------------------------------------------------------
@@ -567,8 +557,8 @@ def _forward_reset_before(gemm, ws, xg, hs, acts, lengths, shared, w, wt, b0, b1
 
 
 @njit(**_JIT)
-def backward(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reverse, dG, grec, dan, drh, h_prev, x,
-             wgrad, row_edges, b0, b1, j0, j1, sync, parties):
+def backward(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reverse, dG, grec, dan, drh, h_prev,
+             b0, b1, j0, j1, sync, parties):
     """BPTT for batch rows [b0, b1) and hidden units [j0, j1) (as in :func:`forward`): fill dG
     (B, T, G*H) and turn dh, dc (B, H) from the final-state gradients into the initial-state
     gradients, in place. dy (B, T, H) is the gradient of the outputs; xp holds the forward pass's
@@ -576,18 +566,12 @@ def backward(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reverse, d
 
     More arrays from the caller, shared by the threads: grec (B, T, G*H) for GRU with the reset
     gate after the product (else (B, T, 0)): the gradient of the recurrent product h W^T + b_hh,
-    which differs from dG in the n block (times r), and which the dW_hh and db_hh GEMMs read
+    which differs from dG in the n block (times r), and which the caller's dW_hh and db_hh GEMMs read
     too. (For the other cells it is dG itself: with the reset gate before the product, dG's r and z
     blocks.) dan, drh (B, H) for GRU reset before (else (B, 0)): the gradients of n's
-    pre-activation and of r ⊙ h. h_prev (B, T, H + I + 1): each step's previous state, its input
-    x (B, T, I) and a one, [h_{t-1} | x_t | 1], copied there by the loop: the right-hand side of
-    the weight-gradient GEMMs (a copy in the loop's threads costs nothing beside the gates).
-
-    Then the weight gradients, as GEMMs over all steps of the rows [b0, b1) (:func:`_weight_grads`)
-    into ``wgrad[s]`` (S, N), s the row shard whose first row is b0 (``row_edges`` (S + 1,) int64:
-    the row shards' edges; [0, B] for one thread or unit shards): row shards each write a partial
-    sum over their rows, which the caller adds up; unit shards write their units' rows of the whole
-    sum, once every unit's dG is done.
+    pre-activation and of r ⊙ h. h_prev (B, T, H): each step's previous state, copied from hs (the
+    states every step's W_hh row multiplied, contiguous for the caller's dW_hh GEMM; a copy in the
+    loop's threads costs nothing beside the gates, one in torch after the loop ~20 µs at B32 T50 H32).
     """
     B, T, GH = dG.shape
     H = hs.shape[2]
@@ -626,72 +610,20 @@ def backward(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reverse, d
                     _rows_times_w(gemm, ws, g0 + (b0 * T + last) * GH * isz, T * GH, w + U0 * isz, H, rows, nu,
                                   nb, 1, _address(dh) + (b0 * H + U0) * isz, H)
                 if step < T:
-                    _backward_gates(kind, dy, dh, dc, hs, cs, xg, ag, dGg, grecg, dan, h_prev, x, lengths, shared,
+                    _backward_gates(kind, dy, dh, dc, hs, cs, xg, ag, dGg, grecg, dan, h_prev, lengths, shared,
                                     b0, b1, u0, u1, t, p, q)
             _task_done(sync, parties)
-    _wait(sync, parties, T * phases + 1)  # unit shards: every unit's dG and h_prev written
-    s = 0
-    while row_edges[s] != b0:
-        s += 1
-    _weight_grads(kind, gemm, ws, H, dG, grec, acts, h_prev, wgrad[s], b0, b1, j0, j1)
 
 
 @njit(**_JIT)
-def _weight_grads(kind, gemm, ws, H, dG, grec, acts, hx, part, b0, b1, j0, j1):
-    """The weight gradients over all steps of rows [b0, b1), for the gate rows of units [j0, j1),
-    as GEMMs over those rows' T steps: into ``part`` (N,), [dW_hh (G*H, H) | dW_ih^T (I, G*H) |
-    db_ih (G*H) | db_hh (G*H)]. With hx = [h_prev | x | 1] (see :func:`backward`):
-    dW_hh = grec^T h_prev (GRU with the reset gate before: its n rows from dG^T (r ⊙ h) in acts),
-    [dW_ih^T; db_ih] = [x | 1]^T dG and db_hh = 1^T grec (grec: GRU's, else dG)."""
-    B, T, GH = dG.shape
-    C = hx.shape[2]
-    I1 = C - H  # I + 1
-    K = (b1 - b0) * T  # the rows of the (B*T, .) views that these batch rows hold
-    isz = dG.itemsize
-    g = _address(dG) + b0 * T * GH * isz
-    gr = _address(grec) + b0 * T * GH * isz if kind == GRU else g
-    h = _address(hx) + b0 * T * C * isz
-    rh = _address(acts) + b0 * T * H * isz
-    p = _address(part)
-    ih, bh = GH * H, GH * H + I1 * GH  # where [dW_ih^T; db_ih] and db_hh start in part
-    J0, J1 = np.int64(j0), np.int64(j1)
-    full = J0 == 0 and J1 == H
-    G = GH // H
-    ranges = 1 if full and kind != GRU_RESET_BEFORE else (2 if full else G)
-    for r in range(ranges):  # column ranges [c0, c1) of dG: whole, or per gate block
-        if full:
-            c0, c1 = (0, GH) if kind != GRU_RESET_BEFORE else ((0, 2 * H) if r == 0 else (2 * H, GH))
-        else:
-            c0, c1 = r * H + J0, r * H + J1
-        n = c1 - c0
-        if kind == GRU_RESET_BEFORE and c0 >= 2 * H:  # dW_hh[c0:c1] = dG[:, c0:c1]^T (r ⊙ h)
-            _t_times(gemm, ws, g + c0 * isz, GH, rh, H, n, H, K, p + c0 * H * isz, H)
-        else:  # dW_hh[c0:c1] = grec[:, c0:c1]^T h_prev
-            _t_times(gemm, ws, gr + c0 * isz, GH, h, C, n, H, K, p + c0 * H * isz, H)
-        # [dW_ih^T; db_ih][:, c0:c1] = [x | 1]^T dG[:, c0:c1]
-        _t_times(gemm, ws, h + H * isz, C, g + c0 * isz, GH, I1, n, K, p + (ih + c0) * isz, GH)
-        if kind == GRU:  # db_hh[c0:c1] = 1^T grec[:, c0:c1]
-            _t_times(gemm, ws, h + (C - 1) * isz, C, gr + c0 * isz, GH, 1, n, K, p + (bh + c0) * isz, GH)
-        else:
-            for c in range(c0, c1):
-                part[bh + c] = part[bh - GH + c]
-
-
-@njit(**_JIT)
-def _backward_gates(kind, dy, dh, dc, hs, cs, xg, ag, dGg, grecg, dan, h_prev, x, lengths, shared, b0, b1, j0,
-                    j1, t, p, q):
+def _backward_gates(kind, dy, dh, dc, hs, cs, xg, ag, dGg, grecg, dan, h_prev, lengths, shared, b0, b1, j0, j1,
+                    t, p, q):
     """Units [j0, j1) of step t: the pre-activation gradients from dh (the loss's and the later
-    steps'), and dh, dc through to the step before (but for the product with W_hh); h_prev[:, t]
-    (its x and 1 by the task of the first units)."""
+    steps'), and dh, dc through to the step before (but for the product with W_hh); h_prev[:, t]."""
     one, zero = dh.dtype.type(1.0), dh.dtype.type(0.0)  # typed constants, see _exp_neg
-    H, I = hs.shape[2], x.shape[2]
     for b in range(b0, b1):
         for j in range(j0, j1):
             h_prev[b, t, j] = hs[b, p, j]
-        if j0 == np.uint64(0):
-            for i in range(I):
-                h_prev[b, t, H + i] = x[b, t, i]
-            h_prev[b, t, H + I] = one
         if lengths[b] <= t:
             dGg[b, t, :, j0:j1] = 0.0
             grecg[b, t, :, j0:j1] = 0.0

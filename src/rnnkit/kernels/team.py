@@ -31,8 +31,7 @@ from .loops import _JIT, _address
 # (the sync address 4 slots before the first array's: see slots).
 _HEAD = 11
 _FORWARD_ARRAYS = 8  # xp, hs, cs, acts, W_hh, W_own, b_hn, lengths
-# dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, dG, grec, dan, drh, h_prev, x, wgrad, row_edges
-_BACKWARD_ARRAYS = 17
+_BACKWARD_ARRAYS = 14  # dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, dG, grec, dan, drh, h_prev
 
 
 @intrinsic
@@ -121,7 +120,7 @@ def forward_block(kind, gemm, xp, hs, cs, acts, W_hh, W_own, b_hn, lengths, reve
 
 @njit(**_JIT)
 def backward_block(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reverse, dG, grec, dan, drh, h_prev,
-                   x, wgrad, row_edges, shards, sync, parties, calls):
+                   shards, sync, parties, calls):
     """The block of a team running :func:`rnnkit.kernels.loops.backward` on ``shards`` (n, 4)."""
     block = _head(_BACKWARD_ARRAYS, kind, gemm, reverse, shards, sync, parties, calls)
     at = _put(block, _HEAD, dy)
@@ -135,10 +134,7 @@ def backward_block(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reve
         at = _put(block, at, arr)
     for arr in (dan, drh):
         at = _put(block, at, arr)
-    for arr in (h_prev, x):
-        at = _put(block, at, arr)
-    at = _put(block, at, wgrad)
-    _put(block, at, row_edges)
+    _put(block, at, h_prev)
     return block
 
 
@@ -170,8 +166,7 @@ def _backward_shard(block, like, b0, b1, j0, j1):
                    _array3(block, a + 20, like), _array3(block, a + 24, like), _array2(block, a + 28, like),
                    _array1(block, a + 32, np.int64(0)), block[3] != 0, _array3(block, a + 36, like),
                    _array3(block, a + 40, like), _array2(block, a + 44, like), _array2(block, a + 48, like),
-                   _array3(block, a + 52, like), _array3(block, a + 56, like), _array2(block, a + 60, like),
-                   _array1(block, a + 64, np.int64(0)), b0, b1, j0, j1, _sync(block), block[4])
+                   _array3(block, a + 52, like), b0, b1, j0, j1, _sync(block), block[4])
 
 
 @njit(**_JIT, inline="always")
