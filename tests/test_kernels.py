@@ -220,8 +220,10 @@ def _lstm_forward_args(parties=2, rows=False):
     H16 = 16
     layer = rnnkit.LSTM(I, H16, dtype=torch.float64)
     W_ih, W_hh, b_ih, b_hh = [p.detach() for p in layer.layer_weights(0, 0)]
-    xp = torch.addmm(b_ih + b_hh, torch.randn(B * T, I, dtype=torch.float64), W_ih.t()).view(B, T, -1)
+    x = torch.randn(B, T, I, dtype=torch.float64)  # I > 1: the caller projects it
+    xp = torch.addmm(b_ih + b_hh, x.view(B * T, I), W_ih.t()).view(B, T, -1)
     hs, cs = torch.zeros(2, B, T + 1, H16, dtype=torch.float64)
+    zeros = torch.zeros(B, H16, dtype=torch.float64)  # the initial states (row shards copy them)
     if rows:
         plan = blas.Plan([(0, B // 2, 0, H16), (B // 2, B, 0, H16)], 1)
         W_own = W_hh
@@ -231,7 +233,8 @@ def _lstm_forward_args(parties=2, rows=False):
         W_own = W_hh.index_select(0, fused._own_rows(tuple(plan.shards), H16, 4))
     args = (loops.LSTM, blas.blas().gemm[np.dtype(np.float64)], xp.numpy(), hs.numpy(), cs.numpy(),
             torch.empty(B, T, H16, dtype=torch.float64).numpy(), W_hh.contiguous().numpy(), W_own.numpy(),
-            W_hh[0].numpy(), np.full(B, T, np.int64), False)
+            W_hh[0].numpy(), np.full(B, T, np.int64), x.numpy(), W_ih.numpy(), b_ih.numpy(), b_hh.numpy(),
+            zeros.numpy(), zeros.numpy(), False)
     return args, plan
 
 
@@ -434,3 +437,35 @@ def test_team_bodies_are_keyed_on_the_loops_source(tmp_path, monkeypatch):
     changed.write_text(open(loops.__file__).read() + "\n# one more line\n")
     monkeypatch.setattr(loops, "__file__", str(changed))
     assert team._source_stamp() != team._STAMP
+
+
+FIRST_CALL = """
+import torch
+import rnnkit
+torch.set_num_threads(2)
+torch.manual_seed(0)
+x = torch.randn(32, 50, 1)
+for cls in (rnnkit.RNN, rnnkit.GRU, rnnkit.LSTM):
+    fused = cls(1, 32, batch_first=True, engine="fused")
+    reference = cls(1, 32, batch_first=True, engine="reference")
+    reference.load_state_dict(fused.state_dict())
+    err = (fused(x)[0] - reference(x)[0]).abs().max().item()
+    assert err < 1e-5, (cls.__name__, err)
+"""
+
+
+def test_the_first_call_of_a_process_is_right():
+    """Each thread's W_hh^T for the small products is an array the loop allocates: reached through
+    its address alone, numba freed it after the address was taken, and a forward loop that allocated
+    after that (a version of the input projection in the loop) overwrote it; the first call of a
+    process, on two row shards, then went wrong from the second step on (0.18 off at B32 T50 H32).
+    In a fresh process, each cell's first call against the reference loop."""
+    import subprocess
+    import sys
+
+    from rnnkit.kernels import blas
+
+    if blas._openmp() is None or blas.blas().name != "mkl":
+        pytest.skip("row shards on a team need MKL and torch's OpenMP runtime")
+    done = subprocess.run([sys.executable, "-c", FIRST_CALL], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]

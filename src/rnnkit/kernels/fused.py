@@ -2,7 +2,9 @@
 
 Forward: ``xp = x W_ih^T + b_ih + b_hh`` for all steps as one GEMM (batch-major, so no transposes),
 then the recurrence in :func:`rnnkit.kernels.loops.forward`, on several threads when the layer is
-big enough (batch-row or hidden-unit shards: :mod:`rnnkit.kernels.blas`).
+big enough (batch-row or hidden-unit shards: :mod:`rnnkit.kernels.blas`). Where each thread has
+whole rows, it copies their initial states and, with one input feature (an outer product, not a
+GEMM), computes their xp itself before the first step: three torch calls fewer.
 Backward: hand-written BPTT in :func:`rnnkit.kernels.loops.backward`, then every weight gradient as
 one GEMM over all steps (``dW_ih = dG^T x``, ``dW_hh = dG_h^T h_prev``) and ``dx = dG W_ih``.
 :func:`run_fused` has the signature of :func:`rnnkit.layers.run_reference` and is held to it in
@@ -53,12 +55,12 @@ def _loop_args(kind: int, gemm: int, reverse: bool, arrays: list, split: int) ->
     return (kind, gemm, *np_arrays[:split], reverse, *np_arrays[split:])
 
 
-def _work(name: str, loop, kind: int, reverse: bool, plan: blas.Plan, shapes: tuple, dtype: torch.dtype,
+def _work(name, loop, kind: int, reverse: bool, plan: blas.Plan, shapes: tuple, dtype: torch.dtype,
           compose, split: int):
     """This call's arrays of ``shapes`` (:func:`rnnkit.kernels.buffers.work`), kept with the team
     block over the loop's arrays that ``compose(arrays)`` lists (None where the loop runs from
-    Python; :func:`_launch` points it at each call's arrays and sync array). Returns the work and
-    its arrays."""
+    Python; :func:`_launch` points it at each call's arrays and sync array, whose shapes the block
+    keeps: ``name`` with ``shapes`` must fix them). Returns the work and its arrays."""
     np_dtype = buffers._numpy_dtype(dtype)
     gemm = blas.blas().gemm[np_dtype]
     body = blas.team_body(loop, np_dtype)
@@ -92,8 +94,8 @@ def _gru_mask(H: int, dtype: torch.dtype) -> Tensor:
 
 @functools.lru_cache(maxsize=16)
 def _zero_row(H: int, dtype: torch.dtype) -> Tensor:
-    """(H,) zeros, never written: GRU's b_hn when it has none, and the b_hn slot of the cells that
-    do not read it."""
+    """(H,) zeros, never written: GRU's b_hn when it has none, the b_hn slot of the cells that do
+    not read it, and the biases of a layer without them."""
     return torch.zeros(H, dtype=dtype)
 
 
@@ -104,24 +106,20 @@ def _own_rows(shards: tuple, H: int, blocks: int) -> Tensor:
     return torch.cat([torch.arange(k * H + j0, k * H + j1) for _, _, j0, j1 in shards for k in range(blocks)])
 
 
-def _input_bias(code: int, b_ih: Tensor | None, b_hh: Tensor | None, W_hh: Tensor):
-    """The bias folded into the input projection, and GRU's b_hn (reset after), which r scales and
-    so stays out of it (None when there is none)."""
-    H = W_hh.shape[1]
-    b_hn = None
+def _input_bias(code: int, b_ih: Tensor | None, b_hh: Tensor | None, H: int) -> Tensor | None:
+    """The bias folded into the input projection (None when there is none): b_ih + b_hh, but for
+    GRU's b_hn (reset after), which r scales and so stays out of it."""
     if b_hh is not None:
         b_hh = b_hh.detach()
-    if code == loops.GRU:
-        if b_hh is not None:
-            b_hn = b_hh[2 * H:]
-            if b_ih is not None:
-                return torch.addcmul(b_ih.detach(), b_hh, _gru_mask(H, b_hh.dtype)), b_hn
-            b_hh = b_hh * _gru_mask(H, b_hh.dtype)
+    if code == loops.GRU and b_hh is not None:
+        if b_ih is not None:
+            return torch.addcmul(b_ih.detach(), b_hh, _gru_mask(H, b_hh.dtype))
+        b_hh = b_hh * _gru_mask(H, b_hh.dtype)
     if b_ih is None or b_hh is None:
         bias = b_ih if b_hh is None else b_hh
     else:
         bias = b_ih + b_hh
-    return (None if bias is None else bias.detach()), b_hn
+    return None if bias is None else bias.detach()
 
 
 def _forward(code: int, reverse: bool, lengths: Tensor | None, x: Tensor, h0: Tensor, c0: Tensor | None,
@@ -130,40 +128,54 @@ def _forward(code: int, reverse: bool, lengths: Tensor | None, x: Tensor, h0: Te
     Returns out, h_n, c_n and what the backward pass needs (its activations only when store)."""
     B, T, I = x.shape
     GH, H = W_hh.shape
-    x2 = x.detach().reshape(B * T, I)  # (B*T, I), a view when x is contiguous
-    bias, b_hn = _input_bias(code, b_ih, b_hh, W_hh)
-    W_ih = W_ih.detach()
+    x3 = x.detach()
+    x3 = x3 if x3.is_contiguous() else x3.contiguous()  # (B, T, I), read by the loop
+    x2 = x3.view(B * T, I)
+    W_ih = W_ih.detach().contiguous()
     W = W_hh.detach().contiguous()
     lens = _lengths(lengths, B, T)
-    b_hn = b_hn if b_hn is not None else _zero_row(H, x.dtype)  # (H,), read by GRU (reset after) only
+    # (H,), read by GRU (reset after) only
+    b_hn = b_hh.detach()[2 * H:] if code == loops.GRU and b_hh is not None else _zero_row(H, x.dtype)
     plan = blas.plan(B, H, GH)
     lstm = code == loops.LSTM
     if plan.parties == 1:
         rows = None
     else:  # each thread's rows of W_hh together (loops.forward's W_own)
         rows = _own_rows(plan.shards, H, 2 if code == loops.GRU_RESET_BEFORE else GH // H)
+    # Where one thread has every unit, each row shard's thread copies its initial states and, with one
+    # input feature, projects its input (loops.forward): else torch does, here.
+    start = plan.parties == 1
+    h_init = h0.detach().contiguous()
+    c_init = c0.detach().contiguous() if lstm else h_init
+    zero = _zero_row(GH, x.dtype)
+    b_i = zero if b_ih is None else b_ih.detach()
+    b_h = zero if b_hh is None else b_hh.detach()
     shapes = ((B, T, GH), (B, T + 1, H), (B, T + 1 if lstm else 0, H),
               (B, T if store else 1, loops.ACTS[code] * H), (0 if rows is None else len(rows), H))
 
     def compose(arrays):  # the loop's arrays
-        return [*arrays[:4], W, W if rows is None else arrays[4], b_hn, lens]
+        return [*arrays[:4], W, W if rows is None else arrays[4], b_hn, lens, x3, W_ih, b_i, b_h, h_init, c_init]
 
-    work, arrays = _work("forward", loops.forward, code, reverse, plan, shapes, x.dtype, compose, 8)
+    # (keyed on I too: the block holds x's and W_ih's shapes)
+    work, arrays = _work(("forward", I), loops.forward, code, reverse, plan, shapes, x.dtype, compose, 14)
     xp, hs, cs, acts, W_own = arrays
-    xp2 = xp.view(B * T, GH)
-    if bias is None:
-        torch.mm(x2, W_ih.t(), out=xp2)  # (B*T, G*H)
-    elif I == 1:  # an outer product: addcmul measured ~1.7x faster than addmm's K = 1 GEMM
-        torch.addcmul(bias, x2, W_ih.t(), out=xp2)
-    else:
-        torch.addmm(bias, x2, W_ih.t(), out=xp2)
+    if not (start and I == 1):
+        xp2 = xp.view(B * T, GH)
+        bias = _input_bias(code, b_ih, b_hh, H)
+        if bias is None:
+            torch.mm(x2, W_ih.t(), out=xp2)  # (B*T, G*H)
+        elif I == 1:  # an outer product: addcmul measured ~1.7x faster than addmm's K = 1 GEMM
+            torch.addcmul(bias, x2, W_ih.t(), out=xp2)
+        else:
+            torch.addmm(bias, x2, W_ih.t(), out=xp2)
     first, last = (T, 0) if reverse else (0, T)
-    hs.select(1, first).copy_(h0)  # (select and narrow: cheaper than indexing, a call that counts)
-    if lstm:
-        cs.select(1, first).copy_(c0)
+    if not start:
+        hs.select(1, first).copy_(h0)  # (select and narrow: cheaper than indexing, a call that counts)
+        if lstm:
+            cs.select(1, first).copy_(c0)
     if rows is not None:
         torch.index_select(W, 0, rows, out=W_own)
-    _launch(work, loops.forward, code, reverse, plan, compose(arrays), 8)
+    _launch(work, loops.forward, code, reverse, plan, compose(arrays), 14)
     out = hs.narrow(1, 0 if reverse else 1, T)  # (B, T, H): hs[:, :-1] reverse, else hs[:, 1:]
     if lengths is not None:
         alive = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)

@@ -394,11 +394,19 @@ def _rows_times_w(fn, ws, g, ldg, w, ldw, rows, cols, nb, beta, c, ldc):
 # ---- the loops ---------------------------------------------------------------------------------
 
 @njit(**_JIT)
-def forward(kind, gemm, xp, hs, cs, acts, W_hh, W_own, b_hn, lengths, reverse, b0, b1, j0, j1, sync, parties):
+def forward(kind, gemm, xp, hs, cs, acts, W_hh, W_own, b_hn, lengths, x, W_ih, b_ih, b_hh, h_init, c_init, reverse,
+            b0, b1, j0, j1, sync, parties):
     """Run the recurrence over all T steps for batch rows [b0, b1) and hidden units [j0, j1),
     filling hs, cs and acts and turning xp into the activations, in place.
 
-    xp (B, T, G*H) input pre-activations with the folded biases; W_hh (G*H, H) contiguous; W_own
+    xp (B, T, G*H) input pre-activations with the folded biases, from the caller; but where one
+    thread has every unit (parties = 1) and there is one input feature, the loop writes them for its
+    rows before the first step, ``xp = (b_ih + b_hh) + x W_ih^T`` (an outer product; GRU with the
+    reset gate after the product leaves b_hn out), with the caller's operations' roundings (one
+    fused multiply-add, as torch's addcmul), and with parties = 1 it copies its rows' initial
+    states h_init, c_init (B, H) into hs and cs too: x (B, T, I), W_ih (G*H, I), b_ih, b_hh (G*H,)
+    (zeros for none). Bigger layers' unit shards share those rows, so their caller does both.
+    W_hh (G*H, H) contiguous; W_own
     its rows of each thread's units in every gate of the step's first product (all but GRU's n with
     the reset gate before it), thread after thread: (gate, unit) within each, so that a thread's
     product is one call on rows of its own (W_hh itself when one thread has all units); b_hn (H,)
@@ -428,13 +436,16 @@ def forward(kind, gemm, xp, hs, cs, acts, W_hh, W_own, b_hn, lengths, reverse, b
     w, x0, h0 = _address(W_hh), _address(xp), _address(hs)
     # W_hh^T, where the step's products are small enough for the compiled loop (which reads the
     # right-hand matrix by rows): one thread has every unit then (units are split for big layers
-    # only), so its products read plain column ranges of it.
+    # only), so its products read plain column ranges of it. Passed on as the array, not its
+    # address: numba frees an array after its last use as a variable, and memory reached only
+    # through an address taken earlier was then free for the next allocation to overwrite.
     small = parties == 1 and _small(H, GH, isz)
     WT = np.empty((H if small else 0, GH), xp.dtype)
     for i in range(GH if small else 0):
         for k in range(H):
             WT[k, i] = W_hh[i, k]
-    wt = _address(WT) if small else 0
+    if parties == 1:
+        _forward_start(kind, xp, hs, cs, x, W_ih, b_ih, b_hh, h_init, c_init, reverse, b0, b1)
     for e in range(T * phases):
         step, phase = e // phases, e % phases
         t = T - 1 - step if reverse else step
@@ -448,20 +459,46 @@ def forward(kind, gemm, xp, hs, cs, acts, W_hh, W_own, b_hn, lengths, reverse, b
             if not mine:
                 continue
             if phase == 0:
-                _forward_first(kind, gemm, ws, xg, hs, cs, ag, lengths, b_hn, shared, scratch, W_own, wt,
+                _forward_first(kind, gemm, ws, xg, hs, cs, ag, lengths, b_hn, shared, scratch, W_own, WT,
                                blocks, b0, b1, u0, u1, t, p, q, ta, hrow)
             else:
-                _forward_reset_before(gemm, ws, xg, hs, acts, lengths, shared, w, wt, b0, b1, u0, u1, t, p, q,
+                _forward_reset_before(gemm, ws, xg, hs, acts, lengths, shared, w, WT, b0, b1, u0, u1, t, p, q,
                                       ta, xrow)
             _task_done(sync, parties)
 
 
 @njit(**_JIT)
-def _forward_first(kind, gemm, ws, xg, hs, cs, ag, lengths, b_hn, shared, scratch, W_own, wt, blocks, b0,
+def _forward_start(kind, xp, hs, cs, x, W_ih, b_ih, b_hh, h_init, c_init, reverse, b0, b1):
+    """Rows [b0, b1)' initial states, and with one input feature their input projection (see
+    :func:`forward`)."""
+    B, T, GH = xp.shape
+    H = hs.shape[2]
+    first = T if reverse else 0
+    for b in range(b0, b1):
+        for j in range(H):
+            hs[b, first, j] = h_init[b, j]
+        if kind == LSTM:
+            for j in range(H):
+                cs[b, first, j] = c_init[b, j]
+    if x.shape[2] != 1:
+        return
+    bias = np.empty(GH, xp.dtype)
+    for c in range(GH):
+        bias[c] = b_ih[c] if kind == GRU and c >= 2 * H else b_ih[c] + b_hh[c]
+    for b in range(b0, b1):
+        for t in range(T):
+            v = x[b, t, 0]
+            for c in range(GH):
+                xp[b, t, c] = bias[c] + v * W_ih[c, 0]
+
+
+@njit(**_JIT)
+def _forward_first(kind, gemm, ws, xg, hs, cs, ag, lengths, b_hn, shared, scratch, W_own, WT, blocks, b0,
                    b1, j0, j1, t, p, q, ta, hrow):
     """Units [j0, j1) of step t (for GRU with the reset gate before the product, its r, z and r ⊙ h):
-    the step's first product and the gates. wt: the address of W_hh^T (G*H columns), or 0 (see
+    the step's first product and the gates. WT: W_hh^T (H, G*H), or (0, G*H) for none (see
     :func:`forward`)."""
+    wt = _address(WT) if WT.shape[0] != 0 else 0
     T, H = hs.shape[1] - 1, hs.shape[2]
     nb = b1 - b0
     J0 = np.int64(j0)
@@ -533,9 +570,10 @@ def _forward_first(kind, gemm, ws, xg, hs, cs, ag, lengths, b_hn, shared, scratc
 
 
 @njit(**_JIT)
-def _forward_reset_before(gemm, ws, xg, hs, acts, lengths, shared, w, wt, b0, b1, j0, j1, t, p, q, ta, xrow):
+def _forward_reset_before(gemm, ws, xg, hs, acts, lengths, shared, w, WT, b0, b1, j0, j1, t, p, q, ta, xrow):
     """Units [j0, j1) of step t's second part, for GRU with the reset gate before the product:
-    xp[:, t]'s n block += (r ⊙ h) W_hn^T, then n and h."""
+    xp[:, t]'s n block += (r ⊙ h) W_hn^T, then n and h. WT as in :func:`_forward_first`."""
+    wt = _address(WT) if WT.shape[0] != 0 else 0
     T, H = hs.shape[1] - 1, hs.shape[2]
     nb = b1 - b0
     J0 = np.int64(j0)

@@ -30,7 +30,7 @@ from .loops import _JIT, _address
 # set_threads, sync length], then (address, 3 dims) for each array, then (b0, b1, j0, j1) per shard
 # (the sync address 4 slots before the first array's: see slots).
 _HEAD = 11
-_FORWARD_ARRAYS = 8  # xp, hs, cs, acts, W_hh, W_own, b_hn, lengths
+_FORWARD_ARRAYS = 14  # xp, hs, cs, acts, W_hh, W_own, b_hn, lengths, x, W_ih, b_ih, b_hh, h_init, c_init
 _BACKWARD_ARRAYS = 14  # dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, dG, grec, dan, drh, h_prev
 
 
@@ -104,8 +104,8 @@ def _head(n_arrays, kind, gemm, reverse, shards, sync, parties, calls):
 
 
 @njit(**_JIT)
-def forward_block(kind, gemm, xp, hs, cs, acts, W_hh, W_own, b_hn, lengths, reverse, shards, sync, parties,
-                  calls):
+def forward_block(kind, gemm, xp, hs, cs, acts, W_hh, W_own, b_hn, lengths, x, W_ih, b_ih, b_hh, h_init, c_init,
+                  reverse, shards, sync, parties, calls):
     """The block of a team running :func:`rnnkit.kernels.loops.forward` on ``shards`` (n, 4)."""
     block = _head(_FORWARD_ARRAYS, kind, gemm, reverse, shards, sync, parties, calls)
     at = _HEAD
@@ -114,7 +114,13 @@ def forward_block(kind, gemm, xp, hs, cs, acts, W_hh, W_own, b_hn, lengths, reve
     for arr in (W_hh, W_own):
         at = _put(block, at, arr)
     at = _put(block, at, b_hn)
-    _put(block, at, lengths)
+    at = _put(block, at, lengths)
+    at = _put(block, at, x)
+    at = _put(block, at, W_ih)
+    for arr in (b_ih, b_hh):
+        at = _put(block, at, arr)
+    for arr in (h_init, c_init):
+        at = _put(block, at, arr)
     return block
 
 
@@ -155,6 +161,8 @@ def _forward_shard(block, like, b0, b1, j0, j1):
     loops.forward(block[1], block[2], _array3(block, a, like), _array3(block, a + 4, like),
                   _array3(block, a + 8, like), _array3(block, a + 12, like), _array2(block, a + 16, like),
                   _array2(block, a + 20, like), _array1(block, a + 24, like), _array1(block, a + 28, np.int64(0)),
+                  _array3(block, a + 32, like), _array2(block, a + 36, like), _array1(block, a + 40, like),
+                  _array1(block, a + 44, like), _array2(block, a + 48, like), _array2(block, a + 52, like),
                   block[3] != 0, b0, b1, j0, j1, _sync(block), block[4])
 
 
