@@ -98,8 +98,11 @@ def gemm_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
     return 2 * n ** 3 / min(times) / 1e9
 
 
-def _time_interleaved(jobs: dict, rounds: int, round_s: float, clock=time.perf_counter) -> dict:
-    """Median seconds per call of each job (a no-argument callable), over interleaved rounds."""
+def _time_interleaved(jobs: dict, rounds: int, round_s: float, clock=time.perf_counter,
+                      alternate: bool = False) -> dict:
+    """Median seconds per call of each job (a no-argument callable), over interleaved rounds; with
+    ``alternate``, every other round runs the jobs in reverse order (a job's time depends on the job
+    before it by a few percent: benchmarks/ab.py)."""
     reps = {}
     for name, job in jobs.items():
         job()  # warm-up: first-call compile, allocator, Adam state
@@ -107,8 +110,8 @@ def _time_interleaved(jobs: dict, rounds: int, round_s: float, clock=time.perf_c
         job()
         reps[name] = max(1, int(round_s / max(clock() - t0, 1e-6)))
     samples: dict = {name: [] for name in jobs}
-    for _ in range(rounds):
-        for name, job in jobs.items():
+    for r in range(rounds):
+        for name, job in (reversed(jobs.items()) if alternate and r % 2 else jobs.items()):
             t0 = clock()
             for _ in range(reps[name]):
                 job()
