@@ -21,7 +21,7 @@ def supports(x: Tensor, lengths: Tensor | None) -> bool:
 
 
 def precompile() -> None:
-    """Compile the loops for both dtypes into numba's on-disk cache (~40-46 s with their team bodies
+    """Compile the loops for both dtypes into numba's on-disk cache (~44-49 s with their team bodies
     on the 2-core dev machine, once per install: `make install` runs it), so that no training run
     pays for it. The cell is a runtime value of the loops, so one small layer per dtype compiles
     them all; it runs split into two row shards, so that what starts a team compiles too."""
