@@ -469,3 +469,32 @@ def test_the_first_call_of_a_process_is_right():
         pytest.skip("row shards on a team need MKL and torch's OpenMP runtime")
     done = subprocess.run([sys.executable, "-c", FIRST_CALL], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("name, used", [(name, used) for name in ("rnn", "lstm", "gru", "gru-reset-before")
+                                        for used in ("output", "h_n", "c_n") if used != "c_n" or name == "lstm"])
+@pytest.mark.parametrize("path", ["one", "rows", "units"])
+def test_unused_outputs_get_no_gradient_tensors(name, used, path, monkeypatch):
+    """The fused layer asks autograd not to make zeros for an output the loss does not use (its
+    gradient comes as None): a loss on the output alone, on h_n alone or on LSTM's c_n alone, on one
+    thread, on row shards and on unit shards, against the reference loop."""
+    cls, extra = CELLS[name]
+    threads = torch.get_num_threads()
+    try:
+        with monkeypatch.context() as m:
+            _force(m, path)
+            torch.manual_seed(0)
+            layer = cls(I, H, num_layers=2, dtype=torch.float64, **extra)
+            x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+            results = []
+            for engine in ("reference", "fused"):
+                layer.engine = engine
+                out, state = layer(x)
+                target = {"output": out, "h_n": state[0] if name == "lstm" else state, "c_n": state[-1]}[used]
+                gen = torch.Generator().manual_seed(1)
+                loss = (target * torch.randn(target.shape, generator=gen, dtype=target.dtype)).sum()
+                results.append(torch.autograd.grad(loss, [x, *layer.parameters()]))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a, atol=1e-9, rtol=0)

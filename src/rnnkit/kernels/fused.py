@@ -92,11 +92,12 @@ def _gru_mask(H: int, dtype: torch.dtype) -> Tensor:
     return mask
 
 
-@functools.lru_cache(maxsize=16)
-def _zero_row(H: int, dtype: torch.dtype) -> Tensor:
-    """(H,) zeros, never written: GRU's b_hn when it has none, the b_hn slot of the cells that do
-    not read it, and the biases of a layer without them."""
-    return torch.zeros(H, dtype=dtype)
+@functools.lru_cache(maxsize=32)
+def _zeros(shape: tuple, dtype: torch.dtype) -> Tensor:
+    """Zeros, never written: GRU's b_hn when it has none, the b_hn slot of the cells that do not read
+    it, the biases of a layer without them, the gradient of an unused final state."""
+    with torch.inference_mode(False):  # (one made in inference mode could not be saved for backward)
+        return torch.zeros(shape, dtype=dtype)
 
 
 @functools.lru_cache(maxsize=64)
@@ -135,7 +136,7 @@ def _forward(code: int, reverse: bool, lengths: Tensor | None, x: Tensor, h0: Te
     W = W_hh.detach().contiguous()
     lens = _lengths(lengths, B, T)
     # (H,), read by GRU (reset after) only
-    b_hn = b_hh.detach()[2 * H:] if code == loops.GRU and b_hh is not None else _zero_row(H, x.dtype)
+    b_hn = b_hh.detach()[2 * H:] if code == loops.GRU and b_hh is not None else _zeros((H,), x.dtype)
     plan = blas.plan(B, H, GH)
     lstm = code == loops.LSTM
     if plan.parties == 1:
@@ -147,7 +148,7 @@ def _forward(code: int, reverse: bool, lengths: Tensor | None, x: Tensor, h0: Te
     start = plan.parties == 1
     h_init = h0.detach().contiguous()
     c_init = c0.detach().contiguous() if lstm else h_init
-    zero = _zero_row(GH, x.dtype)
+    zero = _zeros((GH,), x.dtype)
     b_i = zero if b_ih is None else b_ih.detach()
     b_h = zero if b_hh is None else b_hh.detach()
     shapes = ((B, T, GH), (B, T + 1, H), (B, T + 1 if lstm else 0, H),
@@ -195,6 +196,7 @@ class FusedLayer(torch.autograd.Function):
         out, h_n, c_n, (x2, xp, hs, cs, acts, W, lens, plan) = _forward(
             code, reverse, lengths, x, h0, c0, W_ih, W_hh, b_ih, b_hh, store=True)
         ctx.save_for_backward(x2, xp, hs, cs, acts, W_ih, W, b_ih, b_hh)
+        ctx.set_materialize_grads(False)  # an unused output's gradient comes as None, not new zeros
         ctx.config = (code, reverse, lens, x.shape, plan)  # the backward splits the work the same way
         return out, h_n, c_n
 
@@ -206,19 +208,22 @@ class FusedLayer(torch.autograd.Function):
         B, T, GH = xp.shape
         H = hs.shape[2]
         lstm = code == loops.LSTM
-        dy = dout.contiguous()  # (B, T, H)
+        dy = torch.zeros(B, T, H, dtype=hs.dtype) if dout is None else dout.contiguous()  # (B, T, H)
+        dh_n = _zeros((B, H), hs.dtype) if dh_n is None else dh_n.contiguous()
+        dc_n = dh_n if not lstm else _zeros((B, H), hs.dtype) if dc_n is None else dc_n.contiguous()
         hn = H if code == loops.GRU_RESET_BEFORE else 0
         shapes = ((B, H), (B, H) if lstm else (0, 0), (B, T, GH), (B, T, GH if code == loops.GRU else 0),
                   (B, hn), (B, hn), (B, T, H))
 
         def compose(arrays):  # the loop's arrays
-            return [dy, *arrays[:2], hs, cs, xp, acts, W_hh, lens, *arrays[2:]]
+            return [dy, *arrays[:2], hs, cs, xp, acts, W_hh, lens, *arrays[2:], dh_n, dc_n]
 
         work, arrays = _work("backward", loops.backward, code, reverse, plan, shapes, hs.dtype, compose, 9)
         dh, dc, dG, dG_h, _, _, h_prev = arrays
-        dh.copy_(dh_n)  # the loop turns them into the initial states' gradients
-        if lstm:
-            dc.copy_(dc_n)
+        if plan.parties > 1:  # (else each thread copies its rows)
+            dh.copy_(dh_n)  # the loop turns them into the initial states' gradients
+            if lstm:
+                dc.copy_(dc_n)
         _launch(work, loops.backward, code, reverse, plan, compose(arrays), 9)
         need = ctx.needs_input_grad  # code, reverse, lengths, x, h0, c0, W_ih, W_hh, b_ih, b_hh
         dG2 = dG.view(B * T, GH)  # (B*T, G*H)

@@ -596,11 +596,13 @@ def _forward_reset_before(gemm, ws, xg, hs, acts, lengths, shared, w, WT, b0, b1
 
 @njit(**_JIT)
 def backward(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reverse, dG, grec, dan, drh, h_prev,
-             b0, b1, j0, j1, sync, parties):
+             dh_n, dc_n, b0, b1, j0, j1, sync, parties):
     """BPTT for batch rows [b0, b1) and hidden units [j0, j1) (as in :func:`forward`): fill dG
     (B, T, G*H) and turn dh, dc (B, H) from the final-state gradients into the initial-state
     gradients, in place. dy (B, T, H) is the gradient of the outputs; xp holds the forward pass's
-    activations.
+    activations. Where one thread has every unit (parties = 1) the loop first copies its rows of the
+    final-state gradients dh_n, dc_n (B, H) into dh, dc; unit shards share the rows, so their caller
+    does.
 
     More arrays from the caller, shared by the threads: grec (B, T, G*H) for GRU with the reset
     gate after the product (else (B, T, 0)): the gradient of the recurrent product h W^T + b_hh,
@@ -626,6 +628,12 @@ def backward(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reverse, d
     grecg = grec.reshape(B, T, grec.shape[2] // H, H)  # (B, T, G, H)
     w = _address(W_hh)
     g0 = _address(grec) if kind == GRU else _address(dG)  # the gradient of h W^T, (B, T, G*H)
+    for b in range(b0 if parties == 1 else b1, b1):
+        for j in range(H):
+            dh[b, j] = dh_n[b, j]
+        if kind == LSTM:
+            for j in range(H):
+                dc[b, j] = dc_n[b, j]
     # A phase's tasks: the last step's product into dh (its gradient needs every unit of the last
     # step's), then this step's gates; with the reset gate before the product a second phase (see
     # _backward_reset_before). One more phase after the last step for its product.
