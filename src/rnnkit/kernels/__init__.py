@@ -14,7 +14,7 @@ DTYPES = (torch.float32, torch.float64)
 
 def supports(x: Tensor, lengths: Tensor | None) -> bool:
     """Whether the fused engine can run a layer on this input (CPU, float32/float64, non-empty)."""
-    if x.device.type != "cpu" or x.dtype not in DTYPES or x.dim() != 3 or 0 in x.shape:
+    if not x.is_cpu or x.dtype not in DTYPES or x.dim() != 3 or 0 in x.shape:
         return False
     return lengths is None or (lengths.device.type == "cpu" and lengths.dtype == torch.int64
                                and lengths.shape == (x.shape[0],))
