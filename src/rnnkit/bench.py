@@ -6,8 +6,9 @@ in one process: rnnkit with the fused engine, rnnkit with the reference loop, an
 step is forward + MSE loss + backward + Adam (torch's single-kernel ``fused=True`` Adam, the one
 rnnkit's trainer uses, for every implementation alike); inference is a forward pass under
 ``torch.no_grad``.
-Implementations are timed in interleaved rounds (so drifting clocks and caches hit all of them alike)
-and each reports the median round. The ratio column is torch.nn's time over this row's, so > 1 means
+Implementations are timed in interleaved rounds (so drifting clocks and caches hit all of them alike),
+every other round in reverse order (a job's time moves by 1-3% with the job run before it), and each
+reports the median round. The ratio column is torch.nn's time over this row's, so > 1 means
 faster than torch.nn. GFLOP/s counts the layer's matrix products (forward 2·B·T·G·H·(I+H); a train
 step three times that) against a large-GEMM peak measured here first.
 """
@@ -159,9 +160,9 @@ def run(args) -> int:
             opts = {impl: torch.optim.Adam(m.parameters(), lr=1e-3, fused=True) for impl, m in models.items()}
             train = _time_interleaved(
                 {impl: (lambda m=m, o=opts[impl]: _train_step(m, o, x, y)) for impl, m in models.items()},
-                rounds, round_s, clock)
+                rounds, round_s, clock, alternate=True)
             infer = _time_interleaved({impl: (lambda m=m: _infer(m, x)) for impl, m in models.items()},
-                                      rounds, round_s, clock)
+                                      rounds, round_s, clock, alternate=True)
             flops = 2 * B * T * GATES[cell] * H * (1 + H)
             for impl in IMPLS:
                 print(f"{cell:<5} {B:>4} {T:>4} {H:>4}  {impl:<9} {train[impl] * 1e3:>9.2f} "
