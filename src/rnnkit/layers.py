@@ -64,7 +64,7 @@ def run_reference(kind: str, x: Tensor, state: State, weights: Weights,
 @functools.lru_cache(maxsize=32)
 def _zero_state(B: int, H: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     """(B, H) zeros, made once per shape: the initial state when none is given, which no engine writes
-    (a new one per call was ~1% of a small train step)."""
+    (a new one per call was part of 2-3% of a small train step: benchmarks/README.md, eighth pass)."""
     with torch.inference_mode(False):  # (one made in inference mode could not be saved for backward)
         return torch.zeros(B, H, dtype=dtype, device=device)
 

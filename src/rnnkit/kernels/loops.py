@@ -628,7 +628,7 @@ def backward(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reverse, d
     grecg = grec.reshape(B, T, grec.shape[2] // H, H)  # (B, T, G, H)
     w = _address(W_hh)
     g0 = _address(grec) if kind == GRU else _address(dG)  # the gradient of h W^T, (B, T, G*H)
-    for b in range(b0 if parties == 1 else b1, b1):
+    for b in range(b0, b1 if parties == 1 else b0):  # this thread's rows (unit shards: the caller)
         for j in range(H):
             dh[b, j] = dh_n[b, j]
         if kind == LSTM:
