@@ -28,7 +28,7 @@ import tempfile
 
 import torch
 
-from rnnkit.bench import _Model, _build, _time_interleaved, _train_step, parse_sizes
+from rnnkit.bench import _Model, _build, _time_interleaved, _train_jobs, parse_script_arguments, parse_sizes
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 NAME = "rnnkit_ab"
@@ -63,13 +63,7 @@ def export(rev: str) -> pathlib.Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("rev", help="the git revision to compare this tree with (e.g. HEAD~1)")
-    parser.add_argument("--sizes", default="32x50x32")
-    parser.add_argument("--cells", default="rnn,gru,lstm")
-    parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    args = parser.parse_args()
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    args = parse_script_arguments(parser)
     sys.path.insert(0, str(export(args.rev)))
     other = importlib.import_module(f"{NAME}.layers")
     importlib.import_module(f"{NAME}.kernels").precompile()  # ~45 s the first time, then loaded
@@ -86,8 +80,7 @@ def main() -> None:
             models["rev"] = _Model(layers[cell](1, H, batch_first=True, engine="fused"), H)
             models["rev"].load_state_dict(models["tree"].state_dict())
             models["torch"] = _build(cell, "torch", H, models["tree"])
-            opts = {k: torch.optim.Adam(m.parameters(), lr=1e-3, fused=True) for k, m in models.items()}
-            jobs = {k: (lambda m=m, o=opts[k]: _train_step(m, o, x, y)) for k, m in models.items()}
+            jobs = _train_jobs(models, x, y)
             ms = {k: v * 1e3 for k, v in _time_interleaved(jobs, args.rounds, 0.06, alternate=True).items()}
             print(f"{cell:<5} {B:>4} {T:>4} {H:>4} {ms['rev']:>8.3f} {ms['tree']:>8.3f} {ms['torch']:>8.3f}  "
                   f"{ms['torch'] / ms['rev']:>11.2f} {ms['torch'] / ms['tree']:>12.2f} "

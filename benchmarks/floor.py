@@ -19,7 +19,7 @@ import argparse
 import torch
 from torch import nn
 
-from rnnkit.bench import _Model, _build, _time_interleaved, _train_step, parse_sizes
+from rnnkit.bench import _Model, _build, _time_interleaved, _train_jobs, parse_script_arguments, parse_sizes
 from rnnkit.kernels import fused
 
 
@@ -81,13 +81,7 @@ def _without_products(job):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="32x50x32")
-    parser.add_argument("--cells", default="rnn,gru,lstm")
-    parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    args = parser.parse_args()
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    args = parse_script_arguments(parser)
     print(f"{torch.get_num_threads()} threads; train step in ms, median of {args.rounds} interleaved rounds")
     print(f"{'cell':<5} {'B':>4} {'T':>4} {'H':>4} {'free':>7} {'fused':>7} {'no dW':>7} {'torch':>7}  "
           f"{'torch/fused':>11} {'torch/no dW':>11} {'torch/free':>10}")
@@ -99,8 +93,7 @@ def main() -> None:
             models["torch"] = _build(cell, "torch", H, models["fused"])
             models["free"] = _Model(FreeLayer(models["fused"].rnn, B, T, H), H)
             models["no dW"] = _build(cell, "fused", H, models["fused"])
-            opts = {k: torch.optim.Adam(m.parameters(), lr=1e-3, fused=True) for k, m in models.items()}
-            jobs = {k: (lambda m=m, o=opts[k]: _train_step(m, o, x, y)) for k, m in models.items()}
+            jobs = _train_jobs(models, x, y)
             jobs["no dW"] = _without_products(jobs["no dW"])
             ms = {k: v * 1e3 for k, v in _time_interleaved(jobs, args.rounds, 0.06).items()}
             print(f"{cell:<5} {B:>4} {T:>4} {H:>4} {ms['free']:>7.3f} {ms['fused']:>7.3f} {ms['no dW']:>7.3f} "

@@ -12,7 +12,7 @@ import argparse
 
 import torch
 
-from rnnkit.bench import _build, _time_interleaved, _train_step, parse_sizes
+from rnnkit.bench import _build, _time_interleaved, _train_jobs, parse_script_arguments, parse_sizes
 from rnnkit.kernels import blas
 
 # The thresholds that force each mode (per-step multiply-adds; 1 << 62 is never reached).
@@ -25,12 +25,7 @@ MODES = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="16x50x32,32x50x32,32x50x64,64x50x64,32x50x128,64x200x128,32x50x256")
-    parser.add_argument("--cells", default="rnn,gru,lstm")
-    parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_script_arguments(parser, "16x50x32,32x50x32,32x50x64,64x50x64,32x50x128,64x200x128,32x50x256", 2)
     default = {name: getattr(blas, name) for name in MODES["one"]}
     for B, T, H in parse_sizes(args.sizes):
         for cell in args.cells.split(","):
@@ -38,12 +33,12 @@ def main() -> None:
             x, y = torch.randn(B, T, 1), torch.randn(B, 1)
             first = _build(cell, "fused", H, None)
             models = {k: first if k == "one" else _build(cell, "fused", H, first) for k in MODES}
-            opts = {k: torch.optim.Adam(m.parameters(), lr=1e-3, fused=True) for k, m in models.items()}
+            jobs = _train_jobs(models, x, y)
 
             def step(k):
                 for name, value in MODES[k].items():
                     setattr(blas, name, value)
-                _train_step(models[k], opts[k], x, y)
+                jobs[k]()
 
             times = _time_interleaved({k: (lambda k=k: step(k)) for k in models}, args.rounds, 0.03)
             med = {k: v * 1e3 for k, v in times.items()}

@@ -82,6 +82,12 @@ def _train_step(model: _Model, opt: torch.optim.Optimizer, x, y) -> None:
     opt.step()
 
 
+def _train_jobs(models: dict, x, y) -> dict:
+    """A train step of each model as a no-argument job, each with its own Adam(fused=True)."""
+    opts = {k: torch.optim.Adam(m.parameters(), lr=1e-3, fused=True) for k, m in models.items()}
+    return {k: (lambda m=m, o=opts[k]: _train_step(m, o, x, y)) for k, m in models.items()}
+
+
 def _infer(model: _Model, x) -> None:
     with torch.no_grad():
         model(x)
@@ -118,6 +124,19 @@ def _time_interleaved(jobs: dict, rounds: int, round_s: float, clock=time.perf_c
                 job()
             samples[name].append((clock() - t0) / reps[name])
     return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def parse_script_arguments(parser: argparse.ArgumentParser, sizes: str = "32x50x32", threads: int = 0):
+    """The options of the benchmarks/ scripts that time train steps (--sizes, --cells, --rounds,
+    --threads), parsed, with torch's threads set; the parsed arguments."""
+    parser.add_argument("--sizes", default=sizes, help="BATCHxSTEPSxHIDDEN[,...] (default: %(default)s)")
+    parser.add_argument("--cells", default=",".join(CELLS))
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--threads", type=int, default=threads, help="torch threads (0: torch's choice)")
+    args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    return args
 
 
 def parse_sizes(text: str) -> list[tuple[int, int, int]]:
@@ -157,10 +176,7 @@ def run(args) -> int:
             models: dict = {}
             for impl in IMPLS:
                 models[impl] = _build(cell, impl, H, models.get("fused"))
-            opts = {impl: torch.optim.Adam(m.parameters(), lr=1e-3, fused=True) for impl, m in models.items()}
-            train = _time_interleaved(
-                {impl: (lambda m=m, o=opts[impl]: _train_step(m, o, x, y)) for impl, m in models.items()},
-                rounds, round_s, clock, alternate=True)
+            train = _time_interleaved(_train_jobs(models, x, y), rounds, round_s, clock, alternate=True)
             infer = _time_interleaved({impl: (lambda m=m: _infer(m, x)) for impl, m in models.items()},
                                       rounds, round_s, clock, alternate=True)
             flops = 2 * B * T * GATES[cell] * H * (1 + H)
