@@ -61,14 +61,6 @@ def run_reference(kind: str, x: Tensor, state: State, weights: Weights,
     return torch.stack(outputs, dim=1), state  # (B, T, H)
 
 
-@functools.lru_cache(maxsize=32)
-def _zero_state(B: int, H: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """(B, H) zeros, made once per shape: the initial state when none is given, which no engine writes
-    (a new one per call was part of 2-3% of a small train step: benchmarks/README.md, eighth pass)."""
-    with torch.inference_mode(False):  # (one made in inference mode could not be saved for backward)
-        return torch.zeros(B, H, dtype=dtype, device=device)
-
-
 # "auto": the fused engine wherever it runs this input, else the reference loop; "fused": the fused
 # engine or a ConfigError; "reference": always the loop above.
 ENGINES = ("auto", "fused", "reference")
@@ -193,7 +185,7 @@ class RNNBase(nn.Module):
         n_states = 2 if self.kind == "lstm" else 1
         LD = self.num_layers * self.num_directions
         if hx is None:  # one zero state that every layer-direction reads (engines never write it)
-            return [(_zero_state(B, self.hidden_size, like.dtype, like.device),) * n_states] * LD
+            return [(kernels.zeros((B, self.hidden_size), like.dtype, like.device),) * n_states] * LD
         if self.kind == "lstm":
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
                 raise ShapeError("LSTM expects hx as a tuple (h_0, c_0)")

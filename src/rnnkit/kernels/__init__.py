@@ -6,6 +6,8 @@ pay for numba (~0.6 s) until a fused layer runs.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -18,6 +20,16 @@ def supports(x: Tensor, lengths: Tensor | None) -> bool:
         return False
     return lengths is None or (lengths.device.type == "cpu" and lengths.dtype == torch.int64
                                and lengths.shape == (x.shape[0],))
+
+
+@functools.lru_cache(maxsize=64)
+def zeros(shape: tuple, dtype: torch.dtype, device: torch.device | None = None) -> Tensor:
+    """Zeros made once per shape, dtype and device, for what nobody writes: a layer's initial state
+    when none is given, the fused engine's missing biases and b_hn, an unused final state's gradient
+    (a new tensor per call was part of 2-3% of a small train step: benchmarks/README.md, eighth
+    pass). Made outside inference mode, so that a later training call can save it for backward."""
+    with torch.inference_mode(False):
+        return torch.zeros(shape, dtype=dtype, device=device)
 
 
 def precompile() -> None:
@@ -51,4 +63,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["precompile", "run_fused", "supports"]
+__all__ = ["precompile", "run_fused", "supports", "zeros"]

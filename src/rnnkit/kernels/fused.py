@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from . import blas, buffers, loops, team
+from . import blas, buffers, loops, team, zeros
 
 def kind_code(kind: str, nonlinearity: str = "tanh", reset_after: bool = True) -> int:
     if kind == "rnn":
@@ -92,14 +92,6 @@ def _gru_mask(H: int, dtype: torch.dtype) -> Tensor:
     return mask
 
 
-@functools.lru_cache(maxsize=32)
-def _zeros(shape: tuple, dtype: torch.dtype) -> Tensor:
-    """Zeros, never written: GRU's b_hn when it has none, the b_hn slot of the cells that do not read
-    it, the biases of a layer without them, the gradient of an unused final state."""
-    with torch.inference_mode(False):  # (one made in inference mode could not be saved for backward)
-        return torch.zeros(shape, dtype=dtype)
-
-
 @functools.lru_cache(maxsize=64)
 def _own_rows(shards: tuple, H: int, blocks: int) -> Tensor:
     """The rows of W_hh that the forward loop's W_own holds (see there): for each unit shard in turn,
@@ -136,7 +128,7 @@ def _forward(code: int, reverse: bool, lengths: Tensor | None, x: Tensor, h0: Te
     W = W_hh.detach().contiguous()
     lens = _lengths(lengths, B, T)
     # (H,), read by GRU (reset after) only
-    b_hn = b_hh.detach()[2 * H:] if code == loops.GRU and b_hh is not None else _zeros((H,), x.dtype)
+    b_hn = b_hh.detach()[2 * H:] if code == loops.GRU and b_hh is not None else zeros((H,), x.dtype)
     plan = blas.plan(B, H, GH)
     lstm = code == loops.LSTM
     if plan.parties == 1:
@@ -148,7 +140,7 @@ def _forward(code: int, reverse: bool, lengths: Tensor | None, x: Tensor, h0: Te
     start = plan.parties == 1
     h_init = h0.detach().contiguous()
     c_init = c0.detach().contiguous() if lstm else h_init
-    zero = _zeros((GH,), x.dtype)
+    zero = zeros((GH,), x.dtype)
     b_i = zero if b_ih is None else b_ih.detach()
     b_h = zero if b_hh is None else b_hh.detach()
     shapes = ((B, T, GH), (B, T + 1, H), (B, T + 1 if lstm else 0, H),
@@ -209,8 +201,8 @@ class FusedLayer(torch.autograd.Function):
         H = hs.shape[2]
         lstm = code == loops.LSTM
         dy = torch.zeros(B, T, H, dtype=hs.dtype) if dout is None else dout.contiguous()  # (B, T, H)
-        dh_n = _zeros((B, H), hs.dtype) if dh_n is None else dh_n.contiguous()
-        dc_n = dh_n if not lstm else _zeros((B, H), hs.dtype) if dc_n is None else dc_n.contiguous()
+        dh_n = zeros((B, H), hs.dtype) if dh_n is None else dh_n.contiguous()
+        dc_n = dh_n if not lstm else zeros((B, H), hs.dtype) if dc_n is None else dc_n.contiguous()
         hn = H if code == loops.GRU_RESET_BEFORE else 0
         shapes = ((B, H), (B, H) if lstm else (0, 0), (B, T, GH), (B, T, GH if code == loops.GRU else 0),
                   (B, hn), (B, hn), (B, T, H))
