@@ -148,12 +148,14 @@ def test_every_path_matches_reference(name, config, path):
 @pytest.mark.parametrize("path", ["one", "openblas"], indirect=True)
 @pytest.mark.parametrize("name", CELLS)
 def test_products_through_blas_match_reference(name, path):
-    """The layers above run every step's product in the loops' own small-product loop; 96 units are
-    past it for every cell in float64 (W_hh over loops.SMALL_BYTES), so each product goes to BLAS."""
+    """The layers above run every step's product in the loops' own loop over a packed W_hh; a W_hh
+    over loops.PACKED_MAX_BYTES (float64, 730 to 1449 units by cell) goes to BLAS instead."""
     from rnnkit.kernels import loops
 
-    assert not loops._small.py_func(96, 96, 8)
-    _compare(name, CONFIGS[4], torch.float64, 1e-9, H=96)
+    gates = 4 if name == "lstm" else 3 if name.startswith("gru") else 1
+    H_big = math.isqrt(loops.PACKED_MAX_BYTES // (8 * gates)) + 1
+    assert not loops._packs.py_func(torch.empty(gates * H_big, H_big, dtype=torch.float64).numpy())
+    _compare(name, CONFIGS[4], torch.float64, 1e-9, H=H_big)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -214,7 +216,7 @@ def _lstm_forward_args(parties=2, rows=False):
     fused engine."""
     import numpy as np
 
-    from rnnkit.kernels import blas, fused, loops
+    from rnnkit.kernels import blas, loops
 
     torch.manual_seed(0)
     H16 = 16
@@ -226,14 +228,11 @@ def _lstm_forward_args(parties=2, rows=False):
     zeros = torch.zeros(B, H16, dtype=torch.float64)  # the initial states (row shards copy them)
     if rows:
         plan = blas.Plan([(0, B // 2, 0, H16), (B // 2, B, 0, H16)], 1)
-        W_own = W_hh
     else:
         edges = [round(k * H16 / parties) for k in range(parties + 1)]
         plan = blas.Plan([(0, B, a, b) for a, b in zip(edges[:-1], edges[1:])], parties)
-        W_own = W_hh.index_select(0, fused._own_rows(tuple(plan.shards), H16, 4))
     args = (loops.LSTM, blas.blas().gemm[np.dtype(np.float64)], xp.numpy(), hs.numpy(), cs.numpy(),
-            torch.empty(B, T, H16, dtype=torch.float64).numpy(), W_hh.contiguous().numpy(), W_own.numpy(),
-            W_hh[0].numpy(), np.full(B, T, np.int64), x.numpy(), W_ih.numpy(), b_ih.numpy(), b_hh.numpy(),
+            torch.empty(B, T, H16, dtype=torch.float64).numpy(), W_hh.contiguous().numpy(), W_hh[0].numpy(), np.full(B, T, np.int64), x.numpy(), W_ih.numpy(), b_ih.numpy(), b_hh.numpy(),
             zeros.numpy(), zeros.numpy(), False)
     return args, plan
 

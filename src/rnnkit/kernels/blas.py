@@ -47,7 +47,7 @@ SHARD_MIN_WORK = 256 * 1024  # row shards on the pool's threads (OpenBLAS)
 SHARD_MIN_ROWS = 8
 TEAM_ROWS_MIN_WORK = 32 * 1024  # row shards on an OpenMP team (MKL)
 UNITS_MIN_WORK = 1024 * 1024  # unit shards, where there are too few rows to split
-UNITS_OVER_ROWS_WORK = 6 * 1024 * 1024  # unit shards rather than row shards
+UNITS_OVER_ROWS_WORK = 32 * 1024 * 1024  # unit shards rather than row shards
 UNITS_ALIGN = 8  # unit shards start on multiples of this (a vector of float32)
 
 
@@ -146,8 +146,8 @@ def plan(B: int, H: int, GH: int) -> Plan:
     """How to run a layer of B rows, hidden size H and G*H gate rows on this many threads (see the
     module docstring), from the per-step multiply-adds: with MKL, batch-row shards on an OpenMP team
     from 32K (they never meet; measured 8-20% off the train step at B32 T50 H32 for GRU and LSTM)
-    and hidden-unit shards from 6M, where each thread's share of W_hh staying in its core's cache
-    pays for the per-step wait (or from 1M when there are too few rows to split); with OpenBLAS, row
+    and hidden-unit shards from 32M, where rows and units measured the same (or from 1M when there
+    are too few rows to split); with OpenBLAS, row
     shards on the pool's threads from 256K; one thread below (benchmarks/README.md). Made once per
     shape and setting."""
     return _plan(B, H, GH, torch.get_num_threads(), blas().name, _openmp() is not None,

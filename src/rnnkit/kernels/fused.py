@@ -92,13 +92,6 @@ def _gru_mask(H: int, dtype: torch.dtype) -> Tensor:
     return mask
 
 
-@functools.lru_cache(maxsize=64)
-def _own_rows(shards: tuple, H: int, blocks: int) -> Tensor:
-    """The rows of W_hh that the forward loop's W_own holds (see there): for each unit shard in turn,
-    its units in each of the first ``blocks`` gate blocks."""
-    return torch.cat([torch.arange(k * H + j0, k * H + j1) for _, _, j0, j1 in shards for k in range(blocks)])
-
-
 def _input_bias(code: int, b_ih: Tensor | None, b_hh: Tensor | None, H: int) -> Tensor | None:
     """The bias folded into the input projection (None when there is none): b_ih + b_hh, but for
     GRU's b_hn (reset after), which r scales and so stays out of it."""
@@ -131,10 +124,6 @@ def _forward(code: int, reverse: bool, lengths: Tensor | None, x: Tensor, h0: Te
     b_hn = b_hh.detach()[2 * H:] if code == loops.GRU and b_hh is not None else zeros((H,), x.dtype)
     plan = blas.plan(B, H, GH)
     lstm = code == loops.LSTM
-    if plan.parties == 1:
-        rows = None
-    else:  # each thread's rows of W_hh together (loops.forward's W_own)
-        rows = _own_rows(plan.shards, H, 2 if code == loops.GRU_RESET_BEFORE else GH // H)
     # Where one thread has every unit, each row shard's thread copies its initial states and, with one
     # input feature, projects its input (loops.forward): else torch does, here.
     start = plan.parties == 1
@@ -143,15 +132,14 @@ def _forward(code: int, reverse: bool, lengths: Tensor | None, x: Tensor, h0: Te
     zero = zeros((GH,), x.dtype)
     b_i = zero if b_ih is None else b_ih.detach()
     b_h = zero if b_hh is None else b_hh.detach()
-    shapes = ((B, T, GH), (B, T + 1, H), (B, T + 1 if lstm else 0, H),
-              (B, T if store else 1, loops.ACTS[code] * H), (0 if rows is None else len(rows), H))
+    shapes = ((B, T, GH), (B, T + 1, H), (B, T + 1 if lstm else 0, H), (B, T if store else 1, loops.ACTS[code] * H))
 
     def compose(arrays):  # the loop's arrays
-        return [*arrays[:4], W, W if rows is None else arrays[4], b_hn, lens, x3, W_ih, b_i, b_h, h_init, c_init]
+        return [*arrays, W, b_hn, lens, x3, W_ih, b_i, b_h, h_init, c_init]
 
     # (keyed on I too: the block holds x's and W_ih's shapes)
-    work, arrays = _work(("forward", I), loops.forward, code, reverse, plan, shapes, x.dtype, compose, 14)
-    xp, hs, cs, acts, W_own = arrays
+    work, arrays = _work(("forward", I), loops.forward, code, reverse, plan, shapes, x.dtype, compose, 13)
+    xp, hs, cs, acts = arrays
     if not (start and I == 1):
         xp2 = xp.view(B * T, GH)
         bias = _input_bias(code, b_ih, b_hh, H)
@@ -166,9 +154,7 @@ def _forward(code: int, reverse: bool, lengths: Tensor | None, x: Tensor, h0: Te
         hs.select(1, first).copy_(h0)  # (select and narrow: cheaper than indexing, a call that counts)
         if lstm:
             cs.select(1, first).copy_(c0)
-    if rows is not None:
-        torch.index_select(W, 0, rows, out=W_own)
-    _launch(work, loops.forward, code, reverse, plan, compose(arrays), 14)
+    _launch(work, loops.forward, code, reverse, plan, compose(arrays), 13)
     out = hs.narrow(1, 0 if reverse else 1, T)  # (B, T, H): hs[:, :-1] reverse, else hs[:, 1:]
     if lengths is not None:
         alive = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)

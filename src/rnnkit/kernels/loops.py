@@ -9,8 +9,10 @@ the matrix) and the gates. The gates add the product ``h W_hh^T`` to the step's 
 computed in place there, so xp ends up holding the activations the backward pass reads. numba compiles each loop once per dtype (the cell, direction and rows are runtime
 values) and caches it on disk, so the loop pays no Python or dispatcher cost per step.
 
-Products: small ones (the right-hand matrix within SMALL_BYTES) run in a register-blocked loop
-compiled in (``_small_mm``); the others call a Fortran ``?gemm_`` through its address (``gemm``),
+Products: W_hh is packed once per call, by each thread for the shards it runs, into strips of a few
+columns each stored whole (``_pack_rows`` / ``_pack_columns``), and every step's product runs in a
+register-blocked loop compiled in (``_small_mm`` over the strips: ``_packed_mm``); only a W_hh over
+PACKED_MAX_BYTES calls a Fortran ``?gemm_`` through its address (``gemm``),
 found by :mod:`rnnkit.kernels.blas`: the MKL inside torch's own library where it has one, else
 scipy's. Only its address crosses into compiled code, so the on-disk cache holds no pointer of
 another process.
@@ -126,15 +128,21 @@ def _tanh(a):
 
 # ---- small products, compiled in ----------------------------------------------------------------
 
-# A step's product at the small sizes (16 rows of H32 or H64 by G*H) takes MKL 1.2-1.7x the time of
-# the same arithmetic as a plain register-blocked loop: its call, checks and packing cost more than
-# the multiply-adds (benchmarks/README.md, seventh pass). Products whose right-hand matrix
-# fits in SMALL_BYTES (in the core's L1/L2) with a depth below SMALL_DEPTH use the loop below instead.
-# It multiply-adds along the depth in order, from zero, and adds C last (beta = 1), which is what
-# MKL's float32 kernel does below a depth of 256 on the dev machine: the results are bit for bit the
-# same there (tests/test_kernels.py holds the loop to numpy either way).
-SMALL_BYTES = 64 * 1024
-SMALL_DEPTH = 256
+# A step's product (B x H by H x G*H) runs in a register-blocked loop compiled in rather than
+# through BLAS: at the small sizes MKL's call, checks and packing cost more than the multiply-adds
+# (1.2-1.7x the loop's time), and at the big ones MKL packs W_hh anew at every step. W_hh is packed
+# once per call instead (see _pack_rows): measured 15-20% faster than MKL's sgemm_ from 32x512x256 to
+# 32x4096x1024, 2x at 16x1024x256 (benchmarks/README.md, ninth pass). Only a W_hh over
+# PACKED_MAX_BYTES (not measured past it; float64 tied with MKL at 32 MB) goes to BLAS.
+# The loop multiply-adds along the depth in order, from zero, in chunks of PACKED_DEPTH, each added
+# to C (C last where the product adds to it, beta = 1). Below a depth of 256 that is one chunk, MKL's
+# float32 order on the dev machine: the results are bit for bit MKL's there (tests/test_kernels.py
+# holds the loop to numpy either way).
+PACKED_MAX_BYTES = 16 * 1024 * 1024
+PACKED_DEPTH = 256
+# The backward's products read W_hh by rows as it is: where all of it fits DIRECT_BYTES (in L1) and
+# one chunk of the depth, they read it in place rather than packed (3% of a small train step).
+DIRECT_BYTES = 64 * 1024
 _ROWS, _VECS = 4, 2  # a block of 4 rows by 2 vectors: 8 accumulators, 2 loads, 1 broadcast (16 ymm)
 
 
@@ -207,10 +215,67 @@ def _small_mm(typingctx, zero, a, lda, b, ldb, c, ldc, m, n, k, accumulate):
 
 
 @njit(**_JIT, inline="always")
-def _small(depth, cols, itemsize):
-    """Whether a product of this depth onto a right-hand matrix of ``cols`` columns runs in the loop
-    above rather than through BLAS."""
-    return depth < SMALL_DEPTH and depth * cols * itemsize <= SMALL_BYTES
+def _packs(W):
+    """Whether the products with W (W_hh) run packed, in the loop above, rather than through BLAS."""
+    return W.size * W.itemsize <= PACKED_MAX_BYTES
+
+
+@njit(**_JIT, inline="always")
+def _direct(W):
+    """Whether the backward's products read W (W_hh) in place, unpacked (see DIRECT_BYTES)."""
+    return W.shape[0] < PACKED_DEPTH and W.size * W.itemsize <= DIRECT_BYTES
+
+
+@njit(**_JIT, inline="always")
+def _strip(P):
+    """Columns in a strip of a packed matrix P: the loop's block width, two 32-byte vectors."""
+    return _VECS * 32 // P.itemsize
+
+
+@njit(**_JIT, inline="always")
+def _pack_rows(W, P, at, row0, nu, blocks):
+    """Pack B = W[rows]^T (W.shape[1] x blocks*nu) at element ``at`` of P, B's column (k, u) being W's
+    row row0 + k*H + u (gate block k, unit u): strip after strip of ``_strip`` columns (the last
+    narrower), each (depth, width) row-major."""
+    H = W.shape[1]  # (the depth too)
+    sw = _strip(P)
+    n = blocks * nu
+    for s0 in range(0, n, sw):
+        w = min(sw, n - s0)
+        base = at + s0 * H
+        for c in range(w):
+            col = s0 + c
+            row = row0 + (col // nu) * H + col % nu
+            for i in range(H):
+                P[base + i * w + c] = W[row, i]
+
+
+@njit(**_JIT, inline="always")
+def _pack_columns(W, P, at, row0, depth, col0, n):
+    """Pack B = W[row0:row0+depth, col0:col0+n] at element ``at`` of P, as :func:`_pack_rows` does."""
+    sw = _strip(P)
+    for s0 in range(0, n, sw):
+        w = min(sw, n - s0)
+        base = at + s0 * depth
+        for i in range(depth):
+            for c in range(w):
+                P[base + i * w + c] = W[row0 + i, col0 + s0 + c]
+
+
+@njit(**_JIT, inline="always")
+def _packed_mm(a, lda, P, at, depth, n, c, ldc, m, accumulate):
+    """Row-major C (m, n) = A (m, depth) B (+ C when ``accumulate``), B packed at element ``at`` of P
+    (:func:`_pack_rows`); A's and C's addresses and row strides in elements. Strip by strip, so that
+    a strip stays in L1 across all the rows, in chunks of PACKED_DEPTH of the depth."""
+    isz = P.itemsize
+    zero = P.dtype.type(0.0)
+    sw = _strip(P)
+    p = _address(P) + at * isz
+    for s0 in range(0, n, sw):
+        w = min(sw, n - s0)
+        for k0 in range(0, depth, PACKED_DEPTH):
+            _small_mm(zero, a + k0 * isz, lda, p + (s0 * depth + k0 * w) * isz, w, c + s0 * isz, ldc, m, w,
+                      min(PACKED_DEPTH, depth - k0), accumulate or k0 > 0)
 
 
 # ---- BLAS by address ---------------------------------------------------------------------------
@@ -369,32 +434,23 @@ def _gemm(fn, ws, trans_a, m, n, k, a, lda, b, ldb, beta, c, ldc):
 
 
 @njit(**_JIT, inline="always")
-def _rows_times_wt(fn, ws, x, ldx, w, wt, ldwt, rows, cols, nb, beta, c, ldc):
-    """Row-major C (nb, rows) = X (nb, cols) W^T + beta C, W (rows, cols) contiguous; addresses and
-    row strides (in elements) of X and C. ``wt`` is W^T's address (row stride ``ldwt``) where the
-    caller made it, for a product small enough for the small loop (see ``_small`` and
-    :func:`forward`), else 0: the small loop needs W^T, BLAS takes W as it is."""
-    if wt != 0:
-        scal = ws[1]
-        _small_mm(scal.dtype.type(0.0), x, ldx, wt, ldwt, c, ldc, nb, rows, cols, beta != 0)
-    else:
-        _gemm(fn, ws, True, rows, nb, cols, w, cols, x, ldx, beta, c, ldc)
+def _rows_times_wt(fn, ws, x, ldx, w, rows, cols, nb, beta, c, ldc):
+    """Through BLAS: row-major C (nb, rows) = X (nb, cols) W^T + beta C, W (rows, cols) contiguous;
+    addresses and row strides (in elements) of X and C."""
+    _gemm(fn, ws, True, rows, nb, cols, w, cols, x, ldx, beta, c, ldc)
 
 
 @njit(**_JIT, inline="always")
 def _rows_times_w(fn, ws, g, ldg, w, ldw, rows, cols, nb, beta, c, ldc):
-    """Row-major C (nb, cols) = Gm (nb, rows) W + beta C, W (rows, cols) with row stride ldw."""
-    scal = ws[1]
-    if _small(rows, cols, scal.itemsize):
-        _small_mm(scal.dtype.type(0.0), g, ldg, w, ldw, c, ldc, nb, cols, rows, beta != 0)
-    else:
-        _gemm(fn, ws, False, cols, nb, rows, w, ldw, g, ldg, beta, c, ldc)
+    """Through BLAS: row-major C (nb, cols) = Gm (nb, rows) W + beta C, W (rows, cols) with row
+    stride ldw."""
+    _gemm(fn, ws, False, cols, nb, rows, w, ldw, g, ldg, beta, c, ldc)
 
 
 # ---- the loops ---------------------------------------------------------------------------------
 
 @njit(**_JIT)
-def forward(kind, gemm, xp, hs, cs, acts, W_hh, W_own, b_hn, lengths, x, W_ih, b_ih, b_hh, h_init, c_init, reverse,
+def forward(kind, gemm, xp, hs, cs, acts, W_hh, b_hn, lengths, x, W_ih, b_ih, b_hh, h_init, c_init, reverse,
             b0, b1, j0, j1, sync, parties):
     """Run the recurrence over all T steps for batch rows [b0, b1) and hidden units [j0, j1),
     filling hs, cs and acts and turning xp into the activations, in place.
@@ -406,10 +462,7 @@ def forward(kind, gemm, xp, hs, cs, acts, W_hh, W_own, b_hn, lengths, x, W_ih, b
     fused multiply-add, as torch's addcmul), and with parties = 1 it copies its rows' initial
     states h_init, c_init (B, H) into hs and cs too: x (B, T, I), W_ih (G*H, I), b_ih, b_hh (G*H,)
     (zeros for none). Bigger layers' unit shards share those rows, so their caller does both.
-    W_hh (G*H, H) contiguous; W_own
-    its rows of each thread's units in every gate of the step's first product (all but GRU's n with
-    the reset gate before it), thread after thread: (gate, unit) within each, so that a thread's
-    product is one call on rows of its own (W_hh itself when one thread has all units); b_hn (H,)
+    W_hh (G*H, H) contiguous; b_hn (H,)
     (GRU reset after; else unused); lengths (B,) int64; acts (B, T or 1, A*H) (see the module
     docstring). j0, j1 are unsigned (see below). ``parties`` threads that share the rows and split the
     units run this together as tasks (see ``sync`` above); one thread alone passes parties = 1.
@@ -433,17 +486,15 @@ def forward(kind, gemm, xp, hs, cs, acts, W_hh, W_own, b_hn, lengths, x, W_ih, b
     xg = xp.reshape(B, T, GH // H, H)  # (B, T, G, H)
     TA = acts.shape[1]
     ag = acts.reshape(B, TA, acts.shape[2] // H, H)  # (B, TA, A, H)
-    w, x0, h0 = _address(W_hh), _address(xp), _address(hs)
-    # W_hh^T, where the step's products are small enough for the compiled loop (which reads the
-    # right-hand matrix by rows): one thread has every unit then (units are split for big layers
-    # only), so its products read plain column ranges of it. Passed on as the array, not its
-    # address: numba frees an array after its last use as a variable, and memory reached only
-    # through an address taken earlier was then free for the next allocation to overwrite.
-    small = parties == 1 and _small(H, GH, isz)
-    WT = np.empty((H if small else 0, GH), xp.dtype)
-    for i in range(GH if small else 0):
-        for k in range(H):
-            WT[k, i] = W_hh[i, k]
+    x0, h0 = _address(xp), _address(hs)
+    # This thread's packed W_hh^T (see _pack_rows): each shard's region packed before the thread's
+    # first task of that shard (its own, or one it takes over), so a thread packs only what it runs.
+    # Passed on as the array, not its address: numba frees an array after its last use as a
+    # variable, and memory reached only through an address taken earlier was then free for the next
+    # allocation to overwrite.
+    packs = _packs(W_hh)
+    packed = np.empty(GH * H if packs else 0, xp.dtype)
+    ready = np.zeros(parties, np.bool_)
     if parties == 1:
         _forward_start(kind, xp, hs, cs, x, W_ih, b_ih, b_hh, h_init, c_init, reverse, b0, b1)
     for e in range(T * phases):
@@ -458,13 +509,31 @@ def forward(kind, gemm, xp, hs, cs, acts, W_hh, W_own, b_hn, lengths, x, W_ih, b
             mine, u0, u1 = _task(sync, parties, me, i, e, j0, j1)
             if not mine:
                 continue
+            k = (me + i) % parties  # the task's shard
+            if packs and not ready[k]:
+                _pack_forward(kind, W_hh, packed, u0, u1)
+                ready[k] = True
             if phase == 0:
-                _forward_first(kind, gemm, ws, xg, hs, cs, ag, lengths, b_hn, shared, scratch, W_own, WT,
+                _forward_first(kind, gemm, ws, xg, hs, cs, ag, lengths, b_hn, shared, scratch, W_hh, packed,
                                blocks, b0, b1, u0, u1, t, p, q, ta, hrow)
             else:
-                _forward_reset_before(gemm, ws, xg, hs, acts, lengths, shared, w, WT, b0, b1, u0, u1, t, p, q,
-                                      ta, xrow)
+                _forward_reset_before(gemm, ws, xg, hs, acts, lengths, shared, W_hh, packed, b0, b1, u0, u1, t,
+                                      p, q, ta, xrow)
             _task_done(sync, parties)
+
+
+@njit(**_JIT)
+def _pack_forward(kind, W, P, u0, u1):
+    """Pack the products of units [u0, u1) (see :func:`forward`) into their region of P, which starts at
+    element u0 * G*H: W^T's columns of the step's first product, (gate, unit) for all but GRU's n
+    with the reset gate before the product, then, for that one, the n block's."""
+    GH, H = W.shape
+    U0 = np.int64(u0)
+    nu = np.int64(u1) - U0
+    at = U0 * GH
+    _pack_rows(W, P, at, U0, nu, 2 if kind == GRU_RESET_BEFORE else GH // H)
+    if kind == GRU_RESET_BEFORE:
+        _pack_rows(W, P, at + 2 * nu * H, 2 * H + U0, nu, 1)
 
 
 @njit(**_JIT)
@@ -493,12 +562,11 @@ def _forward_start(kind, xp, hs, cs, x, W_ih, b_ih, b_hh, h_init, c_init, revers
 
 
 @njit(**_JIT)
-def _forward_first(kind, gemm, ws, xg, hs, cs, ag, lengths, b_hn, shared, scratch, W_own, WT, blocks, b0,
+def _forward_first(kind, gemm, ws, xg, hs, cs, ag, lengths, b_hn, shared, scratch, W_hh, packed, blocks, b0,
                    b1, j0, j1, t, p, q, ta, hrow):
     """Units [j0, j1) of step t (for GRU with the reset gate before the product, its r, z and r ⊙ h):
-    the step's first product and the gates. WT: W_hh^T (H, G*H), or (0, G*H) for none (see
-    :func:`forward`)."""
-    wt = _address(WT) if WT.shape[0] != 0 else 0
+    the step's first product and the gates. ``packed``: as in :func:`forward` (empty: through
+    BLAS, from W_hh)."""
     T, H = hs.shape[1] - 1, hs.shape[2]
     nb = b1 - b0
     J0 = np.int64(j0)
@@ -506,9 +574,13 @@ def _forward_first(kind, gemm, ws, xg, hs, cs, ag, lengths, b_hn, shared, scratc
     isz = hs.itemsize
     one, zero = hs.dtype.type(1.0), hs.dtype.type(0.0)  # typed constants, see _exp_neg
     rec = scratch[: nb * blocks * nu].reshape((nb, blocks, nu))
-    w_own = _address(W_own) + blocks * J0 * H * isz  # the task's rows, (gate, unit) within
-    _rows_times_wt(gemm, ws, hrow, (T + 1) * H, w_own, wt, xg.shape[2] * H, blocks * nu, H, nb, 0, _address(rec),
-                   blocks * nu)
+    if packed.size != 0:
+        _packed_mm(hrow, (T + 1) * H, packed, J0 * xg.shape[2] * H, H, blocks * nu, _address(rec), blocks * nu, nb,
+                   False)
+    else:
+        for k in range(blocks):
+            _rows_times_wt(gemm, ws, hrow, (T + 1) * H, _address(W_hh) + (k * H + J0) * H * isz, nu, H, nb, 0,
+                           _address(rec) + k * nu * isz, blocks * nu)
     for b in range(b0, b1):
         if lengths[b] <= t:
             for j in range(j0, j1):
@@ -570,10 +642,10 @@ def _forward_first(kind, gemm, ws, xg, hs, cs, ag, lengths, b_hn, shared, scratc
 
 
 @njit(**_JIT)
-def _forward_reset_before(gemm, ws, xg, hs, acts, lengths, shared, w, WT, b0, b1, j0, j1, t, p, q, ta, xrow):
+def _forward_reset_before(gemm, ws, xg, hs, acts, lengths, shared, W_hh, packed, b0, b1, j0, j1, t, p, q, ta,
+                          xrow):
     """Units [j0, j1) of step t's second part, for GRU with the reset gate before the product:
-    xp[:, t]'s n block += (r ⊙ h) W_hn^T, then n and h. WT as in :func:`_forward_first`."""
-    wt = _address(WT) if WT.shape[0] != 0 else 0
+    xp[:, t]'s n block += (r ⊙ h) W_hn^T, then n and h. ``packed`` as in :func:`_forward_first`."""
     T, H = hs.shape[1] - 1, hs.shape[2]
     nb = b1 - b0
     J0 = np.int64(j0)
@@ -582,8 +654,12 @@ def _forward_reset_before(gemm, ws, xg, hs, acts, lengths, shared, w, WT, b0, b1
     TA = acts.shape[1]
     GH = xg.shape[2] * H
     one = hs.dtype.type(1.0)
-    _rows_times_wt(gemm, ws, _address(acts) + (b0 * TA + ta) * H * isz, TA * H, w + (2 * H + J0) * H * isz,
-                   wt + (2 * H + J0) * isz if wt != 0 else 0, GH, nu, H, nb, 1, xrow + (2 * H + J0) * isz, T * GH)
+    rh = _address(acts) + (b0 * TA + ta) * H * isz  # r ⊙ h
+    if packed.size != 0:
+        _packed_mm(rh, TA * H, packed, J0 * GH + 2 * nu * H, H, nu, xrow + (2 * H + J0) * isz, T * GH, nb, True)
+    else:
+        _rows_times_wt(gemm, ws, rh, TA * H, _address(W_hh) + (2 * H + J0) * H * isz, nu, H, nb, 1,
+                       xrow + (2 * H + J0) * isz, T * GH)
     for b in range(b0, b1):
         if lengths[b] > t:
             for j in range(j0, j1):
@@ -626,7 +702,10 @@ def backward(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reverse, d
     xg = xp.reshape(B, T, GH // H, H)
     ag = acts.reshape(B, T, acts.shape[2] // H, H)  # (B, T, A, H)
     grecg = grec.reshape(B, T, grec.shape[2] // H, H)  # (B, T, G, H)
-    w = _address(W_hh)
+    # This thread's packed W_hh, each shard's region packed before its first task here (as forward's)
+    packs = _packs(W_hh) and not _direct(W_hh)
+    packed = np.empty(GH * H if packs else 0, dG.dtype)
+    ready = np.zeros(parties, np.bool_)
     g0 = _address(grec) if kind == GRU else _address(dG)  # the gradient of h W^T, (B, T, G*H)
     for b in range(b0, b1 if parties == 1 else b0):  # this thread's rows (unit shards: the caller)
         for j in range(H):
@@ -649,16 +728,39 @@ def backward(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reverse, d
                 continue
             U0 = np.int64(u0)
             nu = np.int64(u1) - U0
+            k = (me + i) % parties  # the task's shard
+            if packs and not ready[k]:  # its region, from element U0 * G*H: W[:rows, units], then W_hn's
+                _pack_columns(W_hh, packed, U0 * GH, 0, rows, U0, nu)
+                if kind == GRU_RESET_BEFORE:
+                    _pack_columns(W_hh, packed, U0 * GH + rows * nu, 2 * H, H, U0, nu)
+                ready[k] = True
             if phase == 1:
-                _backward_reset_before(gemm, ws, dh, hs, xg, dGg, dan, drh, lengths, w, b0, b1, u0, u1, t, p)
+                _backward_reset_before(gemm, ws, dh, hs, xg, dGg, dan, drh, lengths, W_hh, packed, b0, b1, u0, u1,
+                                       t, p)
             else:
                 if step > 0:  # dh[:, units] += (gradient of h W^T) W[:, units]: dead rows' get exact zeros
-                    _rows_times_w(gemm, ws, g0 + (b0 * T + last) * GH * isz, T * GH, w + U0 * isz, H, rows, nu,
-                                  nb, 1, _address(dh) + (b0 * H + U0) * isz, H)
+                    _times_w(gemm, ws, W_hh, packed, U0 * GH, 0, g0 + (b0 * T + last) * GH * isz, T * GH, rows,
+                             U0, nu, _address(dh) + (b0 * H + U0) * isz, nb, True)
                 if step < T:
                     _backward_gates(kind, dy, dh, dc, hs, cs, xg, ag, dGg, grecg, dan, h_prev, lengths, shared,
                                     b0, b1, u0, u1, t, p, q)
             _task_done(sync, parties)
+
+
+@njit(**_JIT, inline="always")
+def _times_w(gemm, ws, W, packed, at, row0, a, lda, depth, U0, nu, c, m, accumulate):
+    """The backward's products: row-major C (m, nu) = A (m, depth) W[row0:row0+depth, U0:U0+nu]
+    (+ C when ``accumulate``), A's and C's addresses, C's row stride H. From W's packed columns at
+    element ``at`` of ``packed`` (see :func:`backward`); where that is empty, W in place (small:
+    see ``_direct``) or through BLAS."""
+    H = W.shape[1]
+    w = _address(W) + (row0 * H + U0) * W.itemsize
+    if packed.size != 0:
+        _packed_mm(a, lda, packed, at, depth, nu, c, H, m, accumulate)
+    elif _direct(W):
+        _small_mm(W.dtype.type(0.0), a, lda, w, H, c, H, m, nu, depth, accumulate)
+    else:
+        _rows_times_w(gemm, ws, a, lda, w, H, depth, nu, m, 1 if accumulate else 0, c, H)
 
 
 @njit(**_JIT)
@@ -734,17 +836,18 @@ def _backward_gates(kind, dy, dh, dc, hs, cs, xg, ag, dGg, grecg, dan, h_prev, l
 
 
 @njit(**_JIT)
-def _backward_reset_before(gemm, ws, dh, hs, xg, dGg, dan, drh, lengths, w, b0, b1, j0, j1, t, p):
+def _backward_reset_before(gemm, ws, dh, hs, xg, dGg, dan, drh, lengths, W_hh, packed, b0, b1, j0, j1, t, p):
     """Units [j0, j1) of step t's second part, for GRU with the reset gate before the product:
-    drh = dan W_hn, then r's gradient and h's through r ⊙ h."""
+    drh = dan W_hn, then r's gradient and h's through r ⊙ h. ``packed``: as in :func:`backward`
+    (empty: through BLAS, from W_hh)."""
     H = hs.shape[2]
     nb = b1 - b0
     J0 = np.int64(j0)
     nu = np.int64(j1) - J0
     isz = dh.itemsize
     one = dh.dtype.type(1.0)
-    _rows_times_w(gemm, ws, _address(dan) + b0 * H * isz, H, w + (2 * H * H + J0) * isz, H, H, nu,
-                  nb, 0, _address(drh) + (b0 * H + J0) * isz, H)
+    _times_w(gemm, ws, W_hh, packed, J0 * 3 * H + 2 * H * nu, 2 * H, _address(dan) + b0 * H * isz, H, H, J0, nu,
+             _address(drh) + (b0 * H + J0) * isz, nb, False)
     for b in range(b0, b1):
         if lengths[b] > t:
             for j in range(j0, j1):

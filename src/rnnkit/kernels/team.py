@@ -30,7 +30,7 @@ from .loops import _JIT, _address
 # set_threads, sync length], then (address, 3 dims) for each array, then (b0, b1, j0, j1) per shard
 # (the sync address 4 slots before the first array's: see slots).
 _HEAD = 11
-_FORWARD_ARRAYS = 14  # xp, hs, cs, acts, W_hh, W_own, b_hn, lengths, x, W_ih, b_ih, b_hh, h_init, c_init
+_FORWARD_ARRAYS = 13  # xp, hs, cs, acts, W_hh, b_hn, lengths, x, W_ih, b_ih, b_hh, h_init, c_init
 # dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, dG, grec, dan, drh, h_prev, dh_n, dc_n
 _BACKWARD_ARRAYS = 16
 
@@ -105,15 +105,14 @@ def _head(n_arrays, kind, gemm, reverse, shards, sync, parties, calls):
 
 
 @njit(**_JIT)
-def forward_block(kind, gemm, xp, hs, cs, acts, W_hh, W_own, b_hn, lengths, x, W_ih, b_ih, b_hh, h_init, c_init,
+def forward_block(kind, gemm, xp, hs, cs, acts, W_hh, b_hn, lengths, x, W_ih, b_ih, b_hh, h_init, c_init,
                   reverse, shards, sync, parties, calls):
     """The block of a team running :func:`rnnkit.kernels.loops.forward` on ``shards`` (n, 4)."""
     block = _head(_FORWARD_ARRAYS, kind, gemm, reverse, shards, sync, parties, calls)
     at = _HEAD
     for arr in (xp, hs, cs, acts):
         at = _put(block, at, arr)
-    for arr in (W_hh, W_own):
-        at = _put(block, at, arr)
+    at = _put(block, at, W_hh)
     at = _put(block, at, b_hn)
     at = _put(block, at, lengths)
     at = _put(block, at, x)
@@ -163,9 +162,9 @@ def _forward_shard(block, like, b0, b1, j0, j1):
     a = _HEAD
     loops.forward(block[1], block[2], _array3(block, a, like), _array3(block, a + 4, like),
                   _array3(block, a + 8, like), _array3(block, a + 12, like), _array2(block, a + 16, like),
-                  _array2(block, a + 20, like), _array1(block, a + 24, like), _array1(block, a + 28, np.int64(0)),
-                  _array3(block, a + 32, like), _array2(block, a + 36, like), _array1(block, a + 40, like),
-                  _array1(block, a + 44, like), _array2(block, a + 48, like), _array2(block, a + 52, like),
+                  _array1(block, a + 20, like), _array1(block, a + 24, np.int64(0)), _array3(block, a + 28, like),
+                  _array2(block, a + 32, like), _array1(block, a + 36, like), _array1(block, a + 40, like),
+                  _array2(block, a + 44, like), _array2(block, a + 48, like),
                   block[3] != 0, b0, b1, j0, j1, _sync(block), block[4])
 
 
