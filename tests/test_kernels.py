@@ -158,6 +158,62 @@ def test_products_through_blas_match_reference(name, path):
     _compare(name, CONFIGS[4], torch.float64, 1e-9, H=H_big)
 
 
+@pytest.mark.parametrize("path", ["one", "units"], indirect=True)
+@pytest.mark.parametrize("name", CELLS)
+def test_products_deeper_than_a_chunk_match_reference(name, path):
+    """260 units: every product's depth is past loops.PACKED_DEPTH (the forward's too), so the packed
+    loop adds several chunks, and 260 is no multiple of a strip: the last strip is narrower."""
+    from rnnkit.kernels import loops
+
+    assert 260 > loops.PACKED_DEPTH and 260 % 16
+    _compare(name, CONFIGS[2], torch.float64, 1e-9, H=260)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_packed_products_match_numpy(dtype):
+    """The loops' product over a packed matrix against numpy: W's columns packed (the backward's
+    B = W[rows, units]) and W's rows packed as columns (the forward's B = W[gate rows]^T), strips
+    narrower than a full one, depths of several chunks, with and without adding C."""
+    import numpy as np
+    from numba import njit
+
+    from rnnkit.kernels import loops
+
+    @njit
+    def columns(a, W, c, row0, depth, col0, n, accumulate):
+        P = np.full(W.size, np.nan, W.dtype)  # (nothing read but what was packed)
+        loops._pack_columns(W, P, 3, row0, depth, col0, n)
+        loops._packed_mm(loops._address(a), a.shape[1], P, 3, depth, n, loops._address(c), c.shape[1],
+                         a.shape[0], accumulate)
+
+    @njit
+    def rows(a, W, c, row0, nu, blocks, accumulate):
+        P = np.full(W.size + 5, np.nan, W.dtype)
+        loops._pack_rows(W, P, 5, row0, nu, blocks)
+        loops._packed_mm(loops._address(a), a.shape[1], P, 5, W.shape[1], blocks * nu, loops._address(c),
+                         c.shape[1], a.shape[0], accumulate)
+
+    rng = np.random.default_rng(0)
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    for m, depth, n in [(1, 1, 1), (5, 300, 37), (9, 600, 16), (4, 256, 3), (7, 20, 50)]:
+        W = rng.standard_normal((depth + 4, n + 6)).astype(dtype)
+        a = rng.standard_normal((m, depth + 2)).astype(dtype)
+        for accumulate in (False, True):
+            c = rng.standard_normal((m, n)).astype(dtype)
+            want = a[:, :depth].astype(np.float64) @ W[2:2 + depth, 3:3 + n] + (c if accumulate else 0)
+            columns(a, W, c, 2, depth, 3, n, accumulate)
+            np.testing.assert_allclose(c, want, rtol=tol, atol=tol * depth)
+    for m, H, nu, blocks in [(3, 5, 2, 4), (6, 300, 20, 3), (2, 17, 17, 1)]:
+        W = rng.standard_normal((4 * H, H)).astype(dtype)
+        a = rng.standard_normal((m, H)).astype(dtype)
+        cols = [k * H + 1 + u for k in range(blocks) for u in range(nu)]  # gate k, unit u, from row 1
+        for accumulate in (False, True):
+            c = rng.standard_normal((m, blocks * nu)).astype(dtype)
+            want = a.astype(np.float64) @ W[cols].T + (c if accumulate else 0)
+            rows(a, W, c, 1, nu, blocks, accumulate)
+            np.testing.assert_allclose(c, want, rtol=tol, atol=tol * H)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_small_products_match_numpy(dtype):
     """The loops' small-product loop against numpy: every remainder of its 4-row by 2-vector blocks,
