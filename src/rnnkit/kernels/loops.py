@@ -236,18 +236,24 @@ def _strip(P):
 def _pack_rows(W, P, at, row0, nu, blocks):
     """Pack B = W[rows]^T (W.shape[1] x blocks*nu) at element ``at`` of P, B's column (k, u) being W's
     row row0 + k*H + u (gate block k, unit u): strip after strip of ``_strip`` columns (the last
-    narrower), each (depth, width) row-major."""
+    narrower), each (depth, width) row-major. Unsigned indices (as in the gate loops): with signed
+    ones numba checks each for wraparound, and these loops then ran 1.3-7x slower."""
     H = W.shape[1]  # (the depth too)
     sw = _strip(P)
     n = blocks * nu
+    flat = W.reshape(W.size)
+    starts = np.empty(sw, np.uint64)  # where the strip's columns start in flat
     for s0 in range(0, n, sw):
         w = min(sw, n - s0)
-        base = at + s0 * H
         for c in range(w):
             col = s0 + c
-            row = row0 + (col // nu) * H + col % nu
-            for i in range(H):
-                P[base + i * w + c] = W[row, i]
+            starts[c] = np.uint64((row0 + (col // nu) * H + col % nu) * H)
+        uw = np.uint64(w)
+        base = np.uint64(at + s0 * H)
+        for i in range(np.uint64(0), np.uint64(H)):
+            d = base + i * uw
+            for c in range(np.uint64(0), uw):
+                P[d + c] = flat[starts[c] + i]
 
 
 @njit(**_JIT, inline="always")
@@ -255,11 +261,13 @@ def _pack_columns(W, P, at, row0, depth, col0, n):
     """Pack B = W[row0:row0+depth, col0:col0+n] at element ``at`` of P, as :func:`_pack_rows` does."""
     sw = _strip(P)
     for s0 in range(0, n, sw):
-        w = min(sw, n - s0)
-        base = at + s0 * depth
+        uw = np.uint64(min(sw, n - s0))
+        first = np.uint64(col0 + s0)
+        base = np.uint64(at + s0 * depth)
         for i in range(depth):
-            for c in range(w):
-                P[base + i * w + c] = W[row0 + i, col0 + s0 + c]
+            d = base + np.uint64(i) * uw
+            for c in range(np.uint64(0), uw):
+                P[d + c] = W[row0 + i, first + c]
 
 
 @njit(**_JIT, inline="always")
