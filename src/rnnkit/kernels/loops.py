@@ -232,7 +232,7 @@ def _strip(P):
     return _VECS * 32 // P.itemsize
 
 
-@njit(**_JIT, inline="always")
+@njit(**_JIT)
 def _pack_rows(W, P, at, row0, nu, blocks):
     """Pack B = W[rows]^T (W.shape[1] x blocks*nu) at element ``at`` of P, B's column (k, u) being W's
     row row0 + k*H + u (gate block k, unit u): strip after strip of ``_strip`` columns (the last
@@ -256,7 +256,7 @@ def _pack_rows(W, P, at, row0, nu, blocks):
                 P[d + c] = flat[starts[c] + i]
 
 
-@njit(**_JIT, inline="always")
+@njit(**_JIT)
 def _pack_columns(W, P, at, row0, depth, col0, n):
     """Pack B = W[row0:row0+depth, col0:col0+n] at element ``at`` of P, as :func:`_pack_rows` does."""
     sw = _strip(P)
@@ -270,11 +270,12 @@ def _pack_columns(W, P, at, row0, depth, col0, n):
                 P[d + c] = W[row0 + i, first + c]
 
 
-@njit(**_JIT, inline="always")
+@njit(**_JIT)
 def _packed_mm(a, lda, P, at, depth, n, c, ldc, m, accumulate):
     """Row-major C (m, n) = A (m, depth) B (+ C when ``accumulate``), B packed at element ``at`` of P
-    (:func:`_pack_rows`); A's and C's addresses and row strides in elements. Strip by strip, so that
-    a strip stays in L1 across all the rows, in chunks of PACKED_DEPTH of the depth."""
+    (by :func:`_pack_rows` or :func:`_pack_columns`); A's and C's addresses and row strides in
+    elements. Strip by strip, so that a strip stays in L1 across all the rows, in chunks of
+    PACKED_DEPTH of the depth."""
     isz = P.itemsize
     zero = P.dtype.type(0.0)
     sw = _strip(P)
@@ -847,7 +848,7 @@ def _backward_gates(kind, dy, dh, dc, hs, cs, xg, ag, dGg, grecg, dan, h_prev, l
 def _backward_reset_before(gemm, ws, dh, hs, xg, dGg, dan, drh, lengths, W_hh, packed, b0, b1, j0, j1, t, p):
     """Units [j0, j1) of step t's second part, for GRU with the reset gate before the product:
     drh = dan W_hn, then r's gradient and h's through r ⊙ h. ``packed``: as in :func:`backward`
-    (empty: through BLAS, from W_hh)."""
+    (see :func:`_times_w`)."""
     H = hs.shape[2]
     nb = b1 - b0
     J0 = np.int64(j0)
