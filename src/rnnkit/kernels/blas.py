@@ -1,7 +1,8 @@
 """The BLAS the compiled loops call, how many threads it and the loops use, and the thread pool.
 
-The per-step matrix products of a recurrence are small (B x H by H x G*H), called T times in a row,
-so who computes them matters (benchmarks/README.md has the measurements):
+The loops run each step's matrix product (B x H by H x G*H, T times in a row) themselves, over
+W_hh packed once per call (:mod:`rnnkit.kernels.loops`); only a W_hh over ``loops.PACKED_MAX_BYTES``
+goes to a BLAS (benchmarks/README.md has the measurements):
 
 * **MKL** from torch's own library (``libtorch_cpu`` exports MKL's Fortran ``sgemm_``/``dgemm_`` on
   x86-64 Linux), the BLAS torch.nn itself runs on: 10-40% faster than OpenBLAS single-threaded at
@@ -10,7 +11,7 @@ so who computes them matters (benchmarks/README.md has the measurements):
 
 ``RNNKIT_BLAS=scipy`` forces the second (the tests run both). The choice is checked once on a small
 product against numpy before it is used. Every product runs on one BLAS thread; the threads are the
-loops' own.
+loops' own. Which BLAS there is also decides how the threads are shared out, below.
 
 Threads (:func:`plan`), following ``torch.get_num_threads()``: small layers run on one thread
 throughout (a thread hand-off costs more than their step). Bigger ones are split into *shards* that

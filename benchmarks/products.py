@@ -1,10 +1,11 @@
-"""A step's product at the small sizes: the loops' compiled register-blocked loop
-(``rnnkit.kernels.loops._small_mm``) against the BLAS the loops call otherwise (MKL's ``?gemm_`` by
-address), one thread, same arrays: microseconds per product and whether the bits agree (beta 0,
-then beta 1 onto the same C). ``small`` says whether the loops pick the compiled loop for it.
+"""A step's product: the loops' compiled register-blocked loop over a packed right-hand matrix
+(``rnnkit.kernels.loops._packed_mm``, the matrix packed once beforehand as the loops pack W_hh once
+per call) against the BLAS the loops would call otherwise (MKL's ``?gemm_`` by address, which packs
+it again at every call), one thread, same arrays: microseconds per product, the packing's own time
+(once per layer call, not per step), and whether the bits agree (beta 0, then beta 1 onto the same C).
 
-    .venv/bin/python benchmarks/small_products.py
-    .venv/bin/python benchmarks/small_products.py --shapes 16x128x32,32x512x128 --dtypes float32
+    .venv/bin/python benchmarks/products.py
+    .venv/bin/python benchmarks/products.py --shapes 16x128x32,32x512x256 --dtypes float32
 """
 
 from __future__ import annotations
@@ -18,18 +19,24 @@ from numba import njit
 
 from rnnkit.kernels import blas, loops
 
-# rows x columns x depth: B32 T50 H32 on two row shards (LSTM forward and backward, RNN, GRU), bigger
-# ones up to and past the switch to BLAS
-SHAPES = "16x128x32,16x32x128,16x32x32,16x96x32,16x32x96,16x192x64,16x64x192,32x256x64,32x64x256,32x512x128"
+# rows x columns x depth: B32 T50 H32 on two row shards (LSTM forward and backward), B64 T200 H128 on
+# two row shards (LSTM), B32 T50 H256 on two row shards (LSTM forward, backward), on unit shards, and
+# on one thread; bigger ones
+SHAPES = ("16x128x32,16x32x128,32x512x128,32x128x512,16x1024x256,16x256x1024,32x512x256,32x128x1024,"
+          "32x1024x256,64x2048x512,32x4096x1024")
 
 
 @njit(nogil=True)
-def _compiled(a, b, c, reps, accumulate):
+def _pack(b, P):
+    loops._pack_columns(b, P, 0, 0, b.shape[0], 0, b.shape[1])
+
+
+@njit(nogil=True)
+def _packed(a, P, c, reps, accumulate):
     m, k = a.shape
-    n = b.shape[1]
+    n = c.shape[1]
     for _ in range(reps):
-        loops._small_mm(c.dtype.type(0.0), loops._address(a), k, loops._address(b), n, loops._address(c), n,
-                        m, n, k, accumulate)
+        loops._packed_mm(loops._address(a), k, P, 0, k, n, loops._address(c), n, m, accumulate)
 
 
 @njit(nogil=True)
@@ -58,7 +65,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"BLAS: {blas.blas().name}; microseconds per product, best of 5")
-    print(f"{'dtype':<8} {'rows x cols x depth':>20} {'small':>6} {'compiled':>9} {'BLAS':>8} {'bits beta0/1':>13}")
+    print(f"{'dtype':<8} {'rows x cols x depth':>20} {'packed':>9} {'BLAS':>9} {'BLAS/packed':>11} {'pack':>8} "
+          f"{'bits beta0/1':>13}")
     rng = np.random.default_rng(0)
     for dtype in args.dtypes.split(","):
         dt = np.dtype(dtype)
@@ -66,18 +74,20 @@ def main() -> None:
         for shape in args.shapes.split(","):
             m, n, k = (int(v) for v in shape.split("x"))
             a, b = rng.standard_normal((m, k)).astype(dt), rng.standard_normal((k, n)).astype(dt)
+            P = np.empty(b.size, dt)
+            _pack(b, P)
             same = []
             for accumulate in (False, True):
                 c1 = rng.standard_normal((m, n)).astype(dt)
                 c2 = c1.copy()
-                _compiled(a, b, c1, 1, accumulate)
+                _packed(a, P, c1, 1, accumulate)
                 _blas(gemm, a, b, c2, 1, float(accumulate))
                 same.append("same" if np.array_equal(c1, c2) else "differ")
             reps = max(20, int(2e7 / (m * n * k)))
-            mine = _best_us(lambda r: _compiled(a, b, c1, r, False), reps)
+            mine = _best_us(lambda r: _packed(a, P, c1, r, False), reps)
             theirs = _best_us(lambda r: _blas(gemm, a, b, c2, r, 0.0), reps)
-            small = loops._small.py_func(k, n, dt.itemsize)
-            print(f"{dtype:<8} {shape:>20} {'yes' if small else 'no':>6} {mine:>9.2f} {theirs:>8.2f} "
+            pack = _best_us(lambda r: [_pack(b, P) for _ in range(r)], max(5, reps // 10))
+            print(f"{dtype:<8} {shape:>20} {mine:>9.2f} {theirs:>9.2f} {theirs / mine:>11.2f} {pack:>8.2f} "
                   f"{'/'.join(same):>13}", flush=True)
 
 
