@@ -148,9 +148,8 @@ def plan(B: int, H: int, GH: int) -> Plan:
     module docstring), from the per-step multiply-adds: with MKL, batch-row shards on an OpenMP team
     from 32K (they never meet; measured 8-20% off the train step at B32 T50 H32 for GRU and LSTM)
     and hidden-unit shards from 32M, where rows and units measured the same (or from 1M when there
-    are too few rows to split); with OpenBLAS, row
-    shards on the pool's threads from 256K; one thread below (benchmarks/README.md). Made once per
-    shape and setting."""
+    are too few rows to split); with OpenBLAS, row shards on the pool's threads from 256K; one
+    thread below (benchmarks/README.md). Made once per shape and setting."""
     return _plan(B, H, GH, torch.get_num_threads(), blas().name, _openmp() is not None,
                  (SHARD_MIN_WORK, SHARD_MIN_ROWS, TEAM_ROWS_MIN_WORK, UNITS_MIN_WORK, UNITS_OVER_ROWS_WORK,
                   UNITS_ALIGN))
