@@ -545,6 +545,22 @@ def _pack_forward(kind, W, P, u0, u1):
         _pack_rows(W, P, at + 2 * nu * H, 2 * H + U0, nu, 1)
 
 
+@njit(**_JIT, inline="always")
+def _times_wt(gemm, ws, W, packed, at, row0, blocks, nu, x, ldx, c, ldc, m, accumulate):
+    """The forward's products: row-major C (m, blocks*nu) = X (m, H) B (+ C when ``accumulate``), B's
+    column (k, u) being W's row row0 + k*H + u (gate block k, unit u); X's and C's addresses and row
+    strides. From B packed at element ``at`` of ``packed`` (:func:`_pack_forward`); where that is
+    empty, through BLAS, one call per gate block."""
+    H = W.shape[1]
+    isz = W.itemsize
+    if packed.size != 0:
+        _packed_mm(x, ldx, packed, at, H, blocks * nu, c, ldc, m, accumulate)
+    else:
+        for k in range(blocks):
+            _rows_times_wt(gemm, ws, x, ldx, _address(W) + (row0 + k * H) * H * isz, nu, H, m,
+                           1 if accumulate else 0, c + k * nu * isz, ldc)
+
+
 @njit(**_JIT)
 def _forward_start(kind, xp, hs, cs, x, W_ih, b_ih, b_hh, h_init, c_init, reverse, b0, b1):
     """Rows [b0, b1)' initial states, and with one input feature their input projection (see
@@ -574,22 +590,16 @@ def _forward_start(kind, xp, hs, cs, x, W_ih, b_ih, b_hh, h_init, c_init, revers
 def _forward_first(kind, gemm, ws, xg, hs, cs, ag, lengths, b_hn, shared, scratch, W_hh, packed, blocks, b0,
                    b1, j0, j1, t, p, q, ta, hrow):
     """Units [j0, j1) of step t (for GRU with the reset gate before the product, its r, z and r ⊙ h):
-    the step's first product and the gates. ``packed``: as in :func:`forward` (empty: through
-    BLAS, from W_hh)."""
+    the step's first product and the gates. ``packed``: as in :func:`forward` (see
+    :func:`_times_wt`)."""
     T, H = hs.shape[1] - 1, hs.shape[2]
     nb = b1 - b0
     J0 = np.int64(j0)
     nu = np.int64(j1) - J0
-    isz = hs.itemsize
     one, zero = hs.dtype.type(1.0), hs.dtype.type(0.0)  # typed constants, see _exp_neg
     rec = scratch[: nb * blocks * nu].reshape((nb, blocks, nu))
-    if packed.size != 0:
-        _packed_mm(hrow, (T + 1) * H, packed, J0 * xg.shape[2] * H, H, blocks * nu, _address(rec), blocks * nu, nb,
-                   False)
-    else:
-        for k in range(blocks):
-            _rows_times_wt(gemm, ws, hrow, (T + 1) * H, _address(W_hh) + (k * H + J0) * H * isz, nu, H, nb, 0,
-                           _address(rec) + k * nu * isz, blocks * nu)
+    _times_wt(gemm, ws, W_hh, packed, J0 * xg.shape[2] * H, J0, blocks, nu, hrow, (T + 1) * H, _address(rec),
+              blocks * nu, nb, False)
     for b in range(b0, b1):
         if lengths[b] <= t:
             for j in range(j0, j1):
@@ -663,12 +673,8 @@ def _forward_reset_before(gemm, ws, xg, hs, acts, lengths, shared, W_hh, packed,
     TA = acts.shape[1]
     GH = xg.shape[2] * H
     one = hs.dtype.type(1.0)
-    rh = _address(acts) + (b0 * TA + ta) * H * isz  # r ⊙ h
-    if packed.size != 0:
-        _packed_mm(rh, TA * H, packed, J0 * GH + 2 * nu * H, H, nu, xrow + (2 * H + J0) * isz, T * GH, nb, True)
-    else:
-        _rows_times_wt(gemm, ws, rh, TA * H, _address(W_hh) + (2 * H + J0) * H * isz, nu, H, nb, 1,
-                       xrow + (2 * H + J0) * isz, T * GH)
+    _times_wt(gemm, ws, W_hh, packed, J0 * GH + 2 * nu * H, 2 * H + J0, 1, nu,
+              _address(acts) + (b0 * TA + ta) * H * isz, TA * H, xrow + (2 * H + J0) * isz, T * GH, nb, True)
     for b in range(b0, b1):
         if lengths[b] > t:
             for j in range(j0, j1):
@@ -738,10 +744,8 @@ def backward(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reverse, d
             U0 = np.int64(u0)
             nu = np.int64(u1) - U0
             k = (me + i) % parties  # the task's shard
-            if packs and not ready[k]:  # its region, from element U0 * G*H: W[:rows, units], then W_hn's
-                _pack_columns(W_hh, packed, U0 * GH, 0, rows, U0, nu)
-                if kind == GRU_RESET_BEFORE:
-                    _pack_columns(W_hh, packed, U0 * GH + rows * nu, 2 * H, H, U0, nu)
+            if packs and not ready[k]:
+                _pack_backward(kind, W_hh, packed, u0, u1)
                 ready[k] = True
             if phase == 1:
                 _backward_reset_before(gemm, ws, dh, hs, xg, dGg, dan, drh, lengths, W_hh, packed, b0, b1, u0, u1,
@@ -754,6 +758,20 @@ def backward(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reverse, d
                     _backward_gates(kind, dy, dh, dc, hs, cs, xg, ag, dGg, grecg, dan, h_prev, lengths, shared,
                                     b0, b1, u0, u1, t, p, q)
             _task_done(sync, parties)
+
+
+@njit(**_JIT)
+def _pack_backward(kind, W, P, u0, u1):
+    """Pack the backward's products of units [u0, u1) (see :func:`backward`) into their region of P,
+    which starts at element u0 * G*H: W's columns of those units over the gate rows of the first
+    product (all but GRU's n with the reset gate before the product), then W_hn's."""
+    GH, H = W.shape
+    U0 = np.int64(u0)
+    nu = np.int64(u1) - U0
+    rows = 2 * H if kind == GRU_RESET_BEFORE else GH
+    _pack_columns(W, P, U0 * GH, 0, rows, U0, nu)
+    if kind == GRU_RESET_BEFORE:
+        _pack_columns(W, P, U0 * GH + rows * nu, 2 * H, H, U0, nu)
 
 
 @njit(**_JIT, inline="always")
