@@ -48,7 +48,7 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 RNN_TANH, RNN_RELU, LSTM, GRU, GRU_RESET_BEFORE = range(5)
 
@@ -60,9 +60,9 @@ _JIT = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 
 # exp(x) for x <= 0, written out so that LLVM vectorizes the gate loops (numba has no vector exp
 # without Intel's SVML; measured 2.5x faster than libm's scalar exp in a loop): x = -m ln2 + r with
-# |r| <= ln2/2, exp(r) by its degree-13 Taylor polynomial (truncation < 5e-18 relative), 2^-m built
-# from its exponent bits. Arguments below -60 are clamped: exp(-60) is 9e-27, far below any tolerance,
-# and the clamp keeps 2^-m a normal number in float32 (NaN too, which then comes back at the end).
+# |r| <= ln2/2, exp(r) by its Taylor polynomial (_exp_poly: degree 13 in float64, 7 in float32, each
+# truncated below a tenth of its type's epsilon), 2^-m built from its exponent bits. Arguments below
+# -60 are clamped: exp(-60) is 9e-27, far below any tolerance, and the clamp keeps 2^-m a normal number in float32 (NaN too, which then comes back at the end).
 # The activations compute in the argument's own type F (numba types a Python float constant as
 # float64, which would turn float32 gate math into float64 and halve the vector width).
 _LOG2E = 1.4426950408889634
@@ -85,27 +85,48 @@ def _pow2_neg(typingctx, m):
     return m(m), codegen
 
 
+def _exp_poly(r):
+    """exp(r) for |r| <= ln2/2 by its Taylor polynomial: degree 13 (truncation < 5e-18 relative) in
+    float64, degree 7 (< 5.2e-9, a tenth of float32's epsilon) in float32."""
+
+
 @njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"}, inline="always")
-def _exp_neg(x):
-    F = type(x)
-    xc = x if x > F(-60.0) else F(-60.0)
-    m = np.floor(F(0.5) - xc * F(_LOG2E))  # 0 <= m <= 87, in type F (math.floor gives an int)
-    r = xc + m * F(_LN2_HI) + m * F(_LN2_LO)
-    p = F(1.0 / 6227020800.0)  # 1/13!, then Horner down to 1/0!
-    p = p * r + F(1.0 / 479001600.0)
-    p = p * r + F(1.0 / 39916800.0)
-    p = p * r + F(1.0 / 3628800.0)
-    p = p * r + F(1.0 / 362880.0)
-    p = p * r + F(1.0 / 40320.0)
-    p = p * r + F(1.0 / 5040.0)
+def _exp_tail(p, r):
+    """Horner from p, the polynomial's terms from degree 7 up, down through 1/6! to 1/0!."""
+    F = type(r)
     p = p * r + F(1.0 / 720.0)
     p = p * r + F(1.0 / 120.0)
     p = p * r + F(1.0 / 24.0)
     p = p * r + F(1.0 / 6.0)
     p = p * r + F(0.5)
     p = p * r + F(1.0)
-    p = p * r + F(1.0)
-    return p * _pow2_neg(m) if x == x else x
+    return p * r + F(1.0)
+
+
+@overload(_exp_poly, inline="always", jit_options=_JIT)
+def _exp_poly_typed(r):
+    F = r
+    if r.bitwidth == 32:
+        return lambda r: _exp_tail(F(1.0 / 5040.0), r)
+
+    def float64_poly(r):
+        p = F(1.0 / 6227020800.0)  # 1/13!, then Horner down to 1/7!
+        p = p * r + F(1.0 / 479001600.0)
+        p = p * r + F(1.0 / 39916800.0)
+        p = p * r + F(1.0 / 3628800.0)
+        p = p * r + F(1.0 / 362880.0)
+        p = p * r + F(1.0 / 40320.0)
+        return _exp_tail(p * r + F(1.0 / 5040.0), r)
+    return float64_poly
+
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"}, inline="always")
+def _exp_neg(x):
+    F = type(x)
+    xc = x if x > F(-60.0) else F(-60.0)
+    m = np.floor(F(0.5) - xc * F(_LOG2E))  # 0 <= m <= 87, in type F (math.floor gives an int)
+    r = xc + m * F(_LN2_HI) + m * F(_LN2_LO)
+    return _exp_poly(r) * _pow2_neg(m) if x == x else x
 
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"}, inline="always")
