@@ -195,7 +195,10 @@ def test_packed_products_match_numpy(dtype):
 
     rng = np.random.default_rng(0)
     tol = 1e-5 if dtype == "float32" else 1e-12
-    for m, depth, n in [(1, 1, 1), (5, 300, 37), (9, 600, 16), (4, 256, 3), (7, 20, 50)]:
+    # rows and columns left over after every block size, with or without AVX-512 (loops._ROW_BLOCKS,
+    # loops._small_mm's widths): 13 = 8 + 4 + 1 rows, 61 = 32 + 16 + 8 + 5 columns
+    for m, depth, n in [(1, 1, 1), (5, 300, 37), (9, 600, 16), (4, 256, 3), (7, 20, 50), (13, 40, 61), (16, 64, 64),
+                        (12, 33, 29)]:
         W = rng.standard_normal((depth + 4, n + 6)).astype(dtype)
         a = rng.standard_normal((m, depth + 2)).astype(dtype)
         for accumulate in (False, True):

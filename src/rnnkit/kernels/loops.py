@@ -164,17 +164,39 @@ PACKED_DEPTH = 256
 # The backward's products read W_hh by rows as it is: where all of it fits DIRECT_BYTES (in L1) and
 # one chunk of the depth, they read it in place rather than packed (3% of a small train step).
 DIRECT_BYTES = 64 * 1024
-_ROWS, _VECS = 4, 2  # a block of 4 rows by 2 vectors: 8 accumulators, 2 loads, 1 broadcast (16 ymm)
+_VECS = 2  # a block's width in vectors
+
+
+def _vector_bytes() -> int:
+    """The width of the vectors the products use: 64 bytes where the machine numba compiles for has
+    AVX-512 (32 registers), else 32. Fixed when this module is imported; numba's cache is keyed on
+    the CPU and its features, so a cache made on one machine is not loaded on another."""
+    from llvmlite import binding
+    from numba.core import config
+
+    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else binding.get_host_cpu_features().flatten()
+    return 64 if "+avx512f" in features.split(",") else 32
+
+
+VECTOR_BYTES = _vector_bytes()
+# Row blocks, tallest first, each by _VECS vectors: 8 x 2 zmm = 16 accumulators, 2 loads and a
+# broadcast (19 of 32 registers) with AVX-512; 4 x 2 ymm = 8 accumulators (11 of 16) without. At
+# 16x1024x256 (B32 H256 LSTM on row shards) in the loop, 8 x 2 zmm measured 11% faster than 4 x 2
+# ymm (benchmarks/README.md, tenth pass). The rows left over go through shorter blocks.
+_ROW_BLOCKS = (8, 4, 1) if VECTOR_BYTES == 64 else (4, 1)
 
 
 @intrinsic
 def _small_mm(typingctx, zero, a, lda, b, ldb, c, ldc, m, n, k, accumulate):
     """Row-major C (m, n) = A (m, k) B (k, n) (+ C when ``accumulate``): addresses and row strides
-    in elements; ``zero`` only gives the element type. Blocks of 4 rows by two 32-byte vectors of
-    columns, their accumulators in registers across the whole depth; then single vectors, then
-    single columns; then the rows left over, one at a time."""
+    in elements; ``zero`` only gives the element type. Blocks of _ROW_BLOCKS[0] rows by _VECS
+    vectors of VECTOR_BYTES, their accumulators in registers across the whole depth; then single
+    vectors, then (AVX-512) single 32-byte vectors, then single columns; then the rows left over, by
+    the shorter row blocks. Each element is the same chain of multiply-adds in every block, so the
+    blocking does not change a bit."""
     size = 4 if zero == types.float32 else 8
-    lanes = 32 // size
+    lanes = VECTOR_BYTES // size
+    widths = [(_VECS, lanes), (1, lanes)] + ([(1, 32 // size)] if lanes > 32 // size else []) + [(1, 1)]
 
     def codegen(context, builder, sig, args):
         F = context.get_value_type(zero)
@@ -217,19 +239,22 @@ def _small_mm(typingctx, zero, a, lda, b, ldb, c, ldc, m, n, k, accumulate):
                         with store:
                             builder.store(value, ptr, align=size)
 
+        def tiles(start, count, size):  # [start, stop) of count's whole multiples of size from start
+            return start, builder.add(start, builder.mul(builder.sdiv(builder.sub(count, start), const(size)),
+                                                         const(size)))
+
         def rows_from(i0, rows):
-            wide = builder.mul(builder.sdiv(n, const(_VECS * lanes)), const(_VECS * lanes))
-            vectors = builder.mul(builder.sdiv(n, const(lanes)), const(lanes))
-            for start, stop, step, vecs, width in ((const(0), wide, _VECS * lanes, _VECS, lanes),
-                                                   (wide, vectors, lanes, 1, lanes), (vectors, n, 1, 1, 1)):
-                with cgutils.for_range_slice(builder, start, stop, const(step), intp=i64) as (j0, _):
+            stop = const(0)
+            for vecs, width in widths:
+                start, stop = tiles(stop, n, vecs * width)
+                with cgutils.for_range_slice(builder, start, stop, const(vecs * width), intp=i64) as (j0, _):
                     block(i0, j0, rows, vecs, width)
 
-        whole = builder.mul(builder.sdiv(m, const(_ROWS)), const(_ROWS))
-        with cgutils.for_range_slice(builder, const(0), whole, const(_ROWS), intp=i64) as (i0, _):
-            rows_from(i0, _ROWS)
-        with cgutils.for_range_slice(builder, whole, m, const(1), intp=i64) as (i0, _):
-            rows_from(i0, 1)
+        stop = const(0)
+        for rows in _ROW_BLOCKS:
+            start, stop = tiles(stop, m, rows)
+            with cgutils.for_range_slice(builder, start, stop, const(rows), intp=i64) as (i0, _):
+                rows_from(i0, rows)
         return context.get_dummy_value()
 
     return types.void(zero, *[types.int64] * 9, types.boolean), codegen
@@ -249,8 +274,8 @@ def _direct(W):
 
 @njit(**_JIT, inline="always")
 def _strip(P):
-    """Columns in a strip of a packed matrix P: the loop's block width, two 32-byte vectors."""
-    return _VECS * 32 // P.itemsize
+    """Columns in a strip of a packed matrix P: the loop's block width, _VECS vectors."""
+    return _VECS * VECTOR_BYTES // P.itemsize
 
 
 @njit(**_JIT)
