@@ -56,7 +56,7 @@ def _run(layer, engine, x, hx, packed):
     return [out] + states + list(grads)
 
 
-def _compare(name, config, dtype, atol, H=H):
+def _compare(name, config, dtype, atol, H=H, I=I):
     cls, extra = CELLS[name]
     num_layers, bidirectional, bias, hx_given, lengths, batch_first = config
     torch.manual_seed(0)
@@ -143,6 +143,16 @@ def test_every_path_matches_reference(name, config, path):
     else:
         assert len(plan.shards) == 1
     _compare(name, config, torch.float64, 1e-9)
+
+
+@pytest.mark.parametrize("path", PATHS, indirect=True)
+@pytest.mark.parametrize("name", CELLS)
+def test_one_input_feature_on_every_path(name, path):
+    """One input feature: the loops project it themselves (forward) and add up W_ih's gradient, a
+    weighted sum then, with the biases' as they go (backward), each shard into its own row of sums;
+    packed lengths, so the dead steps must add nothing."""
+    assert CONFIGS[5][2] and CONFIGS[5][4] == "packed"
+    _compare(name, CONFIGS[5], torch.float64, 1e-9, I=1)
 
 
 @pytest.mark.parametrize("path", ["one", "openblas"], indirect=True)

@@ -5,8 +5,10 @@ then the recurrence in :func:`rnnkit.kernels.loops.forward`, on several threads 
 big enough (batch-row or hidden-unit shards: :mod:`rnnkit.kernels.blas`). Where each thread has
 whole rows, it copies their initial states and, with one input feature (an outer product, not a
 GEMM), computes their xp itself before the first step: three torch calls fewer.
-Backward: hand-written BPTT in :func:`rnnkit.kernels.loops.backward`, then every weight gradient as
-one GEMM over all steps (``dW_ih = dG^T x``, ``dW_hh = dG_h^T h_prev``) and ``dx = dG W_ih``.
+Backward: hand-written BPTT in :func:`rnnkit.kernels.loops.backward`, which also sums the bias
+gradients (and, with one input feature, ``dW_ih = dG^T x``, a weighted sum then) as it goes; then
+every other weight gradient as one GEMM over all steps (``dW_ih = dG^T x``, ``dW_hh = dG_h^T
+h_prev``) and ``dx = dG W_ih``.
 :func:`run_fused` has the signature of :func:`rnnkit.layers.run_reference` and is held to it in
 float64 by tests/test_kernels.py. A small call's arrays are kept whole from call to call, with
 the team block that points at them (:func:`rnnkit.kernels.buffers.work`); a bigger one's arrays of
@@ -190,20 +192,29 @@ class FusedLayer(torch.autograd.Function):
         dh_n = zeros((B, H), hs.dtype) if dh_n is None else dh_n.contiguous()
         dc_n = dh_n if not lstm else zeros((B, H), hs.dtype) if dc_n is None else dc_n.contiguous()
         hn = H if code == loops.GRU_RESET_BEFORE else 0
+        I = x2.shape[1]
+        x3 = x2.view(B, T, I)
         shapes = ((B, H), (B, H) if lstm else (0, 0), (B, T, GH), (B, T, GH if code == loops.GRU else 0),
-                  (B, hn), (B, hn), (B, T, H))
+                  (B, hn), (B, hn), (B, T, H), (B, 3, GH))
 
         def compose(arrays):  # the loop's arrays
-            return [dy, *arrays[:2], hs, cs, xp, acts, W_hh, lens, *arrays[2:], dh_n, dc_n]
+            return [dy, *arrays[:2], hs, cs, xp, acts, W_hh, lens, *arrays[2:7], x3, arrays[7], dh_n, dc_n]
 
-        work, arrays = _work("backward", loops.backward, code, reverse, plan, shapes, hs.dtype, compose, 9)
-        dh, dc, dG, dG_h, _, _, h_prev = arrays
+        # (keyed on I too: the block holds x's shape)
+        work, arrays = _work(("backward", I), loops.backward, code, reverse, plan, shapes, hs.dtype, compose, 9)
+        dh, dc, dG, dG_h, _, _, h_prev, sums = arrays
         if plan.parties > 1:  # (else each thread copies its rows)
             dh.copy_(dh_n)  # the loop turns them into the initial states' gradients
             if lstm:
                 dc.copy_(dc_n)
         _launch(work, loops.backward, code, reverse, plan, compose(arrays), 9)
         need = ctx.needs_input_grad  # code, reverse, lengths, x, h0, c0, W_ih, W_hh, b_ih, b_hh
+        # The loop's sums (loops.backward), each shard's in the row of its first: the input bias's
+        # gradient, W_ih's where I = 1, and GRU's b_hn's.
+        first_rows = sorted({shard[0] for shard in plan.shards})
+        total = sums[first_rows[0]].clone()  # (3, G*H), a fresh tensor (the work's stay with it)
+        for b in first_rows[1:]:
+            total += sums[b]
         dG2 = dG.view(B * T, GH)  # (B*T, G*H)
         W_ih = W_ih.detach()
         dx = dW_ih = None
@@ -214,27 +225,30 @@ class FusedLayer(torch.autograd.Function):
         if need[3]:
             dx = (torch.mm(W_ih.t(), dG2.t()).t().contiguous() if odd else torch.mm(dG2, W_ih)).view(x_shape)
         if need[6]:
-            dW_ih = torch.mm(x2.t(), dG2).t().contiguous() if odd else torch.mm(dG2.t(), x2)
-        db_ih = dG2.sum(0) if b_ih is not None and need[8] else None
+            if I == 1:  # a weighted sum, added up in the loop
+                dW_ih = total[1].view(GH, 1)
+            elif odd:
+                dW_ih = torch.mm(x2.t(), dG2).t().contiguous()
+            else:
+                dW_ih = torch.mm(dG2.t(), x2)
+        db_ih = total[0] if b_ih is not None and need[8] else None
         dW_hh = db_hh = None
-        if need[7] or (b_hh is not None and need[9]):
+        if need[7]:
             h_prev = h_prev.view(B * T, H)  # (B*T, H), hs[:, 1:] reverse, else hs[:, :-1] (the loop copies it)
             if code == loops.GRU_RESET_BEFORE:
                 # The n rows of W_hh multiply r ⊙ h_prev, stored in acts.
                 rh = acts.view(B * T, H)
-                dG_h = dG2
                 dW_hh = torch.cat([torch.mm(dG2[:, : 2 * H].t(), h_prev), torch.mm(dG2[:, 2 * H:].t(), rh)])
             else:
                 # GRU: the n rows of W_hh h + b_hh are scaled by r before they meet the input's, so
                 # their gradient is the loop's dG_h, not dG.
                 dG_h = dG_h.view(B * T, GH) if code == loops.GRU else dG2
                 dW_hh = torch.mm(dG_h.t(), h_prev)
-            if b_hh is not None:  # the same sum as db_ih unless GRU rescaled dG_h; a copy is cheaper
-                db_hh = db_ih.clone() if dG_h is dG2 and db_ih is not None else dG_h.sum(0)
+        if b_hh is not None and need[9]:  # db_ih's sum but for GRU's n block (a copy: two gradients, two tensors)
+            db_hh = torch.cat((total[0, :2 * H], total[2, 2 * H:])) if code == loops.GRU else total[0].clone()
         dh0 = dh.clone() if need[4] else None  # (the work's own arrays stay with it)
         dc0 = dc.clone() if lstm and need[5] else None
-        return (None, None, None, dx, dh0, dc0, dW_ih, dW_hh if need[7] else None, db_ih,
-                db_hh if b_hh is not None and need[9] else None)
+        return None, None, None, dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh
 
 
 def run_fused(kind: str, x: Tensor, state: tuple, weights: tuple, lengths: Tensor | None = None,
