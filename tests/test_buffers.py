@@ -202,6 +202,25 @@ def test_a_big_call_is_not_kept(works):
     assert _take(shapes=((1024, 1024),))[0] is not w and not buffers._works
 
 
+def test_a_big_call_gets_the_extra_an_earlier_call_of_its_key_gave_back(works, monkeypatch):
+    monkeypatch.setattr(buffers, "SPARE_KEYS", 2)
+    made = []
+
+    def take(key):
+        return buffers.work(key, ((1024, 1024),), torch.float64, lambda arrays: made.append(key) or object())
+
+    first, _ = take("a")
+    assert take("a")[0].extra is not first.extra  # not given back yet: a second one made
+    buffers.done(first)
+    again, _ = take("a")
+    assert again.extra is first.extra and made == ["a", "a"]
+    for key in "abc":  # three keys' given back, two kept: a's, the least recently used, go
+        buffers.done(take(key)[0])
+    assert list(buffers._spares) == ["b", "c"]
+    buffers.release()
+    assert not buffers._spares
+
+
 def test_free_works_past_the_limit_go_least_recently_used_first(works, monkeypatch):
     monkeypatch.setattr(buffers, "FREE_WORKS", 2)
     made = [_take(key)[0] for key in "abcd"]  # each free once made

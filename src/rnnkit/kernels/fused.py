@@ -84,6 +84,7 @@ def _launch(work: buffers.Work, loop, kind: int, reverse: bool, plan: blas.Plan,
         sync, sync_address = blas.sync_address(plan)  # (held until the team is done)
         team.point(slots, [sync_address, *[a.data_ptr() for a in arrays]])
         blas.start(body, address, plan)
+        buffers.done(work)  # (a call not kept: its block to the next call of the same shapes)
 
 
 @functools.lru_cache(maxsize=16)
