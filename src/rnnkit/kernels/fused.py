@@ -202,7 +202,8 @@ class FusedLayer(torch.autograd.Function):
             return [dy, *arrays[:2], hs, cs, xp, acts, W_hh, lens, *arrays[2:7], x3, arrays[7], dh_n, dc_n]
 
         # (keyed on I too: the block holds x's shape)
-        work, arrays = _work(("backward", I), loops.backward, code, reverse, plan, shapes, hs.dtype, compose, 9)
+        work, arrays = _work(("backward", I), loops.backward, code, reverse, plan, shapes, hs.dtype, compose,
+                             9)
         dh, dc, dG, dG_h, _, _, h_prev, sums = arrays
         if plan.parties > 1:  # (else each thread copies its rows)
             dh.copy_(dh_n)  # the loop turns them into the initial states' gradients
@@ -245,7 +246,7 @@ class FusedLayer(torch.autograd.Function):
                 # their gradient is the loop's dG_h, not dG.
                 dG_h = dG_h.view(B * T, GH) if code == loops.GRU else dG2
                 dW_hh = torch.mm(dG_h.t(), h_prev)
-        if b_hh is not None and need[9]:  # db_ih's sum but for GRU's n block (a copy: two gradients, two tensors)
+        if b_hh is not None and need[9]:  # db_ih's sum but for GRU's n block (two gradients, two tensors)
             db_hh = torch.cat((total[0, :2 * H], total[2, 2 * H:])) if code == loops.GRU else total[0].clone()
         dh0 = dh.clone() if need[4] else None  # (the work's own arrays stay with it)
         dc0 = dc.clone() if lstm and need[5] else None

@@ -62,7 +62,8 @@ _JIT = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 # without Intel's SVML; measured 2.5x faster than libm's scalar exp in a loop): x = -m ln2 + r with
 # |r| <= ln2/2, exp(r) by its Taylor polynomial (_exp_poly: degree 13 in float64, 7 in float32, each
 # truncated below a tenth of its type's epsilon), 2^-m built from its exponent bits. Arguments below
-# -60 are clamped: exp(-60) is 9e-27, far below any tolerance, and the clamp keeps 2^-m a normal number in float32 (NaN too, which then comes back at the end).
+# -60 are clamped: exp(-60) is 9e-27, far below any tolerance, and the clamp keeps 2^-m a normal
+# number in float32 (NaN too, which then comes back at the end).
 # The activations compute in the argument's own type F (numba types a Python float constant as
 # float64, which would turn float32 gate math into float64 and halve the vector width).
 _LOG2E = 1.4426950408889634
@@ -152,8 +153,8 @@ def _tanh(a):
 # A step's product (B x H by H x G*H) runs in a register-blocked loop compiled in rather than
 # through BLAS: at the small sizes MKL's call, checks and packing cost more than the multiply-adds
 # (1.2-1.7x the loop's time), and at the big ones MKL packs W_hh anew at every step. W_hh is packed
-# once per call instead (see _pack_rows): measured 15-20% faster than MKL's sgemm_ from 32x512x256 to
-# 32x4096x1024, 2x at 16x1024x256 (benchmarks/README.md, ninth pass). Only a W_hh over
+# once per call instead (see _pack_rows): measured 1.3-1.6x faster than MKL's sgemm_ from 32x512x256
+# to 32x4096x1024, 2.4x at 16x1024x256 (benchmarks/README.md, ninth and tenth passes). Only a W_hh over
 # PACKED_MAX_BYTES (not measured past it; float64 tied with MKL at 32 MB) goes to BLAS.
 # The loop multiply-adds along the depth in order, from zero, in chunks of PACKED_DEPTH, each added
 # to C (C last where the product adds to it, beta = 1). Below a depth of 256 that is one chunk, MKL's
@@ -174,7 +175,9 @@ def _vector_bytes() -> int:
     from llvmlite import binding
     from numba.core import config
 
-    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else binding.get_host_cpu_features().flatten()
+    features = config.CPU_FEATURES
+    if features is None:
+        features = binding.get_host_cpu_features().flatten()
     return 64 if "+avx512f" in features.split(",") else 32
 
 
