@@ -118,9 +118,16 @@ def test_a_killed_run_loads_the_weights_training_would_keep(tmp_path):
 
 # ---- the real command: SIGKILL and Ctrl-C --------------------------------------------------------------
 
+# `python -m rnnkit` started as from a terminal, with Ctrl-C's default handler: a child inherits an
+# ignored SIGINT (then rnnkit leaves it ignored, as under nohup), and the test suite itself runs with
+# SIGINT ignored when started as a background job of a non-interactive shell (`bash .ci/run &`).
+AS_FROM_A_TERMINAL = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                      "runpy.run_module('rnnkit', run_name='__main__', alter_sys=True)")
+
+
 def start_training(out):
-    return subprocess.Popen([sys.executable, "-m", "rnnkit", "train", *TRAIN, "--out", str(out)], cwd=out.parent, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, "-c", AS_FROM_A_TERMINAL, "train", *TRAIN, "--out", str(out)],
+                            cwd=out.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def wait_for_checkpoint(proc, out, timeout=60.0):
