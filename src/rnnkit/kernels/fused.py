@@ -87,6 +87,12 @@ def _launch(work: buffers.Work, loop, kind: int, reverse: bool, plan: blas.Plan,
         buffers.done(work)  # (a call not kept: its block to the next call of the same shapes)
 
 
+@functools.lru_cache(maxsize=256)
+def _first_rows(plan: blas.Plan) -> list:
+    """The first row of each of the plan's shards, once each (unit shards all start at row 0)."""
+    return sorted({shard[0] for shard in plan.shards})
+
+
 @functools.lru_cache(maxsize=16)
 def _gru_mask(H: int, dtype: torch.dtype) -> Tensor:
     """(3H,) ones over the r and z blocks, zeros over n: the b_hh that folds into GRU's input bias."""
@@ -213,7 +219,7 @@ class FusedLayer(torch.autograd.Function):
         need = ctx.needs_input_grad  # code, reverse, lengths, x, h0, c0, W_ih, W_hh, b_ih, b_hh
         # The loop's sums (loops.backward), each shard's in the row of its first: the input bias's
         # gradient, W_ih's where I = 1, and GRU's b_hn's.
-        first_rows = sorted({shard[0] for shard in plan.shards})
+        first_rows = _first_rows(plan)
         total = sums[first_rows[0]].clone()  # (3, G*H), a fresh tensor (the work's stay with it)
         for b in first_rows[1:]:
             total += sums[b]

@@ -491,20 +491,6 @@ def _gemm(fn, ws, trans_a, m, n, k, a, lda, b, ldb, beta, c, ldc):
                        ps + scal.itemsize, c, pi + 20))
 
 
-@njit(**_JIT, inline="always")
-def _rows_times_wt(fn, ws, x, ldx, w, rows, cols, nb, beta, c, ldc):
-    """Through BLAS: row-major C (nb, rows) = X (nb, cols) W^T + beta C, W (rows, cols) contiguous;
-    addresses and row strides (in elements) of X and C."""
-    _gemm(fn, ws, True, rows, nb, cols, w, cols, x, ldx, beta, c, ldc)
-
-
-@njit(**_JIT, inline="always")
-def _rows_times_w(fn, ws, g, ldg, w, ldw, rows, cols, nb, beta, c, ldc):
-    """Through BLAS: row-major C (nb, cols) = Gm (nb, rows) W + beta C, W (rows, cols) with row
-    stride ldw."""
-    _gemm(fn, ws, False, cols, nb, rows, w, ldw, g, ldg, beta, c, ldc)
-
-
 # ---- the loops ---------------------------------------------------------------------------------
 
 @njit(**_JIT)
@@ -599,15 +585,16 @@ def _times_wt(gemm, ws, W, packed, at, row0, blocks, nu, x, ldx, c, ldc, m, accu
     """The forward's products: row-major C (m, blocks*nu) = X (m, H) B (+ C when ``accumulate``), B's
     column (k, u) being W's row row0 + k*H + u (gate block k, unit u); X's and C's addresses and row
     strides. From B packed at element ``at`` of ``packed`` (:func:`_pack_forward`); where that is
-    empty, through BLAS, one call per gate block."""
+    empty, through BLAS, one call per gate block (row-major C = X W_k^T is column-major C^T = W_k X^T,
+    W_k the block's rows)."""
     H = W.shape[1]
     isz = W.itemsize
     if packed.size != 0:
         _packed_mm(x, ldx, packed, at, H, blocks * nu, c, ldc, m, accumulate)
     else:
         for k in range(blocks):
-            _rows_times_wt(gemm, ws, x, ldx, _address(W) + (row0 + k * H) * H * isz, nu, H, m,
-                           1 if accumulate else 0, c + k * nu * isz, ldc)
+            _gemm(gemm, ws, True, nu, m, H, _address(W) + (row0 + k * H) * H * isz, H, x, ldx,
+                  1 if accumulate else 0, c + k * nu * isz, ldc)
 
 
 @njit(**_JIT)
@@ -862,7 +849,7 @@ def _times_w(gemm, ws, W, packed, at, row0, a, lda, depth, U0, nu, c, m, accumul
     """The backward's products: row-major C (m, nu) = A (m, depth) W[row0:row0+depth, U0:U0+nu]
     (+ C when ``accumulate``), A's and C's addresses, C's row stride H. From W's packed columns at
     element ``at`` of ``packed`` (see :func:`backward`); where that is empty, W in place (small:
-    see ``_direct``) or through BLAS."""
+    see ``_direct``) or through BLAS (row-major C = A W' is column-major C^T = W'^T A^T)."""
     H = W.shape[1]
     w = _address(W) + (row0 * H + U0) * W.itemsize
     if packed.size != 0:
@@ -870,7 +857,7 @@ def _times_w(gemm, ws, W, packed, at, row0, a, lda, depth, U0, nu, c, m, accumul
     elif _direct(W):
         _small_mm(W.dtype.type(0.0), a, lda, w, H, c, H, m, nu, depth, accumulate)
     else:
-        _rows_times_w(gemm, ws, a, lda, w, H, depth, nu, m, 1 if accumulate else 0, c, H)
+        _gemm(gemm, ws, False, nu, m, depth, w, H, a, lda, 1 if accumulate else 0, c, H)
 
 
 @njit(**_JIT)
