@@ -56,7 +56,7 @@ def _run(layer, engine, x, hx, packed):
     return [out] + states + list(grads)
 
 
-def _compare(name, config, dtype, atol, H=H, I=I):
+def _compare(name, config, dtype, atol, H=H, I=I, T=T):
     cls, extra = CELLS[name]
     num_layers, bidirectional, bias, hx_given, lengths, batch_first = config
     torch.manual_seed(0)
@@ -155,6 +155,24 @@ def test_one_input_feature_on_every_path(name, path):
     _compare(name, CONFIGS[5], torch.float64, 1e-9, I=1)
 
 
+@pytest.mark.parametrize("path", ["one", "rows", "shards"], indirect=True)
+@pytest.mark.parametrize("name", CELLS)
+def test_weights_grad_from_the_loop_matches_reference(name, path):
+    """At a small layer each row shard's loop makes its share of dW_hh itself after its steps
+    (loops._shard_weights_grad) and the backward adds the shares up; 70 steps, so one thread's
+    product is deeper than loops.PACKED_DEPTH and runs in chunks. GRU with the reset gate before the
+    product keeps torch's two products."""
+    from rnnkit.kernels import blas, fused, loops
+
+    code = kind_code(*{"rnn": ("rnn",), "rnn-relu": ("rnn", "relu"), "lstm": ("lstm",), "gru": ("gru",),
+                       "gru-reset-before": ("gru", "tanh", False)}[name])
+    gates = 4 if name == "lstm" else 3 if name.startswith("gru") else 1
+    plan = blas.plan(B, H, gates * H)
+    assert fused._weights_grad_in_loop(code, plan, gates * H, H, 8) == (name != "gru-reset-before")
+    assert len(plan.shards) == (1 if path == "one" else 3) and B * 70 > loops.PACKED_DEPTH
+    _compare(name, CONFIGS[2], torch.float64, 1e-9, T=70)
+
+
 @pytest.mark.parametrize("path", ["one", "openblas"], indirect=True)
 @pytest.mark.parametrize("name", CELLS)
 def test_products_through_blas_match_reference(name, path):
@@ -229,30 +247,36 @@ def test_packed_products_match_numpy(dtype):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_small_products_match_numpy(dtype):
-    """The loops' small-product loop against numpy: every remainder of its 4-row by 2-vector blocks,
-    row strides wider than the rows, with and without adding C."""
+    """The loops' small-product loop against numpy: every remainder of its row by 2-vector blocks,
+    row strides wider than the rows, A row-major and A stored transposed (the backward's dW_hh
+    reads dG so), with and without adding C."""
     import numpy as np
     from numba import njit
 
     from rnnkit.kernels import loops
 
     @njit
-    def product(a, b, c, m, n, k, accumulate):
-        loops._small_mm(c.dtype.type(0.0), loops._address(a), a.shape[1], loops._address(b), b.shape[1],
+    def product(a, transposed, b, c, m, n, k, accumulate):
+        lda, ka = (1, a.shape[1]) if transposed else (a.shape[1], 1)
+        loops._small_mm(c.dtype.type(0.0), loops._address(a), lda, ka, loops._address(b), b.shape[1],
                         loops._address(c), c.shape[1], m, n, k, accumulate)
 
     rng = np.random.default_rng(0)
     tol = 1e-5 if dtype == "float32" else 1e-12
-    for m, n, k in [(1, 1, 1), (4, 16, 8), (5, 37, 13), (7, 8, 3), (9, 50, 33), (3, 4, 200), (12, 130, 2)]:
-        a = rng.standard_normal((m, k + 3)).astype(dtype)  # rows wider than the k used
+    for m, n, k in [(1, 1, 1), (4, 16, 8), (5, 37, 13), (7, 8, 3), (9, 50, 33), (3, 4, 200), (12, 130, 2),
+                    (13, 61, 40)]:
         b = rng.standard_normal((k, n + 5)).astype(dtype)
-        for accumulate in (False, True):
-            c = rng.standard_normal((m, n + 2)).astype(dtype)
-            before = c.copy()
-            want = a[:, :k].astype(np.float64) @ b[:, :n] + (c[:, :n] if accumulate else 0)
-            product(a, b, c, m, n, k, accumulate)
-            np.testing.assert_allclose(c[:, :n], want, rtol=tol, atol=tol * k)
-            assert np.array_equal(c[:, n:], before[:, n:])  # nothing written past the n columns
+        for transposed in (False, True):
+            # rows wider than the k used (or, transposed, than the m used)
+            a = rng.standard_normal((k, m + 3) if transposed else (m, k + 3)).astype(dtype)
+            a_mk = a[:, :m].T if transposed else a[:, :k]
+            for accumulate in (False, True):
+                c = rng.standard_normal((m, n + 2)).astype(dtype)
+                before = c.copy()
+                want = a_mk.astype(np.float64) @ b[:, :n] + (c[:, :n] if accumulate else 0)
+                product(a, transposed, b, c, m, n, k, accumulate)
+                np.testing.assert_allclose(c[:, :n], want, rtol=tol, atol=tol * k)
+                assert np.array_equal(c[:, n:], before[:, n:])  # nothing written past the n columns
 
 
 @pytest.mark.parametrize("name", ["lstm", "gru-reset-before"])

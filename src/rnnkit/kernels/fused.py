@@ -93,6 +93,35 @@ def _first_rows(plan: blas.Plan) -> list:
     return sorted({shard[0] for shard in plan.shards})
 
 
+@functools.lru_cache(maxsize=256)
+def _slots(plan: blas.Plan, B: int) -> Tensor:
+    """(B,) int64: at each shard's first row, the shard's place in the plan (where the backward loop
+    puts its share of dW_hh); zeros elsewhere."""
+    slot = torch.zeros(B, dtype=torch.int64)
+    for s, b0 in enumerate(_first_rows(plan)):
+        slot[b0] = s
+    return slot
+
+
+def _total(array: Tensor, rows: list) -> Tensor:
+    """The sum of array[r] over rows, as a fresh tensor (a work's arrays stay with it)."""
+    if len(rows) == 1:
+        return array[rows[0]].clone()
+    total = array[rows[0]] + array[rows[1]]
+    for r in rows[2:]:
+        total += array[r]
+    return total
+
+
+def _weights_grad_in_loop(code: int, plan: blas.Plan, GH: int, H: int, itemsize: int) -> bool:
+    """Whether the backward loop's row shards make dW_hh themselves (loops._shard_weights_grad): for
+    a W_hh of at most loops.DIRECT_BYTES, where torch.mm's call and threads cost more than the
+    product (benchmarks/README.md, eleventh pass); not with GRU's reset gate before the product,
+    whose dW_hh is two products."""
+    return (plan.parties == 1 and code != loops.GRU_RESET_BEFORE
+            and GH * H * itemsize <= loops.DIRECT_BYTES)
+
+
 @functools.lru_cache(maxsize=16)
 def _gru_mask(H: int, dtype: torch.dtype) -> Tensor:
     """(3H,) ones over the r and z blocks, zeros over n: the b_hh that folds into GRU's input bias."""
@@ -201,28 +230,29 @@ class FusedLayer(torch.autograd.Function):
         hn = H if code == loops.GRU_RESET_BEFORE else 0
         I = x2.shape[1]
         x3 = x2.view(B, T, I)
+        need = ctx.needs_input_grad  # code, reverse, lengths, x, h0, c0, W_ih, W_hh, b_ih, b_hh
+        first_rows = _first_rows(plan)
+        in_loop = need[7] and _weights_grad_in_loop(code, plan, GH, H, hs.element_size())
         shapes = ((B, H), (B, H) if lstm else (0, 0), (B, T, GH), (B, T, GH if code == loops.GRU else 0),
-                  (B, hn), (B, hn), (B, T, H), (B, 3, GH))
+                  (B, hn), (B, hn), (B, T, H), (B, 3, GH), (len(first_rows) if in_loop else 0, GH, H))
+        slot = _slots(plan, B)
 
         def compose(arrays):  # the loop's arrays
-            return [dy, *arrays[:2], hs, cs, xp, acts, W_hh, lens, *arrays[2:7], x3, arrays[7], dh_n, dc_n]
+            return [dy, *arrays[:2], hs, cs, xp, acts, W_hh, lens, *arrays[2:7], x3, arrays[7], dh_n, dc_n,
+                    arrays[8], slot]
 
         # (keyed on I too: the block holds x's shape)
         work, arrays = _work(("backward", I), loops.backward, code, reverse, plan, shapes, hs.dtype, compose,
                              9)
-        dh, dc, dG, dG_h, _, _, h_prev, sums = arrays
+        dh, dc, dG, dG_h, _, _, h_prev, sums, dW_parts = arrays
         if plan.parties > 1:  # (else each thread copies its rows)
             dh.copy_(dh_n)  # the loop turns them into the initial states' gradients
             if lstm:
                 dc.copy_(dc_n)
         _launch(work, loops.backward, code, reverse, plan, compose(arrays), 9)
-        need = ctx.needs_input_grad  # code, reverse, lengths, x, h0, c0, W_ih, W_hh, b_ih, b_hh
         # The loop's sums (loops.backward), each shard's in the row of its first: the input bias's
         # gradient, W_ih's where I = 1, and GRU's b_hn's.
-        first_rows = _first_rows(plan)
-        total = sums[first_rows[0]].clone()  # (3, G*H), a fresh tensor (the work's stay with it)
-        for b in first_rows[1:]:
-            total += sums[b]
+        total = _total(sums, first_rows)  # (3, G*H)
         dG2 = dG.view(B * T, GH)  # (B*T, G*H)
         W_ih = W_ih.detach()
         dx = dW_ih = None
@@ -241,7 +271,9 @@ class FusedLayer(torch.autograd.Function):
                 dW_ih = torch.mm(dG2.t(), x2)
         db_ih = total[0] if b_ih is not None and need[8] else None
         dW_hh = db_hh = None
-        if need[7]:
+        if in_loop:  # the shards' shares, each from its loop
+            dW_hh = _total(dW_parts, range(len(first_rows)))
+        elif need[7]:
             h_prev = h_prev.view(B * T, H)  # (B*T, H), hs[:, 1:] reverse, else hs[:, :-1] (the loop copies it)
             if code == loops.GRU_RESET_BEFORE:
                 # The n rows of W_hh multiply r ⊙ h_prev, stored in acts.

@@ -190,9 +190,10 @@ _ROW_BLOCKS = (8, 4, 1) if VECTOR_BYTES == 64 else (4, 1)
 
 
 @intrinsic
-def _small_mm(typingctx, zero, a, lda, b, ldb, c, ldc, m, n, k, accumulate):
+def _small_mm(typingctx, zero, a, lda, ka, b, ldb, c, ldc, m, n, k, accumulate):
     """Row-major C (m, n) = A (m, k) B (k, n) (+ C when ``accumulate``): addresses and row strides
-    in elements; ``zero`` only gives the element type. Blocks of _ROW_BLOCKS[0] rows by _VECS
+    in elements, A's element (i, p) at i * lda + p * ka (ka = 1: row-major; lda = 1: A stored
+    transposed, as the backward's dW_hh reads dG); ``zero`` only gives the element type. Blocks of _ROW_BLOCKS[0] rows by _VECS
     vectors of VECTOR_BYTES, their accumulators in registers across the whole depth; then single
     vectors, then (AVX-512) single 32-byte vectors, then single columns; then the rows left over, by
     the shorter row blocks. Each element is the same chain of multiply-adds in every block, so the
@@ -204,7 +205,7 @@ def _small_mm(typingctx, zero, a, lda, b, ldb, c, ldc, m, n, k, accumulate):
     def codegen(context, builder, sig, args):
         F = context.get_value_type(zero)
         i64, i32 = ir.IntType(64), ir.IntType(32)
-        _, a, lda, b, ldb, c, ldc, m, n, k, accumulate = args
+        _, a, lda, ka, b, ldb, c, ldc, m, n, k, accumulate = args
         A, B, C = (builder.inttoptr(v, F.as_pointer()) for v in (a, b, c))
 
         def const(v):
@@ -225,7 +226,8 @@ def _small_mm(typingctx, zero, a, lda, b, ldb, c, ldc, m, n, k, accumulate):
                 bv = [builder.load(element(B, loop.index, ldb, j0, v * width, vt), align=size)
                       for v in range(vecs)]
                 for r in range(rows):
-                    av = builder.load(element(A, builder.add(i0, const(r)), lda, loop.index, 0, F))
+                    av = builder.load(element(A, builder.add(i0, const(r)), lda, builder.mul(loop.index, ka), 0,
+                                              F))
                     if width > 1:  # broadcast
                         av = builder.insert_element(ir.Constant(vt, ir.Undefined), av, ir.Constant(i32, 0))
                         av = builder.shuffle_vector(av, ir.Constant(vt, ir.Undefined),
@@ -260,7 +262,7 @@ def _small_mm(typingctx, zero, a, lda, b, ldb, c, ldc, m, n, k, accumulate):
                 rows_from(i0, rows)
         return context.get_dummy_value()
 
-    return types.void(zero, *[types.int64] * 9, types.boolean), codegen
+    return types.void(zero, *[types.int64] * 10, types.boolean), codegen
 
 
 @njit(**_JIT, inline="always")
@@ -332,7 +334,7 @@ def _packed_mm(a, lda, P, at, depth, n, c, ldc, m, accumulate):
     for s0 in range(0, n, sw):
         w = min(sw, n - s0)
         for k0 in range(0, depth, PACKED_DEPTH):
-            _small_mm(zero, a + k0 * isz, lda, p + (s0 * depth + k0 * w) * isz, w, c + s0 * isz, ldc, m, w,
+            _small_mm(zero, a + k0 * isz, lda, 1, p + (s0 * depth + k0 * w) * isz, w, c + s0 * isz, ldc, m, w,
                       min(PACKED_DEPTH, depth - k0), accumulate or k0 > 0)
 
 
@@ -622,7 +624,7 @@ def _forward_start(kind, xp, hs, cs, x, W_ih, b_ih, b_hh, h_init, c_init, revers
                 xp[b, t, c] = bias[c] + v * W_ih[c, 0]
 
 
-@njit(**_JIT)
+@njit(**_JIT, inline="always")
 def _forward_first(kind, gemm, ws, xg, hs, cs, ag, lengths, b_hn, shared, scratch, W_hh, packed, blocks, b0,
                    b1, j0, j1, t, p, q, ta, hrow):
     """Units [j0, j1) of step t (for GRU with the reset gate before the product, its r, z and r ⊙ h):
@@ -723,7 +725,7 @@ def _forward_reset_before(gemm, ws, xg, hs, acts, lengths, shared, W_hh, packed,
 
 @njit(**_JIT)
 def backward(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reverse, dG, grec, dan, drh, h_prev,
-             x, sums, dh_n, dc_n, b0, b1, j0, j1, sync, parties):
+             x, sums, dh_n, dc_n, dW, slot, b0, b1, j0, j1, sync, parties):
     """BPTT for batch rows [b0, b1) and hidden units [j0, j1) (as in :func:`forward`): fill dG
     (B, T, G*H) and turn dh, dc (B, H) from the final-state gradients into the initial-state
     gradients, in place. dy (B, T, H) is the gradient of the outputs; xp holds the forward pass's
@@ -743,6 +745,9 @@ def backward(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reverse, d
     the row of its first, sums[b0], over its units (see :func:`_add_sums`): of dG (the input
     bias's gradient), of dG times x where I = 1 (W_ih's gradient, a weighted sum then), and for GRU
     (reset after) of grec's n block (b_hn's gradient); a pass over dG each that the caller saves.
+    dW (S, G*H, H), or (0, G*H, H): where the caller asks (row shards, parties = 1), each shard's
+    dW_hh = grec^T h_prev over its rows and steps, in dW[slot[b0]] (slot (B,) int64), one product
+    after its loop (:func:`_shard_weights_grad`); the caller adds up the S shards'.
     """
     B, T, GH = dG.shape
     H = hs.shape[2]
@@ -805,9 +810,30 @@ def backward(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reverse, d
                     _add_sums(kind, dGg, grecg, x, sums, lengths, b0, b1, u0, u1, t,
                               1 if kind == GRU_RESET_BEFORE else 0, GH // H)
             _task_done(sync, parties)
+    if dW.shape[0] != 0:
+        _shard_weights_grad(g0, h_prev, dW, slot, b0, b1)
 
 
 @njit(**_JIT)
+def _shard_weights_grad(g, h_prev, dW, slot, b0, b1):
+    """Rows [b0, b1)' share of dW_hh = grec^T h_prev (grec: the gradient of the recurrent product,
+    (B, T, G*H) at address g, read in place as the transposed A of :func:`_small_mm`) into
+    dW[slot[b0]]: one product over the rows' steps after their loop, while dG and h_prev are still
+    in cache, in chunks of PACKED_DEPTH of the depth as :func:`_packed_mm`'s. At a small layer this
+    replaced a torch.mm call after the loop (benchmarks/README.md, eleventh pass)."""
+    B, T, H = h_prev.shape
+    GH = dW.shape[1]
+    isz = h_prev.itemsize
+    depth = (b1 - b0) * T
+    a = g + b0 * T * GH * isz
+    b = _address(h_prev) + b0 * T * H * isz
+    c = _address(dW) + slot[b0] * GH * H * isz
+    for k0 in range(0, depth, PACKED_DEPTH):
+        _small_mm(h_prev.dtype.type(0.0), a + k0 * GH * isz, 1, GH, b + k0 * H * isz, H, c, H, GH, H,
+                  min(PACKED_DEPTH, depth - k0), k0 > 0)
+
+
+@njit(**_JIT, inline="always")
 def _add_sums(kind, dGg, grecg, x, sums, lengths, b0, b1, j0, j1, t, k0, k1):
     """Add step t's rows [b0, b1) of gate blocks [k0, k1), units [j0, j1), to the shard's sums (see
     :func:`backward`), as the loop goes: each step's dG is still in cache then, where a sum after the
@@ -855,12 +881,12 @@ def _times_w(gemm, ws, W, packed, at, row0, a, lda, depth, U0, nu, c, m, accumul
     if packed.size != 0:
         _packed_mm(a, lda, packed, at, depth, nu, c, H, m, accumulate)
     elif _direct(W):
-        _small_mm(W.dtype.type(0.0), a, lda, w, H, c, H, m, nu, depth, accumulate)
+        _small_mm(W.dtype.type(0.0), a, lda, 1, w, H, c, H, m, nu, depth, accumulate)
     else:
         _gemm(gemm, ws, False, nu, m, depth, w, H, a, lda, 1 if accumulate else 0, c, H)
 
 
-@njit(**_JIT)
+@njit(**_JIT, inline="always")
 def _backward_gates(kind, dy, dh, dc, hs, cs, xg, ag, dGg, grecg, dan, h_prev, lengths, shared, b0, b1, j0, j1,
                     t, p, q):
     """Units [j0, j1) of step t: the pre-activation gradients from dh (the loss's and the later
