@@ -6,9 +6,10 @@ big enough (batch-row or hidden-unit shards: :mod:`rnnkit.kernels.blas`). Where 
 whole rows, it copies their initial states and, with one input feature (an outer product, not a
 GEMM), computes their xp itself before the first step: three torch calls fewer.
 Backward: hand-written BPTT in :func:`rnnkit.kernels.loops.backward`, which also sums the bias
-gradients (and, with one input feature, ``dW_ih = dG^T x``, a weighted sum then) as it goes; then
-every other weight gradient as one GEMM over all steps (``dW_ih = dG^T x``, ``dW_hh = dG_h^T
-h_prev``) and ``dx = dG W_ih``.
+gradients (and, with one input feature, ``dW_ih = dG^T x``, a weighted sum then) as it goes, and
+at a small layer on row shards makes each shard's share of ``dW_hh = dG_h^T h_prev`` as one
+product after its steps; then every other weight gradient as one GEMM over all steps (``dW_ih =
+dG^T x``, ``dW_hh``) and ``dx = dG W_ih``.
 :func:`run_fused` has the signature of :func:`rnnkit.layers.run_reference` and is held to it in
 float64 by tests/test_kernels.py. A small call's arrays are kept whole from call to call, with
 the team block that points at them (:func:`rnnkit.kernels.buffers.work`); a bigger one's arrays of
@@ -53,7 +54,7 @@ def _lengths(lengths: Tensor | None, B: int, T: int) -> Tensor:
 def _loop_args(kind: int, gemm: int, reverse: bool, arrays: list, split: int) -> tuple:
     """A loop's arguments from its arrays as tensors, in its order (``reverse`` after the first
     ``split``), and its leading scalars."""
-    np_arrays = [a.numpy() for a in arrays]
+    np_arrays = [a.detach().numpy() for a in arrays]  # (parameters as they are: the loops only read them)
     return (kind, gemm, *np_arrays[:split], reverse, *np_arrays[split:])
 
 
@@ -95,22 +96,12 @@ def _first_rows(plan: blas.Plan) -> list:
 
 @functools.lru_cache(maxsize=256)
 def _slots(plan: blas.Plan, B: int) -> Tensor:
-    """(B,) int64: at each shard's first row, the shard's place in the plan (where the backward loop
-    puts its share of dW_hh); zeros elsewhere."""
+    """(B,) int64: at each shard's first row, the shard's place in the plan (its row of the backward
+    loop's sums); zeros elsewhere."""
     slot = torch.zeros(B, dtype=torch.int64)
     for s, b0 in enumerate(_first_rows(plan)):
         slot[b0] = s
     return slot
-
-
-def _total(array: Tensor, rows: list) -> Tensor:
-    """The sum of array[r] over rows, as a fresh tensor (a work's arrays stay with it)."""
-    if len(rows) == 1:
-        return array[rows[0]].clone()
-    total = array[rows[0]] + array[rows[1]]
-    for r in rows[2:]:
-        total += array[r]
-    return total
 
 
 def _weights_grad_in_loop(code: int, plan: blas.Plan, GH: int, H: int, itemsize: int) -> bool:
@@ -152,24 +143,23 @@ def _forward(code: int, reverse: bool, lengths: Tensor | None, x: Tensor, h0: Te
     Returns out, h_n, c_n and what the backward pass needs (its activations only when store)."""
     B, T, I = x.shape
     GH, H = W_hh.shape
-    x3 = x.detach()
-    x3 = x3 if x3.is_contiguous() else x3.contiguous()  # (B, T, I), read by the loop
-    x2 = x3.view(B * T, I)
-    W_ih = W_ih.detach().contiguous()
-    W = W_hh.detach().contiguous()
+    # (No detach: autograd is off here, and compiled code reads the tensors by address.)
+    x3 = x.contiguous()  # (B, T, I), read by the loop
+    W_ih = W_ih.contiguous()
+    W = W_hh.contiguous()
     lens = _lengths(lengths, B, T)
     # (H,), read by GRU (reset after) only
-    b_hn = b_hh.detach()[2 * H:] if code == loops.GRU and b_hh is not None else zeros((H,), x.dtype)
+    b_hn = b_hh[2 * H:] if code == loops.GRU and b_hh is not None else zeros((H,), x.dtype)
     plan = blas.plan(B, H, GH)
     lstm = code == loops.LSTM
     # Where one thread has every unit, each row shard's thread copies its initial states and, with one
     # input feature, projects its input (loops.forward): else torch does, here.
     start = plan.parties == 1
-    h_init = h0.detach().contiguous()
-    c_init = c0.detach().contiguous() if lstm else h_init
+    h_init = h0.contiguous()
+    c_init = c0.contiguous() if lstm else h_init
     zero = zeros((GH,), x.dtype)
-    b_i = zero if b_ih is None else b_ih.detach()
-    b_h = zero if b_hh is None else b_hh.detach()
+    b_i = zero if b_ih is None else b_ih
+    b_h = zero if b_hh is None else b_hh
     shapes = ((B, T, GH), (B, T + 1, H), (B, T + 1 if lstm else 0, H), (B, T if store else 1, loops.ACTS[code] * H))
 
     def compose(arrays):  # the loop's arrays
@@ -179,6 +169,7 @@ def _forward(code: int, reverse: bool, lengths: Tensor | None, x: Tensor, h0: Te
     work, arrays = _work(("forward", I), loops.forward, code, reverse, plan, shapes, x.dtype, compose, 13)
     xp, hs, cs, acts = arrays
     if not (start and I == 1):
+        x2 = x3.view(B * T, I)
         xp2 = xp.view(B * T, GH)
         bias = _input_bias(code, b_ih, b_hh, H)
         if bias is None:
@@ -198,7 +189,7 @@ def _forward(code: int, reverse: bool, lengths: Tensor | None, x: Tensor, h0: Te
         alive = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
         out = out * alive.unsqueeze(2).to(out.dtype)
     c_n = cs.select(1, last) if lstm else None
-    return out, hs.select(1, last), c_n, (x2, xp, hs, cs, acts, W, lens, plan)
+    return out, hs.select(1, last), c_n, (x3, xp, hs, cs, acts, W, lens, plan)
 
 
 class FusedLayer(torch.autograd.Function):
@@ -209,18 +200,18 @@ class FusedLayer(torch.autograd.Function):
     def forward(ctx, code: int, reverse: bool, lengths: Tensor | None, x: Tensor, h0: Tensor,
                 c0: Tensor | None, W_ih: Tensor, W_hh: Tensor, b_ih: Tensor | None,
                 b_hh: Tensor | None):
-        out, h_n, c_n, (x2, xp, hs, cs, acts, W, lens, plan) = _forward(
+        out, h_n, c_n, (x3, xp, hs, cs, acts, W, lens, plan) = _forward(
             code, reverse, lengths, x, h0, c0, W_ih, W_hh, b_ih, b_hh, store=True)
-        ctx.save_for_backward(x2, xp, hs, cs, acts, W_ih, W, b_ih, b_hh)
+        ctx.save_for_backward(x3, xp, hs, cs, acts, W_ih, W, b_ih, b_hh)
         ctx.set_materialize_grads(False)  # an unused output's gradient comes as None, not new zeros
-        ctx.config = (code, reverse, lens, x.shape, plan)  # the backward splits the work the same way
+        ctx.config = (code, reverse, lens, plan)  # the backward splits the work the same way
         return out, h_n, c_n
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dout: Tensor, dh_n: Tensor, dc_n: Tensor | None):
-        x2, xp, hs, cs, acts, W_ih, W_hh, b_ih, b_hh = ctx.saved_tensors
-        code, reverse, lens, x_shape, plan = ctx.config
+        x3, xp, hs, cs, acts, W_ih, W_hh, b_ih, b_hh = ctx.saved_tensors
+        code, reverse, lens, plan = ctx.config
         B, T, GH = xp.shape
         H = hs.shape[2]
         lstm = code == loops.LSTM
@@ -228,51 +219,51 @@ class FusedLayer(torch.autograd.Function):
         dh_n = zeros((B, H), hs.dtype) if dh_n is None else dh_n.contiguous()
         dc_n = dh_n if not lstm else zeros((B, H), hs.dtype) if dc_n is None else dc_n.contiguous()
         hn = H if code == loops.GRU_RESET_BEFORE else 0
-        I = x2.shape[1]
-        x3 = x2.view(B, T, I)
+        I = x3.shape[2]
         need = ctx.needs_input_grad  # code, reverse, lengths, x, h0, c0, W_ih, W_hh, b_ih, b_hh
         first_rows = _first_rows(plan)
         in_loop = need[7] and _weights_grad_in_loop(code, plan, GH, H, hs.element_size())
         shapes = ((B, H), (B, H) if lstm else (0, 0), (B, T, GH), (B, T, GH if code == loops.GRU else 0),
-                  (B, hn), (B, hn), (B, T, H), (B, 3, GH), (len(first_rows) if in_loop else 0, GH, H))
+                  (B, hn), (B, hn), (B, T, H), (len(first_rows), 3 * GH + (GH * H if in_loop else 0)))
         slot = _slots(plan, B)
 
         def compose(arrays):  # the loop's arrays
-            return [dy, *arrays[:2], hs, cs, xp, acts, W_hh, lens, *arrays[2:7], x3, arrays[7], dh_n, dc_n,
-                    arrays[8], slot]
+            return [dy, *arrays[:2], hs, cs, xp, acts, W_hh, lens, *arrays[2:7], x3, arrays[7], dh_n, dc_n, slot]
 
         # (keyed on I too: the block holds x's shape)
         work, arrays = _work(("backward", I), loops.backward, code, reverse, plan, shapes, hs.dtype, compose,
                              9)
-        dh, dc, dG, dG_h, _, _, h_prev, sums, dW_parts = arrays
+        dh, dc, dG, dG_h, _, _, h_prev, sums = arrays
         if plan.parties > 1:  # (else each thread copies its rows)
             dh.copy_(dh_n)  # the loop turns them into the initial states' gradients
             if lstm:
                 dc.copy_(dc_n)
         _launch(work, loops.backward, code, reverse, plan, compose(arrays), 9)
-        # The loop's sums (loops.backward), each shard's in the row of its first: the input bias's
-        # gradient, W_ih's where I = 1, and GRU's b_hn's.
-        total = _total(sums, first_rows)  # (3, G*H)
-        dG2 = dG.view(B * T, GH)  # (B*T, G*H)
-        W_ih = W_ih.detach()
-        dx = dW_ih = None
+        # The shards' rows of sums (loops.backward), added up: the input bias's gradient, W_ih's where
+        # I = 1, GRU's b_hn's, each (G*H,); then dW_hh where the loops made it. The gradients are
+        # views of this one fresh tensor (the work's arrays stay with it), as contiguous as their
+        # parameters (DDP checks a gradient's strides against its parameter's).
+        total = sums[0].clone() if len(first_rows) == 1 else sums.sum(0)
+        dx = dW_ih = dW_hh = db_hh = None
+        if need[3] or (need[6] and I > 1) or (need[7] and not in_loop):
+            dG2 = dG.view(B * T, GH)  # (B*T, G*H)
+            x2 = x3.view(B * T, I)
+            W_ih = W_ih.detach()
         # Written as the products that measured fast: with 2-8 input features, dG W_ih and dG^T x
         # took 4-6x longer than the same products transposed (benchmarks/README.md).
-        # (Contiguous results: DDP checks a gradient's strides against its parameter's.)
-        odd = 1 < x2.shape[1] <= 8
+        odd = 1 < I <= 8
         if need[3]:
-            dx = (torch.mm(W_ih.t(), dG2.t()).t().contiguous() if odd else torch.mm(dG2, W_ih)).view(x_shape)
+            dx = (torch.mm(W_ih.t(), dG2.t()).t().contiguous() if odd else torch.mm(dG2, W_ih)).view(B, T, I)
         if need[6]:
             if I == 1:  # a weighted sum, added up in the loop
-                dW_ih = total[1].view(GH, 1)
+                dW_ih = total[GH:2 * GH].view(GH, 1)
             elif odd:
                 dW_ih = torch.mm(x2.t(), dG2).t().contiguous()
             else:
                 dW_ih = torch.mm(dG2.t(), x2)
-        db_ih = total[0] if b_ih is not None and need[8] else None
-        dW_hh = db_hh = None
+        db_ih = total[:GH] if b_ih is not None and need[8] else None
         if in_loop:  # the shards' shares, each from its loop
-            dW_hh = _total(dW_parts, range(len(first_rows)))
+            dW_hh = total[3 * GH:].view(GH, H)
         elif need[7]:
             h_prev = h_prev.view(B * T, H)  # (B*T, H), hs[:, 1:] reverse, else hs[:, :-1] (the loop copies it)
             if code == loops.GRU_RESET_BEFORE:
@@ -285,7 +276,8 @@ class FusedLayer(torch.autograd.Function):
                 dG_h = dG_h.view(B * T, GH) if code == loops.GRU else dG2
                 dW_hh = torch.mm(dG_h.t(), h_prev)
         if b_hh is not None and need[9]:  # db_ih's sum but for GRU's n block (two gradients, two tensors)
-            db_hh = torch.cat((total[0, :2 * H], total[2, 2 * H:])) if code == loops.GRU else total[0].clone()
+            db_hh = (torch.cat((total[:2 * H], total[2 * GH + 2 * H:3 * GH])) if code == loops.GRU
+                     else total[:GH].clone())
         dh0 = dh.clone() if need[4] else None  # (the work's own arrays stay with it)
         dc0 = dc.clone() if lstm and need[5] else None
         return None, None, None, dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh

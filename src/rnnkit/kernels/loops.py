@@ -725,7 +725,7 @@ def _forward_reset_before(gemm, ws, xg, hs, acts, lengths, shared, W_hh, packed,
 
 @njit(**_JIT)
 def backward(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reverse, dG, grec, dan, drh, h_prev,
-             x, sums, dh_n, dc_n, dW, slot, b0, b1, j0, j1, sync, parties):
+             x, sums, dh_n, dc_n, slot, b0, b1, j0, j1, sync, parties):
     """BPTT for batch rows [b0, b1) and hidden units [j0, j1) (as in :func:`forward`): fill dG
     (B, T, G*H) and turn dh, dc (B, H) from the final-state gradients into the initial-state
     gradients, in place. dy (B, T, H) is the gradient of the outputs; xp holds the forward pass's
@@ -741,13 +741,13 @@ def backward(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reverse, d
     pre-activation and of r ⊙ h. h_prev (B, T, H): each step's previous state, copied from hs (the
     states every step's W_hh row multiplied, contiguous for the caller's dW_hh GEMM; a copy in the
     loop's threads costs nothing beside the gates, one in torch after the loop ~20 µs at B32 T50 H32).
-    x (B, T, I): the layer's input. sums (B, 3, G*H): each shard's sums over its rows and steps, in
-    the row of its first, sums[b0], over its units (see :func:`_add_sums`): of dG (the input
-    bias's gradient), of dG times x where I = 1 (W_ih's gradient, a weighted sum then), and for GRU
-    (reset after) of grec's n block (b_hn's gradient); a pass over dG each that the caller saves.
-    dW (S, G*H, H), or (0, G*H, H): where the caller asks (row shards, parties = 1), each shard's
-    dW_hh = grec^T h_prev over its rows and steps, in dW[slot[b0]] (slot (B,) int64), one product
-    after its loop (:func:`_shard_weights_grad`); the caller adds up the S shards'.
+    x (B, T, I): the layer's input. sums (S, 3*G*H [+ G*H*H]): each of the S shards' sums over its
+    rows and steps, in its row sums[slot[b0]] (slot (B,) int64; unit shards share row 0), over its
+    units (see :func:`_add_sums`): of dG (the input bias's gradient), of dG times x where I = 1
+    (W_ih's gradient, a weighted sum then), and for GRU (reset after) of grec's n block (b_hn's
+    gradient); a pass over dG each that the caller saves. Where the row is longer (the caller's
+    choice, for row shards: parties = 1), the rest is the shard's dW_hh = grec^T h_prev, one product
+    after its loop (:func:`_shard_weights_grad`). The caller adds up the S rows.
     """
     B, T, GH = dG.shape
     H = hs.shape[2]
@@ -758,6 +758,8 @@ def backward(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reverse, d
     phases = 2 if kind == GRU_RESET_BEFORE else 1
     shared = np.empty(H, dG.dtype)  # LSTM: the gradient of this step's c; GRU: of n's pre-activation
     me = _own_shard(sync, parties, j0)
+    s = slot[b0]
+    sg = sums[s, : 3 * GH].reshape(3, GH // H, H)  # this shard's sums (see _add_sums)
     dGg = dG.reshape(B, T, GH // H, H)  # (B, T, G, H)
     xg = xp.reshape(B, T, GH // H, H)
     ag = acts.reshape(B, T, acts.shape[2] // H, H)  # (B, T, A, H)
@@ -795,51 +797,47 @@ def backward(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reverse, d
             if phase == 1:
                 _backward_reset_before(gemm, ws, dh, hs, xg, dGg, dan, drh, lengths, W_hh, packed, b0, b1, u0, u1,
                                        t, p)
-                _add_sums(kind, dGg, grecg, x, sums, lengths, b0, b1, u0, u1, t, 0, 1)  # r's, done here
+                _add_sums(kind, dGg, grecg, x, sg, lengths, b0, b1, u0, u1, t, 0, 1)  # r's, done here
             else:
                 if step > 0:  # dh[:, units] += (gradient of h W^T) W[:, units]: dead rows' get exact zeros
                     _times_w(gemm, ws, W_hh, packed, U0 * GH, 0, g0 + (b0 * T + last) * GH * isz, T * GH, rows,
                              U0, nu, _address(dh) + (b0 * H + U0) * isz, nb, True)
-                if step == 0:  # this shard's sums (unit shards share the row, b0 = 0)
-                    sums_units = sums.reshape(B, 3 * GH // H, H)
-                    for k in range(3 * GH // H):
-                        sums_units[b0, k, u0:u1] = 0.0
+                if step == 0:  # this shard's sums (unit shards share the row: their units only)
+                    for k in range(3):
+                        for g in range(GH // H):
+                            sg[k, g, u0:u1] = 0.0
                 if step < T:
                     _backward_gates(kind, dy, dh, dc, hs, cs, xg, ag, dGg, grecg, dan, h_prev, lengths, shared,
                                     b0, b1, u0, u1, t, p, q)
-                    _add_sums(kind, dGg, grecg, x, sums, lengths, b0, b1, u0, u1, t,
+                    _add_sums(kind, dGg, grecg, x, sg, lengths, b0, b1, u0, u1, t,
                               1 if kind == GRU_RESET_BEFORE else 0, GH // H)
             _task_done(sync, parties)
-    if dW.shape[0] != 0:
-        _shard_weights_grad(g0, h_prev, dW, slot, b0, b1)
+    if sums.shape[1] > 3 * GH:
+        _shard_weights_grad(g0, h_prev, _address(sums) + (s * sums.shape[1] + 3 * GH) * isz, GH, b0, b1)
 
 
 @njit(**_JIT)
-def _shard_weights_grad(g, h_prev, dW, slot, b0, b1):
-    """Rows [b0, b1)' share of dW_hh = grec^T h_prev (grec: the gradient of the recurrent product,
-    (B, T, G*H) at address g, read in place as the transposed A of :func:`_small_mm`) into
-    dW[slot[b0]]: one product over the rows' steps after their loop, while dG and h_prev are still
-    in cache, in chunks of PACKED_DEPTH of the depth as :func:`_packed_mm`'s. At a small layer this
-    replaced a torch.mm call after the loop (benchmarks/README.md, eleventh pass)."""
+def _shard_weights_grad(g, h_prev, c, GH, b0, b1):
+    """Rows [b0, b1)' share of dW_hh = grec^T h_prev (G*H, H) at address c (grec: the gradient of
+    the recurrent product, (B, T, G*H) at address g, read in place as the transposed A of
+    :func:`_small_mm`): one product over the rows' steps after their loop, while dG and h_prev are
+    still in cache, in chunks of PACKED_DEPTH of the depth as :func:`_packed_mm`'s. At a small layer
+    this replaced a torch.mm call after the loop (benchmarks/README.md, eleventh pass)."""
     B, T, H = h_prev.shape
-    GH = dW.shape[1]
     isz = h_prev.itemsize
     depth = (b1 - b0) * T
     a = g + b0 * T * GH * isz
     b = _address(h_prev) + b0 * T * H * isz
-    c = _address(dW) + slot[b0] * GH * H * isz
     for k0 in range(0, depth, PACKED_DEPTH):
         _small_mm(h_prev.dtype.type(0.0), a + k0 * GH * isz, 1, GH, b + k0 * H * isz, H, c, H, GH, H,
                   min(PACKED_DEPTH, depth - k0), k0 > 0)
 
 
 @njit(**_JIT, inline="always")
-def _add_sums(kind, dGg, grecg, x, sums, lengths, b0, b1, j0, j1, t, k0, k1):
-    """Add step t's rows [b0, b1) of gate blocks [k0, k1), units [j0, j1), to the shard's sums (see
-    :func:`backward`), as the loop goes: each step's dG is still in cache then, where a sum after the
-    loop reads all of it again (at B32 T50 H256 LSTM the two took ~0.5 ms)."""
-    B, T, G, H = dGg.shape
-    sg = sums.reshape(B, 3, G, H)
+def _add_sums(kind, dGg, grecg, x, sg, lengths, b0, b1, j0, j1, t, k0, k1):
+    """Add step t's rows [b0, b1) of gate blocks [k0, k1), units [j0, j1), to the shard's sums sg
+    (3, G, H) (see :func:`backward`), as the loop goes: each step's dG is still in cache then, where a
+    sum after the loop reads all of it again (at B32 T50 H256 LSTM the two took ~0.5 ms)."""
     one_input = x.shape[2] == 1
     for b in range(b0, b1):
         if lengths[b] <= t:  # (zeros)
@@ -847,13 +845,13 @@ def _add_sums(kind, dGg, grecg, x, sums, lengths, b0, b1, j0, j1, t, k0, k1):
         v = x[b, t, 0] if one_input else x.dtype.type(0.0)
         for k in range(k0, k1):
             for j in range(j0, j1):
-                sg[b0, 0, k, j] += dGg[b, t, k, j]
+                sg[0, k, j] += dGg[b, t, k, j]
             if one_input:
                 for j in range(j0, j1):
-                    sg[b0, 1, k, j] += dGg[b, t, k, j] * v
+                    sg[1, k, j] += dGg[b, t, k, j] * v
         if kind == GRU and k0 == 0:
             for j in range(j0, j1):
-                sg[b0, 2, 2, j] += grecg[b, t, 2, j]
+                sg[2, 2, j] += grecg[b, t, 2, j]
 
 
 @njit(**_JIT)

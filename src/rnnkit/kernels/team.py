@@ -31,8 +31,8 @@ from .loops import _JIT, _address
 # (the sync address 4 slots before the first array's: see slots).
 _HEAD = 11
 _FORWARD_ARRAYS = 13  # xp, hs, cs, acts, W_hh, b_hn, lengths, x, W_ih, b_ih, b_hh, h_init, c_init
-# dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, dG, grec, dan, drh, h_prev, x, sums, dh_n, dc_n, dW, slot
-_BACKWARD_ARRAYS = 20
+# dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, dG, grec, dan, drh, h_prev, x, sums, dh_n, dc_n, slot
+_BACKWARD_ARRAYS = 19
 
 
 @intrinsic
@@ -126,7 +126,7 @@ def forward_block(kind, gemm, xp, hs, cs, acts, W_hh, b_hn, lengths, x, W_ih, b_
 
 @njit(**_JIT)
 def backward_block(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reverse, dG, grec, dan, drh, h_prev,
-                   x, sums, dh_n, dc_n, dW, slot, shards, sync, parties, calls):
+                   x, sums, dh_n, dc_n, slot, shards, sync, parties, calls):
     """The block of a team running :func:`rnnkit.kernels.loops.backward` on ``shards`` (n, 4)."""
     block = _head(_BACKWARD_ARRAYS, kind, gemm, reverse, shards, sync, parties, calls)
     at = _put(block, _HEAD, dy)
@@ -145,7 +145,6 @@ def backward_block(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reve
     at = _put(block, at, sums)
     for arr in (dh_n, dc_n):
         at = _put(block, at, arr)
-    at = _put(block, at, dW)
     at = _put(block, at, slot)
     return block
 
@@ -180,9 +179,9 @@ def _backward_shard(block, like, b0, b1, j0, j1):
                    _array3(block, a + 20, like), _array3(block, a + 24, like), _array2(block, a + 28, like),
                    _array1(block, a + 32, np.int64(0)), block[3] != 0, _array3(block, a + 36, like),
                    _array3(block, a + 40, like), _array2(block, a + 44, like), _array2(block, a + 48, like),
-                   _array3(block, a + 52, like), _array3(block, a + 56, like), _array3(block, a + 60, like),
-                   _array2(block, a + 64, like), _array2(block, a + 68, like), _array3(block, a + 72, like),
-                   _array1(block, a + 76, np.int64(0)), b0, b1, j0, j1, _sync(block), block[4])
+                   _array3(block, a + 52, like), _array3(block, a + 56, like), _array2(block, a + 60, like),
+                   _array2(block, a + 64, like), _array2(block, a + 68, like),
+                   _array1(block, a + 72, np.int64(0)), b0, b1, j0, j1, _sync(block), block[4])
 
 
 @njit(**_JIT, inline="always")
