@@ -262,6 +262,32 @@ def test_gru_reset_before_layer_matches_its_equations(engine):
     assert not torch.allclose(other(x, h0)[0], want_out)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_parametrized_weight_is_the_one_the_layer_runs(kind, engine):
+    """The layers read their weights straight from their parameters; a parametrization takes one out
+    of them (torch.nn.utils.parametrize), and the layer must then run the parametrized weight, and
+    give the gradient to the parametrization's original."""
+    from torch.nn.utils import parametrize
+
+    class Doubled(nn.Module):
+        def forward(self, W):
+            return 2 * W
+
+    _, ours_cls, extra = KINDS[kind]
+    torch.manual_seed(0)
+    ours = ours_cls(I, H, dtype=DOUBLE, engine=engine, **extra)
+    plain = ours_cls(I, H, dtype=DOUBLE, engine=engine, **extra)
+    plain.load_state_dict(ours.state_dict())
+    with torch.no_grad():
+        plain.weight_hh_l0.mul_(2)
+    parametrize.register_parametrization(ours, "weight_hh_l0", Doubled())
+    x = torch.randn(T, B, I, dtype=DOUBLE)
+    out = ours(x)[0]
+    assert_close(out, plain(x)[0])
+    out.sum().backward()
+    assert ours.parametrizations.weight_hh_l0.original.grad is not None
+
+
 # ---- dropout ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -144,7 +144,10 @@ class RNNBase(nn.Module):
     def layer_weights(self, layer: int, direction: int) -> Weights:
         """(W_ih, W_hh, b_ih, b_hh) of one layer and direction; biases None when bias=False."""
         names = self._names(layer, self._suffixes()[direction])
-        return tuple(getattr(self, n, None) for n in names)
+        # Looked up on every call: straight from the dict, but for a name that a parametrization or
+        # bias=False left out of it (getattr then finds the parametrized weight, or None).
+        params = self._parameters
+        return tuple(params[n] if n in params else getattr(self, n, None) for n in names)
 
     @property
     def all_weights(self) -> list[list[Tensor]]:
@@ -236,7 +239,9 @@ class RNNBase(nn.Module):
                 f"{type(self).__name__} was built for input_size={self.input_size}, but the input "
                 f"has {x.shape[-1]} features"
             )
-        first = self.weight_ih_l0
+        weights = [self.layer_weights(layer, d) for layer in range(self.num_layers)
+                   for d in range(self.num_directions)]
+        first = weights[0][0]
         if x.dtype != first.dtype:
             raise ShapeError(
                 f"input dtype {x.dtype} does not match the parameters' {first.dtype} "
@@ -250,8 +255,8 @@ class RNNBase(nn.Module):
         for layer in range(self.num_layers):
             outs = []
             for d in range(self.num_directions):
-                out, final = run(self.kind, layer_input, states[layer * self.num_directions + d],
-                                 self.layer_weights(layer, d), lengths, reverse=d == 1,
+                k = layer * self.num_directions + d
+                out, final = run(self.kind, layer_input, states[k], weights[k], lengths, reverse=d == 1,
                                  nonlinearity=self.nonlinearity, reset_after=self.reset_after)
                 outs.append(out)
                 finals.append(final)
