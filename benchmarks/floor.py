@@ -6,7 +6,9 @@ Adam) every implementation pays, so torch.nn / free is the ceiling of the `x tor
 
 Column ``no dW``: the fused layer with its weight-gradient GEMMs after the loop (``torch.mm`` in
 rnnkit.kernels.fused: dW_ih and dW_hh; dx is not asked for here) handing back ready zeros, so wrong
-gradients: what moving those products into the loops could gain at most.
+gradients: what moving those products into the loops could gain at most. (Since the eleventh pass
+a small layer's loops make dW_hh themselves, with no ``torch.mm`` left to free: there ``no dW``
+times the same as ``fused``.)
 
     .venv/bin/python benchmarks/floor.py                    # B32 T50 H32, the bench's small size
     .venv/bin/python benchmarks/floor.py --sizes 32x50x32,64x200x128 --threads 1

@@ -3,7 +3,9 @@
 The caller does the input projection of all steps as one GEMM before the loop, with every bias that
 adds straight to a pre-activation folded in: ``xp = x W_ih^T + b_ih + b_hh`` (for GRU with the reset
 gate after the matrix, b_hn is left out: r scales W_hn h + b_hn). It does every weight gradient as
-one GEMM after the backward loop, over the stored states and the pre-activation gradients ``dG``.
+one GEMM after the backward loop, over the stored states and the pre-activation gradients ``dG``;
+but the loop sums the biases' (and W_ih's with one input feature) as it goes, and at a small layer
+each thread makes its share of W_hh's as one product at the end of its loop.
 What is left inside the loop is one matrix product per step (two for GRU with the reset gate before
 the matrix) and the gates. The gates add the product ``h W_hh^T`` to the step's slice of xp and are
 computed in place there, so xp ends up holding the activations the backward pass reads. numba compiles each loop once per dtype (the cell, direction and rows are runtime
@@ -193,11 +195,11 @@ _ROW_BLOCKS = (8, 4, 1) if VECTOR_BYTES == 64 else (4, 1)
 def _small_mm(typingctx, zero, a, lda, ka, b, ldb, c, ldc, m, n, k, accumulate):
     """Row-major C (m, n) = A (m, k) B (k, n) (+ C when ``accumulate``): addresses and row strides
     in elements, A's element (i, p) at i * lda + p * ka (ka = 1: row-major; lda = 1: A stored
-    transposed, as the backward's dW_hh reads dG); ``zero`` only gives the element type. Blocks of _ROW_BLOCKS[0] rows by _VECS
-    vectors of VECTOR_BYTES, their accumulators in registers across the whole depth; then single
-    vectors, then (AVX-512) single 32-byte vectors, then single columns; then the rows left over, by
-    the shorter row blocks. Each element is the same chain of multiply-adds in every block, so the
-    blocking does not change a bit."""
+    transposed, as the backward's dW_hh reads dG); ``zero`` only gives the element type. Blocks of
+    _ROW_BLOCKS[0] rows by _VECS vectors of VECTOR_BYTES, their accumulators in registers across the
+    whole depth; then single vectors, then (AVX-512) single 32-byte vectors, then single columns;
+    then the rows left over, by the shorter row blocks. Each element is the same chain of
+    multiply-adds in every block, so the blocking does not change a bit."""
     size = 4 if zero == types.float32 else 8
     lanes = VECTOR_BYTES // size
     widths = [(_VECS, lanes), (1, lanes)] + ([(1, 32 // size)] if lanes > 32 // size else []) + [(1, 1)]
