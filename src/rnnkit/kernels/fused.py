@@ -224,7 +224,8 @@ class FusedLayer(torch.autograd.Function):
         first_rows = _first_rows(plan)
         in_loop = need[7] and _weights_grad_in_loop(code, plan, GH, H, hs.element_size())
         shapes = ((B, H), (B, H) if lstm else (0, 0), (B, T, GH), (B, T, GH if code == loops.GRU else 0),
-                  (B, hn), (B, hn), (B, T, H), (len(first_rows), 3 * GH + (GH * H if in_loop else 0)))
+                  (B, hn), (B, hn), (0, 0, 0) if in_loop else (B, T, H),  # h_prev: the loop reads hs, or copies
+                  (len(first_rows), 3 * GH + (GH * H if in_loop else 0)))
         slot = _slots(plan, B)
 
         def compose(arrays):  # the loop's arrays

@@ -505,7 +505,7 @@ def forward(kind, gemm, xp, hs, cs, acts, W_hh, b_hn, lengths, x, W_ih, b_ih, b_
 
     xp (B, T, G*H) input pre-activations with the folded biases, from the caller; but where one
     thread has every unit (parties = 1) and there is one input feature, the loop writes them for its
-    rows before the first step, ``xp = (b_ih + b_hh) + x W_ih^T`` (an outer product; GRU with the
+    rows before the first step (the Elman cell makes them in each step instead, storing none), ``xp = (b_ih + b_hh) + x W_ih^T`` (an outer product; GRU with the
     reset gate after the product leaves b_hn out), with the caller's operations' roundings (one
     fused multiply-add, as torch's addcmul), and with parties = 1 it copies its rows' initial
     states h_init, c_init (B, H) into hs and cs too: x (B, T, I), W_ih (G*H, I), b_ih, b_hh (G*H,)
@@ -543,8 +543,18 @@ def forward(kind, gemm, xp, hs, cs, acts, W_hh, b_hn, lengths, x, W_ih, b_ih, b_
     packs = _packs(W_hh)
     packed = np.empty(GH * H if packs else 0, xp.dtype)
     ready = np.zeros(parties, np.bool_)
+    # The Elman cell with one input feature and every unit here projects its input inside each step
+    # (its xp is read nowhere else: its backward works from h), from the combined bias and W_ih's
+    # column in ``proj``, with the same roundings as the pass before the loop that the other cells
+    # make (_forward_start): a pass over xp fewer.
+    inline = parties == 1 and x.shape[2] == 1 and (kind == RNN_TANH or kind == RNN_RELU)
+    proj = np.empty((2, GH if inline else 0), xp.dtype)
+    if inline:
+        for c in range(GH):
+            proj[0, c] = b_ih[c] + b_hh[c]
+            proj[1, c] = W_ih[c, 0]
     if parties == 1:
-        _forward_start(kind, xp, hs, cs, x, W_ih, b_ih, b_hh, h_init, c_init, reverse, b0, b1)
+        _forward_start(kind, xp, hs, cs, x, W_ih, b_ih, b_hh, h_init, c_init, reverse, b0, b1, not inline)
     for e in range(T * phases):
         step, phase = e // phases, e % phases
         t = T - 1 - step if reverse else step
@@ -563,7 +573,7 @@ def forward(kind, gemm, xp, hs, cs, acts, W_hh, b_hn, lengths, x, W_ih, b_ih, b_
                 ready[k] = True
             if phase == 0:
                 _forward_first(kind, gemm, ws, xg, hs, cs, ag, lengths, b_hn, shared, scratch, W_hh, packed,
-                               blocks, b0, b1, u0, u1, t, p, q, ta, hrow)
+                               blocks, b0, b1, u0, u1, t, p, q, ta, hrow, x, proj)
             else:
                 _forward_reset_before(gemm, ws, xg, hs, acts, lengths, shared, W_hh, packed, b0, b1, u0, u1, t,
                                       p, q, ta, xrow)
@@ -602,9 +612,9 @@ def _times_wt(gemm, ws, W, packed, at, row0, blocks, nu, x, ldx, c, ldc, m, accu
 
 
 @njit(**_JIT)
-def _forward_start(kind, xp, hs, cs, x, W_ih, b_ih, b_hh, h_init, c_init, reverse, b0, b1):
-    """Rows [b0, b1)' initial states, and with one input feature their input projection (see
-    :func:`forward`)."""
+def _forward_start(kind, xp, hs, cs, x, W_ih, b_ih, b_hh, h_init, c_init, reverse, b0, b1, project):
+    """Rows [b0, b1)' initial states, and with one input feature and ``project`` their input
+    projection (see :func:`forward`)."""
     B, T, GH = xp.shape
     H = hs.shape[2]
     first = T if reverse else 0
@@ -614,7 +624,7 @@ def _forward_start(kind, xp, hs, cs, x, W_ih, b_ih, b_hh, h_init, c_init, revers
         if kind == LSTM:
             for j in range(H):
                 cs[b, first, j] = c_init[b, j]
-    if x.shape[2] != 1:
+    if x.shape[2] != 1 or not project:
         return
     bias = np.empty(GH, xp.dtype)
     for c in range(GH):
@@ -628,10 +638,11 @@ def _forward_start(kind, xp, hs, cs, x, W_ih, b_ih, b_hh, h_init, c_init, revers
 
 @njit(**_JIT, inline="always")
 def _forward_first(kind, gemm, ws, xg, hs, cs, ag, lengths, b_hn, shared, scratch, W_hh, packed, blocks, b0,
-                   b1, j0, j1, t, p, q, ta, hrow):
+                   b1, j0, j1, t, p, q, ta, hrow, x, proj):
     """Units [j0, j1) of step t (for GRU with the reset gate before the product, its r, z and r ⊙ h):
     the step's first product and the gates. ``packed``: as in :func:`forward` (see
-    :func:`_times_wt`)."""
+    :func:`_times_wt`); ``proj``: the Elman cell's bias and W_ih column where it projects x here
+    (:func:`forward`), else empty."""
     T, H = hs.shape[1] - 1, hs.shape[2]
     nb = b1 - b0
     J0 = np.int64(j0)
@@ -657,7 +668,15 @@ def _forward_first(kind, gemm, ws, xg, hs, cs, ag, lengths, b_hn, shared, scratc
         # c from cs into cs, GRU's n from r in xp): LLVM cannot tell the rows apart and keeps
         # such a loop scalar (measured 2-3x slower), so those go through ``shared``.
         # The pre-activation of gate k, unit j is xg[b, t, k, j] + rec[r, k, j - j0].
-        if kind == RNN_TANH:
+        if kind == RNN_TANH and proj.size != 0:
+            v = x[b, t, 0]
+            for j in range(j0, j1):
+                hs[b, q, j] = _tanh((proj[0, j] + v * proj[1, j]) + rec[r, 0, j - j0])
+        elif kind == RNN_RELU and proj.size != 0:
+            v = x[b, t, 0]
+            for j in range(j0, j1):
+                hs[b, q, j] = max((proj[0, j] + v * proj[1, j]) + rec[r, 0, j - j0], zero)
+        elif kind == RNN_TANH:
             for j in range(j0, j1):
                 hs[b, q, j] = _tanh(xg[b, t, 0, j] + rec[r, 0, j - j0])
         elif kind == RNN_RELU:
@@ -742,7 +761,8 @@ def backward(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reverse, d
     blocks.) dan, drh (B, H) for GRU reset before (else (B, 0)): the gradients of n's
     pre-activation and of r ⊙ h. h_prev (B, T, H): each step's previous state, copied from hs (the
     states every step's W_hh row multiplied, contiguous for the caller's dW_hh GEMM; a copy in the
-    loop's threads costs nothing beside the gates, one in torch after the loop ~20 µs at B32 T50 H32).
+    loop's threads costs nothing beside the gates, one in torch after the loop ~20 µs at B32 T50 H32);
+    not read where the loop makes dW_hh itself (see sums), which reads hs in place.
     x (B, T, I): the layer's input. sums (S, 3*G*H [+ G*H*H]): each of the S shards' sums over its
     rows and steps, in its row sums[slot[b0]] (slot (B,) int64; unit shards share row 0), over its
     units (see :func:`_add_sums`): of dG (the input bias's gradient), of dG times x where I = 1
@@ -762,6 +782,7 @@ def backward(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reverse, d
     me = _own_shard(sync, parties, j0)
     s = slot[b0]
     sg = sums[s, : 3 * GH].reshape(3, GH // H, H)  # this shard's sums (see _add_sums)
+    in_loop = sums.shape[1] > 3 * GH  # this shard makes its dW_hh share (and needs no h_prev)
     dGg = dG.reshape(B, T, GH // H, H)  # (B, T, G, H)
     xg = xp.reshape(B, T, GH // H, H)
     ag = acts.reshape(B, T, acts.shape[2] // H, H)  # (B, T, A, H)
@@ -810,29 +831,32 @@ def backward(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reverse, d
                             sg[k, g, u0:u1] = 0.0
                 if step < T:
                     _backward_gates(kind, dy, dh, dc, hs, cs, xg, ag, dGg, grecg, dan, h_prev, lengths, shared,
-                                    b0, b1, u0, u1, t, p, q)
+                                    b0, b1, u0, u1, t, p, q, not in_loop)
                     _add_sums(kind, dGg, grecg, x, sg, lengths, b0, b1, u0, u1, t,
                               1 if kind == GRU_RESET_BEFORE else 0, GH // H)
             _task_done(sync, parties)
-    if sums.shape[1] > 3 * GH:
-        _shard_weights_grad(g0, h_prev, _address(sums) + (s * sums.shape[1] + 3 * GH) * isz, GH, b0, b1)
+    if in_loop:
+        _shard_weights_grad(g0, hs, reverse, _address(sums) + (s * sums.shape[1] + 3 * GH) * isz, GH, b0, b1)
 
 
 @njit(**_JIT)
-def _shard_weights_grad(g, h_prev, c, GH, b0, b1):
+def _shard_weights_grad(g, hs, reverse, c, GH, b0, b1):
     """Rows [b0, b1)' share of dW_hh = grec^T h_prev (G*H, H) at address c (grec: the gradient of
     the recurrent product, (B, T, G*H) at address g, read in place as the transposed A of
-    :func:`_small_mm`): one product over the rows' steps after their loop, while dG and h_prev are
-    still in cache, in chunks of PACKED_DEPTH of the depth as :func:`_packed_mm`'s. At a small layer
-    this replaced a torch.mm call after the loop (benchmarks/README.md, eleventh pass)."""
-    B, T, H = h_prev.shape
-    isz = h_prev.itemsize
-    depth = (b1 - b0) * T
-    a = g + b0 * T * GH * isz
-    b = _address(h_prev) + b0 * T * H * isz
-    for k0 in range(0, depth, PACKED_DEPTH):
-        _small_mm(h_prev.dtype.type(0.0), a + k0 * GH * isz, 1, GH, b + k0 * H * isz, H, c, H, GH, H,
-                  min(PACKED_DEPTH, depth - k0), k0 > 0)
+    :func:`_small_mm`; h_prev: each row's states before its steps, hs[b, :T], or hs[b, 1:] in
+    reverse, read in place): one product per row after the loop, while its dG and states are still
+    in cache, in chunks of PACKED_DEPTH of the steps as :func:`_packed_mm`'s, each added to the
+    last. At a small layer this replaced a torch.mm call after the loop (benchmarks/README.md,
+    eleventh pass)."""
+    B, T1, H = hs.shape
+    T = T1 - 1
+    isz = hs.itemsize
+    for b in range(b0, b1):
+        a = g + b * T * GH * isz
+        h = _address(hs) + (b * T1 + (1 if reverse else 0)) * H * isz
+        for k0 in range(0, T, PACKED_DEPTH):
+            _small_mm(hs.dtype.type(0.0), a + k0 * GH * isz, 1, GH, h + k0 * H * isz, H, c, H, GH, H,
+                      min(PACKED_DEPTH, T - k0), b > b0 or k0 > 0)
 
 
 @njit(**_JIT, inline="always")
@@ -888,13 +912,15 @@ def _times_w(gemm, ws, W, packed, at, row0, a, lda, depth, U0, nu, c, m, accumul
 
 @njit(**_JIT, inline="always")
 def _backward_gates(kind, dy, dh, dc, hs, cs, xg, ag, dGg, grecg, dan, h_prev, lengths, shared, b0, b1, j0, j1,
-                    t, p, q):
+                    t, p, q, copy_prev):
     """Units [j0, j1) of step t: the pre-activation gradients from dh (the loss's and the later
-    steps'), and dh, dc through to the step before (but for the product with W_hh); h_prev[:, t]."""
+    steps'), and dh, dc through to the step before (but for the product with W_hh); h_prev[:, t]
+    where ``copy_prev`` (for the caller's dW_hh GEMM)."""
     one, zero = dh.dtype.type(1.0), dh.dtype.type(0.0)  # typed constants, see _exp_neg
     for b in range(b0, b1):
-        for j in range(j0, j1):
-            h_prev[b, t, j] = hs[b, p, j]
+        if copy_prev:
+            for j in range(j0, j1):
+                h_prev[b, t, j] = hs[b, p, j]
         if lengths[b] <= t:
             dGg[b, t, :, j0:j1] = 0.0
             grecg[b, t, :, j0:j1] = 0.0
