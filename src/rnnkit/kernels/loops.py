@@ -505,8 +505,9 @@ def forward(kind, gemm, xp, hs, cs, acts, W_hh, b_hn, lengths, x, W_ih, b_ih, b_
 
     xp (B, T, G*H) input pre-activations with the folded biases, from the caller; but where one
     thread has every unit (parties = 1) and there is one input feature, the loop writes them for its
-    rows before the first step (the Elman cell makes them in each step instead, storing none), ``xp = (b_ih + b_hh) + x W_ih^T`` (an outer product; GRU with the
-    reset gate after the product leaves b_hn out), with the caller's operations' roundings (one
+    rows before the first step (the Elman cell makes them in each step instead, storing none),
+    ``xp = (b_ih + b_hh) + x W_ih^T`` (an outer product; GRU with the reset gate after the product
+    leaves b_hn out), with the caller's operations' roundings (one
     fused multiply-add, as torch's addcmul), and with parties = 1 it copies its rows' initial
     states h_init, c_init (B, H) into hs and cs too: x (B, T, I), W_ih (G*H, I), b_ih, b_hh (G*H,)
     (zeros for none). Bigger layers' unit shards share those rows, so their caller does both.
