@@ -155,22 +155,25 @@ def test_one_input_feature_on_every_path(name, path):
     _compare(name, CONFIGS[5], torch.float64, 1e-9, I=1)
 
 
+@pytest.mark.parametrize("H_", [H, 100], ids=["states-in-place", "states-copied"])
 @pytest.mark.parametrize("path", ["one", "rows", "shards"], indirect=True)
 @pytest.mark.parametrize("name", CELLS)
-def test_weights_grad_from_the_loop_matches_reference(name, path):
-    """At a small layer each row shard's loop makes its share of dW_hh itself after its steps
-    (loops._shard_weights_grad) and the backward adds the shares up; 70 steps, so one thread's
-    product is deeper than loops.PACKED_DEPTH and runs in chunks. GRU with the reset gate before the
-    product keeps torch's two products."""
+def test_weights_grad_from_the_loop_matches_reference(name, path, H_):
+    """On row shards each shard's loop makes its share of dW_hh itself after its steps
+    (loops._shard_weights_grad) and the backward adds the shares up: over the states in hs, row by
+    row, for a W_hh within loops.DIRECT_BYTES, else over the h_prev the loop copies (100 units in
+    float64: 80-320 KB); 70 steps, so one thread's product is deeper than loops.PACKED_DEPTH and runs
+    in chunks. GRU with the reset gate before the product keeps torch's two products."""
     from rnnkit.kernels import blas, fused, loops
 
     code = kind_code(*{"rnn": ("rnn",), "rnn-relu": ("rnn", "relu"), "lstm": ("lstm",), "gru": ("gru",),
                        "gru-reset-before": ("gru", "tanh", False)}[name])
     gates = 4 if name == "lstm" else 3 if name.startswith("gru") else 1
-    plan = blas.plan(B, H, gates * H)
-    assert fused._weights_grad_in_loop(code, plan, gates * H, H, 8) == (name != "gru-reset-before")
+    plan = blas.plan(B, H_, gates * H_)
+    assert fused._weights_grad_in_loop(code, plan) == (name != "gru-reset-before")
     assert len(plan.shards) == (1 if path == "one" else 3) and B * 70 > loops.PACKED_DEPTH
-    _compare(name, CONFIGS[2], torch.float64, 1e-9, T=70)
+    assert (gates * H_ * H_ * 8 <= loops.DIRECT_BYTES) == (H_ == H)
+    _compare(name, CONFIGS[2], torch.float64, 1e-9, H=H_, T=70)
 
 
 @pytest.mark.parametrize("path", ["one", "openblas"], indirect=True)

@@ -7,9 +7,9 @@ whole rows, it copies their initial states and, with one input feature (an outer
 GEMM), computes their xp itself before the first step: three torch calls fewer.
 Backward: hand-written BPTT in :func:`rnnkit.kernels.loops.backward`, which also sums the bias
 gradients (and, with one input feature, ``dW_ih = dG^T x``, a weighted sum then) as it goes, and
-at a small layer on row shards makes each shard's share of ``dW_hh = dG_h^T h_prev`` as one
-product after its steps; then every other weight gradient as one GEMM over all steps (``dW_ih =
-dG^T x``, ``dW_hh``) and ``dx = dG W_ih``.
+on batch-row shards makes each shard's share of ``dW_hh = dG_h^T h_prev`` as one product after
+its steps; then every other weight gradient as one GEMM over all steps (``dW_ih = dG^T x``,
+``dW_hh`` on hidden-unit shards) and ``dx = dG W_ih``.
 :func:`run_fused` has the signature of :func:`rnnkit.layers.run_reference` and is held to it in
 float64 by tests/test_kernels.py. A small call's arrays are kept whole from call to call, with
 the team block that points at them (:func:`rnnkit.kernels.buffers.work`); a bigger one's arrays of
@@ -104,13 +104,13 @@ def _slots(plan: blas.Plan, B: int) -> Tensor:
     return slot
 
 
-def _weights_grad_in_loop(code: int, plan: blas.Plan, GH: int, H: int, itemsize: int) -> bool:
-    """Whether the backward loop's row shards make dW_hh themselves (loops._shard_weights_grad): for
-    a W_hh of at most loops.DIRECT_BYTES, where torch.mm's call and threads cost more than the
-    product (benchmarks/README.md, eleventh pass); not with GRU's reset gate before the product,
-    whose dW_hh is two products."""
-    return (plan.parties == 1 and code != loops.GRU_RESET_BEFORE
-            and GH * H * itemsize <= loops.DIRECT_BYTES)
+def _weights_grad_in_loop(code: int, plan: blas.Plan) -> bool:
+    """Whether the backward loop's row shards make dW_hh themselves (loops._shard_weights_grad),
+    each its rows' share in the loops' own product, rather than torch.mm after the loop (at a small
+    layer its call and threads cost more than the product; at a big one MKL's AVX2 kernels are
+    slower than that product: benchmarks/README.md, eleventh pass); not with GRU's reset gate
+    before the product, whose dW_hh is two products."""
+    return plan.parties == 1 and code != loops.GRU_RESET_BEFORE
 
 
 @functools.lru_cache(maxsize=16)
@@ -222,10 +222,12 @@ class FusedLayer(torch.autograd.Function):
         I = x3.shape[2]
         need = ctx.needs_input_grad  # code, reverse, lengths, x, h0, c0, W_ih, W_hh, b_ih, b_hh
         first_rows = _first_rows(plan)
-        in_loop = need[7] and _weights_grad_in_loop(code, plan, GH, H, hs.element_size())
+        in_loop = need[7] and _weights_grad_in_loop(code, plan)
+        # h_prev, the states the loop copies for dW_hh's product; none where its shares read them in
+        # hs, row by row, for a small W_hh (loops._shard_weights_grad)
+        prev = (0, 0, 0) if in_loop and GH * H * hs.element_size() <= loops.DIRECT_BYTES else (B, T, H)
         shapes = ((B, H), (B, H) if lstm else (0, 0), (B, T, GH), (B, T, GH if code == loops.GRU else 0),
-                  (B, hn), (B, hn), (0, 0, 0) if in_loop else (B, T, H),  # h_prev: the loop reads hs, or copies
-                  (len(first_rows), 3 * GH + (GH * H if in_loop else 0)))
+                  (B, hn), (B, hn), prev, (len(first_rows), 3 * GH + (GH * H if in_loop else 0)))
         slot = _slots(plan, B)
 
         def compose(arrays):  # the loop's arrays

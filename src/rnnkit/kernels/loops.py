@@ -4,8 +4,8 @@ The caller does the input projection of all steps as one GEMM before the loop, w
 adds straight to a pre-activation folded in: ``xp = x W_ih^T + b_ih + b_hh`` (for GRU with the reset
 gate after the matrix, b_hn is left out: r scales W_hn h + b_hn). It does every weight gradient as
 one GEMM after the backward loop, over the stored states and the pre-activation gradients ``dG``;
-but the loop sums the biases' (and W_ih's with one input feature) as it goes, and at a small layer
-each thread makes its share of W_hh's as one product at the end of its loop.
+but the loop sums the biases' (and W_ih's with one input feature) as it goes, and on batch-row
+shards each thread makes its share of W_hh's as one product at the end of its loop.
 What is left inside the loop is one matrix product per step (two for GRU with the reset gate before
 the matrix) and the gates. The gates add the product ``h W_hh^T`` to the step's slice of xp and are
 computed in place there, so xp ends up holding the activations the backward pass reads. numba compiles each loop once per dtype (the cell, direction and rows are runtime
@@ -763,7 +763,7 @@ def backward(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reverse, d
     pre-activation and of r ⊙ h. h_prev (B, T, H): each step's previous state, copied from hs (the
     states every step's W_hh row multiplied, contiguous for the caller's dW_hh GEMM; a copy in the
     loop's threads costs nothing beside the gates, one in torch after the loop ~20 µs at B32 T50 H32);
-    not read where the loop makes dW_hh itself (see sums), which reads hs in place.
+    (0, 0, 0) where the loop's own dW_hh share (see sums) reads the states in hs instead.
     x (B, T, I): the layer's input. sums (S, 3*G*H [+ G*H*H]): each of the S shards' sums over its
     rows and steps, in its row sums[slot[b0]] (slot (B,) int64; unit shards share row 0), over its
     units (see :func:`_add_sums`): of dG (the input bias's gradient), of dG times x where I = 1
@@ -783,7 +783,8 @@ def backward(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reverse, d
     me = _own_shard(sync, parties, j0)
     s = slot[b0]
     sg = sums[s, : 3 * GH].reshape(3, GH // H, H)  # this shard's sums (see _add_sums)
-    in_loop = sums.shape[1] > 3 * GH  # this shard makes its dW_hh share (and needs no h_prev)
+    in_loop = sums.shape[1] > 3 * GH  # this shard makes its dW_hh share
+    copy_prev = h_prev.shape[0] != 0  # (else the share reads the states in hs)
     dGg = dG.reshape(B, T, GH // H, H)  # (B, T, G, H)
     xg = xp.reshape(B, T, GH // H, H)
     ag = acts.reshape(B, T, acts.shape[2] // H, H)  # (B, T, A, H)
@@ -832,31 +833,42 @@ def backward(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reverse, d
                             sg[k, g, u0:u1] = 0.0
                 if step < T:
                     _backward_gates(kind, dy, dh, dc, hs, cs, xg, ag, dGg, grecg, dan, h_prev, lengths, shared,
-                                    b0, b1, u0, u1, t, p, q, not in_loop)
+                                    b0, b1, u0, u1, t, p, q, copy_prev)
                     _add_sums(kind, dGg, grecg, x, sg, lengths, b0, b1, u0, u1, t,
                               1 if kind == GRU_RESET_BEFORE else 0, GH // H)
             _task_done(sync, parties)
     if in_loop:
-        _shard_weights_grad(g0, hs, reverse, _address(sums) + (s * sums.shape[1] + 3 * GH) * isz, GH, b0, b1)
+        _shard_weights_grad(g0, hs, h_prev, reverse, _address(sums) + (s * sums.shape[1] + 3 * GH) * isz, GH, b0,
+                            b1)
 
 
 @njit(**_JIT)
-def _shard_weights_grad(g, hs, reverse, c, GH, b0, b1):
+def _shard_weights_grad(g, hs, h_prev, reverse, c, GH, b0, b1):
     """Rows [b0, b1)' share of dW_hh = grec^T h_prev (G*H, H) at address c (grec: the gradient of
     the recurrent product, (B, T, G*H) at address g, read in place as the transposed A of
-    :func:`_small_mm`; h_prev: each row's states before its steps, hs[b, :T], or hs[b, 1:] in
-    reverse, read in place): one product per row after the loop, while its dG and states are still
-    in cache, in chunks of PACKED_DEPTH of the steps as :func:`_packed_mm`'s, each added to the
-    last. At a small layer this replaced a torch.mm call after the loop (benchmarks/README.md,
-    eleventh pass)."""
+    :func:`_small_mm`): one product after the loop, while the last steps' dG are still in cache,
+    in chunks of PACKED_DEPTH of the depth as :func:`_packed_mm`'s, each added to the last. Over
+    the rows' steps of h_prev where the caller gave one (the loop copied the states into it);
+    else row by row, over each row's states in hs in place (hs[b, :T], or hs[b, 1:] in reverse):
+    no copy, but C is read and written once per row, which only a small C affords. It replaced a
+    torch.mm call after the loop (benchmarks/README.md, eleventh pass)."""
     B, T1, H = hs.shape
     T = T1 - 1
     isz = hs.itemsize
+    zero = hs.dtype.type(0.0)
+    if h_prev.shape[0] != 0:
+        depth = (b1 - b0) * T
+        a = g + b0 * T * GH * isz
+        h = _address(h_prev) + b0 * T * H * isz
+        for k0 in range(0, depth, PACKED_DEPTH):
+            _small_mm(zero, a + k0 * GH * isz, 1, GH, h + k0 * H * isz, H, c, H, GH, H,
+                      min(PACKED_DEPTH, depth - k0), k0 > 0)
+        return
     for b in range(b0, b1):
         a = g + b * T * GH * isz
         h = _address(hs) + (b * T1 + (1 if reverse else 0)) * H * isz
         for k0 in range(0, T, PACKED_DEPTH):
-            _small_mm(hs.dtype.type(0.0), a + k0 * GH * isz, 1, GH, h + k0 * H * isz, H, c, H, GH, H,
+            _small_mm(zero, a + k0 * GH * isz, 1, GH, h + k0 * H * isz, H, c, H, GH, H,
                       min(PACKED_DEPTH, T - k0), b > b0 or k0 > 0)
 
 
