@@ -251,7 +251,6 @@ class FusedLayer(torch.autograd.Function):
         if need[3] or (need[6] and I > 1) or (need[7] and not in_loop):
             dG2 = dG.view(B * T, GH)  # (B*T, G*H)
             x2 = x3.view(B * T, I)
-            W_ih = W_ih.detach()
         # Written as the products that measured fast: with 2-8 input features, dG W_ih and dG^T x
         # took 4-6x longer than the same products transposed (benchmarks/README.md).
         odd = 1 < I <= 8

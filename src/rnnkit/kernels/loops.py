@@ -544,18 +544,19 @@ def forward(kind, gemm, xp, hs, cs, acts, W_hh, b_hn, lengths, x, W_ih, b_ih, b_
     packs = _packs(W_hh)
     packed = np.empty(GH * H if packs else 0, xp.dtype)
     ready = np.zeros(parties, np.bool_)
-    # The Elman cell with one input feature and every unit here projects its input inside each step
-    # (its xp is read nowhere else: its backward works from h), from the combined bias and W_ih's
-    # column in ``proj``, with the same roundings as the pass before the loop that the other cells
-    # make (_forward_start): a pass over xp fewer.
-    inline = parties == 1 and x.shape[2] == 1 and (kind == RNN_TANH or kind == RNN_RELU)
-    proj = np.empty((2, GH if inline else 0), xp.dtype)
-    if inline:
+    # With one input feature and every unit here, the input projection is ``proj[0] + x proj[1]``:
+    # the combined bias (GRU with the reset gate after the product leaves b_hn out) and W_ih's
+    # column. The Elman cell makes it inside each step (its xp is read nowhere else: its backward
+    # works from h), a pass over xp fewer; the other cells before the first step (_forward_start).
+    one = parties == 1 and x.shape[2] == 1
+    proj = np.empty((2, GH if one else 0), xp.dtype)
+    if one:
         for c in range(GH):
-            proj[0, c] = b_ih[c] + b_hh[c]
+            proj[0, c] = b_ih[c] if kind == GRU and c >= 2 * H else b_ih[c] + b_hh[c]
             proj[1, c] = W_ih[c, 0]
+    inline = one and (kind == RNN_TANH or kind == RNN_RELU)
     if parties == 1:
-        _forward_start(kind, xp, hs, cs, x, W_ih, b_ih, b_hh, h_init, c_init, reverse, b0, b1, not inline)
+        _forward_start(kind, xp, hs, cs, proj, x, h_init, c_init, reverse, b0, b1, not inline)
     for e in range(T * phases):
         step, phase = e // phases, e % phases
         t = T - 1 - step if reverse else step
@@ -613,9 +614,9 @@ def _times_wt(gemm, ws, W, packed, at, row0, blocks, nu, x, ldx, c, ldc, m, accu
 
 
 @njit(**_JIT)
-def _forward_start(kind, xp, hs, cs, x, W_ih, b_ih, b_hh, h_init, c_init, reverse, b0, b1, project):
-    """Rows [b0, b1)' initial states, and with one input feature and ``project`` their input
-    projection (see :func:`forward`)."""
+def _forward_start(kind, xp, hs, cs, proj, x, h_init, c_init, reverse, b0, b1, project):
+    """Rows [b0, b1)' initial states, and with ``project`` their input projection from ``proj``
+    where that is not empty (see :func:`forward`)."""
     B, T, GH = xp.shape
     H = hs.shape[2]
     first = T if reverse else 0
@@ -625,16 +626,13 @@ def _forward_start(kind, xp, hs, cs, x, W_ih, b_ih, b_hh, h_init, c_init, revers
         if kind == LSTM:
             for j in range(H):
                 cs[b, first, j] = c_init[b, j]
-    if x.shape[2] != 1 or not project:
+    if proj.shape[1] == 0 or not project:
         return
-    bias = np.empty(GH, xp.dtype)
-    for c in range(GH):
-        bias[c] = b_ih[c] if kind == GRU and c >= 2 * H else b_ih[c] + b_hh[c]
     for b in range(b0, b1):
         for t in range(T):
             v = x[b, t, 0]
             for c in range(GH):
-                xp[b, t, c] = bias[c] + v * W_ih[c, 0]
+                xp[b, t, c] = proj[0, c] + v * proj[1, c]
 
 
 @njit(**_JIT, inline="always")
@@ -669,11 +667,11 @@ def _forward_first(kind, gemm, ws, xg, hs, cs, ag, lengths, b_hn, shared, scratc
         # c from cs into cs, GRU's n from r in xp): LLVM cannot tell the rows apart and keeps
         # such a loop scalar (measured 2-3x slower), so those go through ``shared``.
         # The pre-activation of gate k, unit j is xg[b, t, k, j] + rec[r, k, j - j0].
-        if kind == RNN_TANH and proj.size != 0:
+        if kind == RNN_TANH and proj.shape[1] != 0:
             v = x[b, t, 0]
             for j in range(j0, j1):
                 hs[b, q, j] = _tanh((proj[0, j] + v * proj[1, j]) + rec[r, 0, j - j0])
-        elif kind == RNN_RELU and proj.size != 0:
+        elif kind == RNN_RELU and proj.shape[1] != 0:
             v = x[b, t, 0]
             for j in range(j0, j1):
                 hs[b, q, j] = max((proj[0, j] + v * proj[1, j]) + rec[r, 0, j - j0], zero)
@@ -855,21 +853,25 @@ def _shard_weights_grad(g, hs, h_prev, reverse, c, GH, b0, b1):
     B, T1, H = hs.shape
     T = T1 - 1
     isz = hs.itemsize
-    zero = hs.dtype.type(0.0)
     if h_prev.shape[0] != 0:
-        depth = (b1 - b0) * T
-        a = g + b0 * T * GH * isz
-        h = _address(h_prev) + b0 * T * H * isz
-        for k0 in range(0, depth, PACKED_DEPTH):
-            _small_mm(zero, a + k0 * GH * isz, 1, GH, h + k0 * H * isz, H, c, H, GH, H,
-                      min(PACKED_DEPTH, depth - k0), k0 > 0)
+        _weights_product(hs, g + b0 * T * GH * isz, _address(h_prev) + b0 * T * H * isz, (b1 - b0) * T, c, GH,
+                         False)
         return
     for b in range(b0, b1):
-        a = g + b * T * GH * isz
-        h = _address(hs) + (b * T1 + (1 if reverse else 0)) * H * isz
-        for k0 in range(0, T, PACKED_DEPTH):
-            _small_mm(zero, a + k0 * GH * isz, 1, GH, h + k0 * H * isz, H, c, H, GH, H,
-                      min(PACKED_DEPTH, T - k0), b > b0 or k0 > 0)
+        _weights_product(hs, g + b * T * GH * isz, _address(hs) + (b * T1 + (1 if reverse else 0)) * H * isz, T,
+                         c, GH, b > b0)
+
+
+@njit(**_JIT, inline="always")
+def _weights_product(like, a, h, depth, c, GH, accumulate):
+    """C (G*H, H) at c = A^T S (+ C when ``accumulate``): A (depth, G*H) at a and S (depth, H) at
+    h, row-major, of like's dtype and H, in chunks of PACKED_DEPTH of the depth, each added to the
+    last."""
+    H = like.shape[2]
+    isz = like.itemsize
+    for k0 in range(0, depth, PACKED_DEPTH):
+        _small_mm(like.dtype.type(0.0), a + k0 * GH * isz, 1, GH, h + k0 * H * isz, H, c, H, GH, H,
+                  min(PACKED_DEPTH, depth - k0), accumulate or k0 > 0)
 
 
 @njit(**_JIT, inline="always")
