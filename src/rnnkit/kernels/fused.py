@@ -243,11 +243,13 @@ class FusedLayer(torch.autograd.Function):
                 dc.copy_(dc_n)
         _launch(work, loops.backward, code, reverse, plan, compose(arrays), 9)
         # The shards' rows of sums (loops.backward), added up: the input bias's gradient, W_ih's where
-        # I = 1, GRU's b_hn's, each (G*H,); then dW_hh where the loops made it. The gradients are
-        # views of this one fresh tensor (the work's arrays stay with it), as contiguous as their
-        # parameters (DDP checks a gradient's strides against its parameter's).
+        # I = 1, b_hh's, each (G*H,); then dW_hh where the loops made it. The gradients are views of
+        # this one fresh tensor (the work's arrays stay with it), as contiguous as their parameters
+        # (DDP checks a gradient's strides against its parameter's), made by one split: each torch
+        # call after the loop costs 3-8 us in a train step (benchmarks/README.md, twelfth pass).
         total = sums[0].clone() if len(first_rows) == 1 else sums.sum(0)
-        dx = dW_ih = dW_hh = db_hh = None
+        parts = total.split_with_sizes((GH, GH, GH, total.shape[0] - 3 * GH))
+        dx = dW_ih = dW_hh = None
         if need[3] or (need[6] and I > 1) or (need[7] and not in_loop):
             dG2 = dG.view(B * T, GH)  # (B*T, G*H)
             x2 = x3.view(B * T, I)
@@ -258,14 +260,15 @@ class FusedLayer(torch.autograd.Function):
             dx = (torch.mm(W_ih.t(), dG2.t()).t().contiguous() if odd else torch.mm(dG2, W_ih)).view(B, T, I)
         if need[6]:
             if I == 1:  # a weighted sum, added up in the loop
-                dW_ih = total[GH:2 * GH].view(GH, 1)
+                dW_ih = parts[1].view(GH, 1)
             elif odd:
                 dW_ih = torch.mm(x2.t(), dG2).t().contiguous()
             else:
                 dW_ih = torch.mm(dG2.t(), x2)
-        db_ih = total[:GH] if b_ih is not None and need[8] else None
+        db_ih = parts[0] if b_ih is not None and need[8] else None
+        db_hh = parts[2] if b_hh is not None and need[9] else None
         if in_loop:  # the shards' shares, each from its loop
-            dW_hh = total[3 * GH:].view(GH, H)
+            dW_hh = parts[3].view(GH, H)
         elif need[7]:
             h_prev = h_prev.view(B * T, H)  # (B*T, H), hs[:, 1:] reverse, else hs[:, :-1] (the loop copies it)
             if code == loops.GRU_RESET_BEFORE:
@@ -277,9 +280,6 @@ class FusedLayer(torch.autograd.Function):
                 # their gradient is the loop's dG_h, not dG.
                 dG_h = dG_h.view(B * T, GH) if code == loops.GRU else dG2
                 dW_hh = torch.mm(dG_h.t(), h_prev)
-        if b_hh is not None and need[9]:  # db_ih's sum but for GRU's n block (two gradients, two tensors)
-            db_hh = (torch.cat((total[:2 * H], total[2 * GH + 2 * H:3 * GH])) if code == loops.GRU
-                     else total[:GH].clone())
         dh0 = dh.clone() if need[4] else None  # (the work's own arrays stay with it)
         dc0 = dc.clone() if lstm and need[5] else None
         return None, None, None, dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh

@@ -765,8 +765,9 @@ def backward(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reverse, d
     x (B, T, I): the layer's input. sums (S, 3*G*H [+ G*H*H]): each of the S shards' sums over its
     rows and steps, in its row sums[slot[b0]] (slot (B,) int64; unit shards share row 0), over its
     units (see :func:`_add_sums`): of dG (the input bias's gradient), of dG times x where I = 1
-    (W_ih's gradient, a weighted sum then), and for GRU (reset after) of grec's n block (b_hn's
-    gradient); a pass over dG each that the caller saves. Where the row is longer (the caller's
+    (W_ih's gradient, a weighted sum then), and b_hh's gradient (the first block's sums again, but
+    for GRU's n block with the reset gate after the product: grec's); a pass over dG each that the
+    caller saves, and the three blocks laid out as the gradients they are. Where the row is longer (the caller's
     choice, for row shards: parties = 1), the rest is the shard's dW_hh = grec^T h_prev, one product
     after its loop (:func:`_shard_weights_grad`). The caller adds up the S rows.
     """
@@ -820,7 +821,7 @@ def backward(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reverse, d
             if phase == 1:
                 _backward_reset_before(gemm, ws, dh, hs, xg, dGg, dan, drh, lengths, W_hh, packed, b0, b1, u0, u1,
                                        t, p)
-                _add_sums(kind, dGg, grecg, x, sg, lengths, b0, b1, u0, u1, t, 0, 1)  # r's, done here
+                _add_sums(kind, dGg, grecg, x, sg, lengths, b0, b1, u0, u1, t, 0, 1, step == T - 1)  # r's
             else:
                 if step > 0:  # dh[:, units] += (gradient of h W^T) W[:, units]: dead rows' get exact zeros
                     _times_w(gemm, ws, W_hh, packed, U0 * GH, 0, g0 + (b0 * T + last) * GH * isz, T * GH, rows,
@@ -833,7 +834,7 @@ def backward(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reverse, d
                     _backward_gates(kind, dy, dh, dc, hs, cs, xg, ag, dGg, grecg, dan, h_prev, lengths, shared,
                                     b0, b1, u0, u1, t, p, q, copy_prev)
                     _add_sums(kind, dGg, grecg, x, sg, lengths, b0, b1, u0, u1, t,
-                              1 if kind == GRU_RESET_BEFORE else 0, GH // H)
+                              1 if kind == GRU_RESET_BEFORE else 0, GH // H, step == T - 1)
             _task_done(sync, parties)
     if in_loop:
         _shard_weights_grad(g0, hs, h_prev, reverse, _address(sums) + (s * sums.shape[1] + 3 * GH) * isz, GH, b0,
@@ -875,10 +876,12 @@ def _weights_product(like, a, h, depth, c, GH, accumulate):
 
 
 @njit(**_JIT, inline="always")
-def _add_sums(kind, dGg, grecg, x, sg, lengths, b0, b1, j0, j1, t, k0, k1):
+def _add_sums(kind, dGg, grecg, x, sg, lengths, b0, b1, j0, j1, t, k0, k1, final):
     """Add step t's rows [b0, b1) of gate blocks [k0, k1), units [j0, j1), to the shard's sums sg
     (3, G, H) (see :func:`backward`), as the loop goes: each step's dG is still in cache then, where a
-    sum after the loop reads all of it again (at B32 T50 H256 LSTM the two took ~0.5 ms)."""
+    sum after the loop reads all of it again (at B32 T50 H256 LSTM the two took ~0.5 ms). At the
+    ``final`` step, b_hh's sums (sg[2]) from the input bias's, but for GRU's b_hn, summed apart: the
+    caller's gradients are then views, no copy or concatenation after the loop."""
     one_input = x.shape[2] == 1
     for b in range(b0, b1):
         if lengths[b] <= t:  # (zeros)
@@ -893,6 +896,10 @@ def _add_sums(kind, dGg, grecg, x, sg, lengths, b0, b1, j0, j1, t, k0, k1):
         if kind == GRU and k0 == 0:
             for j in range(j0, j1):
                 sg[2, 2, j] += grecg[b, t, 2, j]
+    if final:
+        for k in range(k0, min(k1, 2) if kind == GRU else k1):
+            for j in range(j0, j1):
+                sg[2, k, j] = sg[0, k, j]
 
 
 @njit(**_JIT)
