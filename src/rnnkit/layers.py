@@ -118,9 +118,9 @@ class RNNBase(nn.Module):
         G = cells.GATES[self.kind]
         # Registered in torch.nn's order, so state_dict keys come out in the same order too.
         for layer in range(num_layers):
-            for suffix in self._suffixes():
+            for direction in range(self.num_directions):
                 layer_in = input_size if layer == 0 else hidden_size * self.num_directions
-                names = self._names(layer, suffix)
+                names = self._names(layer, direction)
                 self.register_parameter(names[0], nn.Parameter(torch.empty(G * hidden_size, layer_in, **factory)))
                 self.register_parameter(names[1], nn.Parameter(torch.empty(G * hidden_size, hidden_size, **factory)))
                 if bias:
@@ -132,22 +132,23 @@ class RNNBase(nn.Module):
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
-    def _suffixes(self) -> tuple[str, ...]:
-        return ("", "_reverse") if self.bidirectional else ("",)
-
     @staticmethod
     @functools.lru_cache(maxsize=256)  # looked up on every call
-    def _names(layer: int, suffix: str) -> tuple[str, str, str, str]:
+    def _names(layer: int, direction: int) -> tuple[str, str, str, str]:
+        suffix = ("", "_reverse")[direction]
         return (f"weight_ih_l{layer}{suffix}", f"weight_hh_l{layer}{suffix}",
                 f"bias_ih_l{layer}{suffix}", f"bias_hh_l{layer}{suffix}")
 
     def layer_weights(self, layer: int, direction: int) -> Weights:
         """(W_ih, W_hh, b_ih, b_hh) of one layer and direction; biases None when bias=False."""
-        names = self._names(layer, self._suffixes()[direction])
-        # Looked up on every call: straight from the dict, but for a name that a parametrization or
-        # bias=False left out of it (getattr then finds the parametrized weight, or None).
+        ih, hh, bih, bhh = names = self._names(layer, direction)
+        # Looked up on every call: straight from the dict, but where a parametrization or bias=False
+        # left a name out of it (getattr then finds the parametrized weight, or None).
         params = self._parameters
-        return tuple(params[n] if n in params else getattr(self, n, None) for n in names)
+        try:
+            return params[ih], params[hh], params[bih], params[bhh]
+        except KeyError:
+            return tuple(getattr(self, n, None) for n in names)
 
     @property
     def all_weights(self) -> list[list[Tensor]]:

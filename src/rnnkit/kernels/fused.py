@@ -285,6 +285,9 @@ class FusedLayer(torch.autograd.Function):
         return None, None, None, dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh
 
 
+_apply = super(torch.autograd.Function, FusedLayer).apply  # (torch._C._FunctionBase.apply)
+
+
 def run_fused(kind: str, x: Tensor, state: tuple, weights: tuple, lengths: Tensor | None = None,
               reverse: bool = False, nonlinearity: str = "tanh",
               reset_after: bool = True) -> tuple[Tensor, tuple]:
@@ -293,8 +296,12 @@ def run_fused(kind: str, x: Tensor, state: tuple, weights: tuple, lengths: Tenso
     code = kind_code(kind, nonlinearity, reset_after)
     c0 = state[1] if code == loops.LSTM else None
     args = (code, reverse, lengths, x, state[0], c0, W_ih, W_hh, b_ih, b_hh)
-    if torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args):
-        out, h_n, c_n = FusedLayer.apply(*args)
+    if torch.is_grad_enabled() and (W_ih.requires_grad or W_hh.requires_grad or x.requires_grad
+                                    or any(t is not None and t.requires_grad for t in (b_ih, b_hh, *state))):
+        # autograd.Function.apply's own C++ part where no functorch transform is on: the Python
+        # wrapper around it only unwraps functorch's tensors (a few us of a small layer's call).
+        apply = FusedLayer.apply if torch._C._are_functorch_transforms_active() else _apply
+        out, h_n, c_n = apply(*args)
     else:
         # No gradient wanted: skip the autograd.Function (~8 us a call) and the stored activations
         # (needs_input_grad inside it is set under torch.no_grad too).
