@@ -184,12 +184,17 @@ def _forward(code: int, reverse: bool, lengths: Tensor | None, x: Tensor, h0: Te
         if lstm:
             cs.select(1, first).copy_(c0)
     _launch(work, loops.forward, code, reverse, plan, compose(arrays), 13)
-    out = hs.narrow(1, 0 if reverse else 1, T)  # (B, T, H): hs[:, :-1] reverse, else hs[:, 1:]
+    # The results, views all made by as_strided: in a train step the first call of each kind of
+    # torch operation costs 4-7 us, its code gone from the caches, a second one 1-2 us
+    # (benchmarks/README.md, twelfth pass).
+    row, at = (T + 1) * H, hs.storage_offset()
+    out = hs.as_strided((B, T, H), (row, H, 1), at + (0 if reverse else H))  # hs[:, :-1] reverse, else hs[:, 1:]
     if lengths is not None:
         alive = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
         out = out * alive.unsqueeze(2).to(out.dtype)
-    c_n = cs.select(1, last) if lstm else None
-    return out, hs.select(1, last), c_n, (x3, xp, hs, cs, acts, W, lens, plan)
+    h_n = hs.as_strided((B, H), (row, 1), at + last * H)  # hs[:, last]
+    c_n = cs.as_strided((B, H), (row, 1), cs.storage_offset() + last * H) if lstm else None
+    return out, h_n, c_n, (x3, xp, hs, cs, acts, W, lens, plan)
 
 
 class FusedLayer(torch.autograd.Function):
@@ -245,10 +250,9 @@ class FusedLayer(torch.autograd.Function):
         # The shards' rows of sums (loops.backward), added up: the input bias's gradient, W_ih's where
         # I = 1, b_hh's, each (G*H,); then dW_hh where the loops made it. The gradients are views of
         # this one fresh tensor (the work's arrays stay with it), as contiguous as their parameters
-        # (DDP checks a gradient's strides against its parameter's), made by one split: each torch
-        # call after the loop costs 3-8 us in a train step (benchmarks/README.md, twelfth pass).
-        total = sums[0].clone() if len(first_rows) == 1 else sums.sum(0)
-        parts = total.split_with_sizes((GH, GH, GH, total.shape[0] - 3 * GH))
+        # (DDP checks a gradient's strides against its parameter's), made by as_strided as the
+        # forward's results are (and sum for one shard too): one kind of torch call fewer each.
+        total = sums.sum(0)
         dx = dW_ih = dW_hh = None
         if need[3] or (need[6] and I > 1) or (need[7] and not in_loop):
             dG2 = dG.view(B * T, GH)  # (B*T, G*H)
@@ -260,15 +264,15 @@ class FusedLayer(torch.autograd.Function):
             dx = (torch.mm(W_ih.t(), dG2.t()).t().contiguous() if odd else torch.mm(dG2, W_ih)).view(B, T, I)
         if need[6]:
             if I == 1:  # a weighted sum, added up in the loop
-                dW_ih = parts[1].view(GH, 1)
+                dW_ih = total.as_strided((GH, 1), (1, 1), GH)
             elif odd:
                 dW_ih = torch.mm(x2.t(), dG2).t().contiguous()
             else:
                 dW_ih = torch.mm(dG2.t(), x2)
-        db_ih = parts[0] if b_ih is not None and need[8] else None
-        db_hh = parts[2] if b_hh is not None and need[9] else None
+        db_ih = total.as_strided((GH,), (1,), 0) if b_ih is not None and need[8] else None
+        db_hh = total.as_strided((GH,), (1,), 2 * GH) if b_hh is not None and need[9] else None
         if in_loop:  # the shards' shares, each from its loop
-            dW_hh = parts[3].view(GH, H)
+            dW_hh = total.as_strided((GH, H), (H, 1), 3 * GH)
         elif need[7]:
             h_prev = h_prev.view(B * T, H)  # (B*T, H), hs[:, 1:] reverse, else hs[:, :-1] (the loop copies it)
             if code == loops.GRU_RESET_BEFORE:
