@@ -135,10 +135,12 @@ class Work:
     """One call's arrays (``arrays``, a tuple of tensors) and what the caller keeps with them
     (``extra``)."""
 
-    __slots__ = ("arrays", "extra", "key")
+    __slots__ = ("arrays", "extra", "key", "watched")
 
     def __init__(self, arrays: tuple, extra, key=None) -> None:
         self.arrays, self.extra, self.key = arrays, extra, key  # key: a call not kept (see done)
+        # What _free_work checks: an empty array has no memory to share (the loops' unused ones).
+        self.watched = tuple(t for t in arrays if t.numel())
 
 
 _works: OrderedDict = OrderedDict()  # key -> [Work], least recently used key first
@@ -155,7 +157,7 @@ def _free_work(w: Work) -> bool:
     """Whether nothing but the work holds its arrays, a view of them or their memory: Python
     references (beyond the work's tuple and this loop's), the C++ references to a tensor (autograd's
     saved tensors) and to its storage (views, numpy arrays; +1 for the storage object asked here)."""
-    for t in w.arrays:
+    for t in w.watched:
         if (_python_refs(t) != _IDLE_REFS or t._use_count() != 1
                 or _storage_uses(t.untyped_storage()._cdata) != 2):
             return False
@@ -163,8 +165,10 @@ def _free_work(w: Work) -> bool:
 
 
 def _idle_refs() -> int:
-    """What _python_refs reads in _free_work's loop for an array that only a work's tuple holds."""
-    for t in (torch.empty(0),):
+    """What _python_refs reads in _free_work's loop for an array that only a work holds (in its
+    two tuples)."""
+    w = Work((torch.empty(1),), None)
+    for t in w.watched:
         return _python_refs(t)
 
 

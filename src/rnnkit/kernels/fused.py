@@ -197,6 +197,21 @@ def _forward(code: int, reverse: bool, lengths: Tensor | None, x: Tensor, h0: Te
     return out, h_n, c_n, (x3, xp, hs, cs, acts, W, lens, plan)
 
 
+def _first_order(backward):
+    """``once_differentiable``, but without its no_grad context where grad mode is off already (a
+    plain backward; with create_graph it is on, and once_differentiable's path runs): a context
+    manager is one more cold code path in a small layer's train step."""
+    guarded = once_differentiable(backward)
+
+    @functools.wraps(backward)
+    def run(ctx, *grads):
+        if torch.is_grad_enabled():
+            return guarded(ctx, *grads)
+        return backward(ctx, *grads)
+
+    return run
+
+
 class FusedLayer(torch.autograd.Function):
     """One layer-direction. Inputs x (B, T, I), h0, c0 (B, H) (c0 None but for LSTM), torch-layout
     weights; returns output (B, T, H) (zero past each sequence's length), h_n and c_n (B, H)."""
@@ -213,7 +228,7 @@ class FusedLayer(torch.autograd.Function):
         return out, h_n, c_n
 
     @staticmethod
-    @once_differentiable
+    @_first_order
     def backward(ctx, dout: Tensor, dh_n: Tensor, dc_n: Tensor | None):
         x3, xp, hs, cs, acts, W_ih, W_hh, b_ih, b_hh = ctx.saved_tensors
         code, reverse, lens, plan = ctx.config
