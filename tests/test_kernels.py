@@ -481,6 +481,15 @@ def test_double_backward_raises_instead_of_a_wrong_answer():
         g.sum().backward()
 
 
+def test_a_functorch_transform_gets_autograd_functions_own_error():
+    # run_fused calls autograd.Function's C++ apply directly only where no functorch transform is on;
+    # under one it goes through Function.apply, which refuses a Function without setup_context.
+    layer = rnnkit.GRU(I, H, engine="fused", dtype=torch.float64)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="functorch transforms"):
+        torch.func.grad(lambda inp: layer(inp)[0].sum())(x)
+
+
 def test_engine_choice():
     x = torch.randn(B, T, I)
     assert pick_engine("auto", "rnn", x, None) is kernels.run_fused
