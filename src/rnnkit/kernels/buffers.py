@@ -139,8 +139,10 @@ class Work:
 
     def __init__(self, arrays: tuple, extra, key=None) -> None:
         self.arrays, self.extra, self.key = arrays, extra, key  # key: a call not kept (see done)
-        # What _free_work checks: an empty array has no memory to share (the loops' unused ones).
-        self.watched = tuple(t for t in arrays if t.numel())
+        # What _free_work checks, each array with its storage's address (constant: nothing sets a
+        # work's array to another storage): an empty array has no memory to share (the loops'
+        # unused ones).
+        self.watched = tuple((t, t.untyped_storage()._cdata) for t in arrays if t.numel())
 
 
 _works: OrderedDict = OrderedDict()  # key -> [Work], least recently used key first
@@ -155,24 +157,24 @@ def _python_refs(t: Tensor) -> int:
 
 def _free_work(w: Work) -> bool:
     """Whether nothing but the work holds its arrays, a view of them or their memory: Python
-    references (beyond the work's tuple and this loop's), the C++ references to a tensor (autograd's
-    saved tensors) and to its storage (views, numpy arrays; +1 for the storage object asked here)."""
-    for t in w.watched:
-        if (_python_refs(t) != _IDLE_REFS or t._use_count() != 1
-                or _storage_uses(t.untyped_storage()._cdata) != 2):
+    references (beyond the work's tuples and this loop's), the C++ references to a tensor (autograd's
+    saved tensors) and to its storage (views, numpy arrays), read at the address the work keeps."""
+    for t, storage in w.watched:
+        if _python_refs(t) != _IDLE_REFS or t._use_count() != 1 or _storage_uses(storage) != _IDLE_USES:
             return False
     return True
 
 
-def _idle_refs() -> int:
-    """What _python_refs reads in _free_work's loop for an array that only a work holds (in its
-    two tuples)."""
+def _idle_counts() -> tuple[int, int]:
+    """What _free_work's loop reads for an array that only a work holds (in its two tuples): its
+    Python references, and its storage's uses (the array's, and the Python storage object that
+    torch keeps once asked for it)."""
     w = Work((torch.empty(1),), None)
-    for t in w.watched:
-        return _python_refs(t)
+    (t, storage), = w.watched
+    return _python_refs(t), (_storage_uses(storage) if _COUNTS else 0)
 
 
-_IDLE_REFS = _idle_refs()
+_IDLE_REFS, _IDLE_USES = _idle_counts()
 
 
 def work(key, shapes: tuple, dtype: torch.dtype, make: Callable) -> tuple[Work, list]:

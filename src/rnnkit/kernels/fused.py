@@ -222,7 +222,9 @@ class FusedLayer(torch.autograd.Function):
                 b_hh: Tensor | None):
         out, h_n, c_n, (x3, xp, hs, cs, acts, W, lens, plan) = _forward(
             code, reverse, lengths, x, h0, c0, W_ih, W_hh, b_ih, b_hh, store=True)
-        ctx.save_for_backward(x3, xp, hs, cs, acts, W_ih, W, b_ih, b_hh)
+        # (Not the biases: the backward does not read them, so one changed in place since does not
+        # make its result wrong.)
+        ctx.save_for_backward(x3, xp, hs, cs, acts, W_ih, W)
         ctx.set_materialize_grads(False)  # an unused output's gradient comes as None, not new zeros
         ctx.config = (code, reverse, lens, plan)  # the backward splits the work the same way
         return out, h_n, c_n
@@ -230,7 +232,7 @@ class FusedLayer(torch.autograd.Function):
     @staticmethod
     @_first_order
     def backward(ctx, dout: Tensor, dh_n: Tensor, dc_n: Tensor | None):
-        x3, xp, hs, cs, acts, W_ih, W_hh, b_ih, b_hh = ctx.saved_tensors
+        x3, xp, hs, cs, acts, W_ih, W_hh = ctx.saved_tensors
         code, reverse, lens, plan = ctx.config
         B, T, GH = xp.shape
         H = hs.shape[2]
@@ -284,8 +286,8 @@ class FusedLayer(torch.autograd.Function):
                 dW_ih = torch.mm(x2.t(), dG2).t().contiguous()
             else:
                 dW_ih = torch.mm(dG2.t(), x2)
-        db_ih = total.as_strided((GH,), (1,), 0) if b_ih is not None and need[8] else None
-        db_hh = total.as_strided((GH,), (1,), 2 * GH) if b_hh is not None and need[9] else None
+        db_ih = total.as_strided((GH,), (1,), 0) if need[8] else None  # (False for a missing bias)
+        db_hh = total.as_strided((GH,), (1,), 2 * GH) if need[9] else None
         if in_loop:  # the shards' shares, each from its loop
             dW_hh = total.as_strided((GH, H), (H, 1), 3 * GH)
         elif need[7]:
