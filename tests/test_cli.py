@@ -95,3 +95,39 @@ def test_bench_is_loaded_only_when_asked_for(tmp_path):
     else:
         assert proc.returncode == 0 and proc.stdout.startswith("usage: rnnkit bench")
     assert rnnkit_cli("test", "--run", "r", "--bogus", cwd=tmp_path, check=False).returncode == 2  # argparse's own
+
+
+def test_bench_prints_a_consistent_table(tmp_path):
+    """A real `rnnkit bench` run: the header names the machine, every cell gets the three rows, torch.nn's
+    ratio is 1, and each row's ratio and GFLOP/s follow from the times it prints."""
+    pytest.importorskip("rnnkit.bench")
+    B, T, H = 8, 20, 16
+    proc = rnnkit_cli("bench", "--quick", "--sizes", f"{B}x{T}x{H}", "--cells", "rnn,lstm", "--threads", "1",
+                      cwd=tmp_path)
+    lines = proc.stdout.splitlines()
+    assert re.match(r"torch \S+, 1 threads, float32, wall clock; large-GEMM peak .*: \d+ GFLOP/s$", lines[0])
+    assert re.search(r"\d+ CPUs; fused loops' vectors (32|64) bytes$", lines[1])
+    rows = [line.split() for line in lines[3:]]
+    assert [(r[0], r[4]) for r in rows] == [(c, e) for c in ("rnn", "lstm") for e in ("fused", "reference", "torch")]
+    for r in rows:
+        cell, sizes, (train, x_train, gf_train, infer, x_infer, gf_infer) = r[0], r[1:4], map(float, r[5:])
+        assert sizes == [str(B), str(T), str(H)]
+        torch_row = next(t for t in rows if t[0] == cell and t[4] == "torch")
+        assert x_train == pytest.approx(float(torch_row[5]) / train, rel=0.1)  # (times rounded to 0.01 ms)
+        assert x_infer == pytest.approx(float(torch_row[8]) / infer, rel=0.2)
+        flops = 2 * B * T * {"rnn": 1, "lstm": 4}[cell] * H * (1 + H)
+        assert gf_train == pytest.approx(3 * flops / train / 1e6, abs=0.06, rel=0.1)
+        if r[4] == "torch":
+            assert x_train == x_infer == 1.0
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--cells", "rnn,tcn"], "error: --cells wants a comma-separated list among rnn, gru, lstm, got 'rnn,tcn'"),
+    (["--sizes", "32x50"], "error: --sizes wants BATCHxSTEPSxHIDDEN[,...] with positive integers, got '32x50'"),
+    (["--rounds", "0"], "error: --rounds wants 1 or more, got 0"),
+    (["--threads", "-1"], "error: --threads wants 0 (torch's choice) or more, got -1"),
+])
+def test_bench_says_what_is_wrong_with_its_flags(tmp_path, flags, message):
+    pytest.importorskip("rnnkit.bench")
+    proc = rnnkit_cli("bench", *flags, cwd=tmp_path, check=False)
+    assert (proc.returncode, proc.stderr, proc.stdout) == (2, message + "\n", "")

@@ -10,12 +10,15 @@ Implementations are timed in interleaved rounds (so drifting clocks and caches h
 every other round in reverse order (a job's time moves by 1-3% with the job run before it), and each
 reports the median round. The ratio column is torch.nn's time over this row's, so > 1 means
 faster than torch.nn. GFLOP/s counts the layer's matrix products (forward 2·B·T·G·H·(I+H); a train
-step three times that) against a large-GEMM peak measured here first.
+step three times that) against a large-GEMM peak measured here first. The header names the CPU:
+the fused engine's ratios depend on its vector units (:func:`machine`).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import statistics
 import sys
 import time
@@ -24,6 +27,7 @@ import torch
 from torch import nn
 
 from . import layers
+from .kernels import loops
 
 CELLS = ("rnn", "gru", "lstm")
 IMPLS = ("fused", "reference", "torch")
@@ -150,9 +154,42 @@ def parse_sizes(text: str) -> list[tuple[int, int, int]]:
     return sizes  # type: ignore[return-value]
 
 
+def parse_cells(text: str) -> list[str]:
+    cells = [c.strip().lower() for c in text.split(",") if c.strip()]
+    if not cells or any(c not in CELLS for c in cells):
+        from .errors import ConfigError
+        raise ConfigError(f"--cells wants a comma-separated list among {', '.join(CELLS)}, got {text!r}")
+    return cells
+
+
+def machine() -> str:
+    """The CPU, as far as the ratios depend on it: a table's numbers move with the CPU's vector units
+    (a Zen 4 runs 64-byte vectors as two halves, a Zen 5 whole: benchmarks/README.md, twelfth pass)."""
+    info = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if not line.strip():
+                    break  # the first processor's block
+                info.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    name = info.get("model name") or platform.processor() or platform.machine()
+    family = f" (family {info['cpu family']}, model {info['model']})" if "cpu family" in info and "model" in info else ""
+    return f"{name}{family}, {os.cpu_count()} CPUs; fused loops' vectors {loops.VECTOR_BYTES} bytes"
+
+
 def run(args) -> int:
+    from .errors import ConfigError
+
     sizes = parse_sizes(args.sizes)
-    cells = [c for c in args.cells.split(",") if c]
+    cells = parse_cells(args.cells)
+    for flag, value, ok, wants in (("--rounds", args.rounds, args.rounds >= 1, "1 or more"),
+                                   ("--round-ms", args.round_ms, args.round_ms > 0, "a positive time"),
+                                   ("--threads", args.threads, args.threads >= 0, "0 (torch's choice) or more")):
+        if not ok:
+            raise ConfigError(f"{flag} wants {wants}, got {value}")
     rounds, round_s = (3, 0.02) if args.quick else (args.rounds, args.round_ms / 1000)
     dtype = getattr(torch, args.dtype)
     clock = time.perf_counter
@@ -165,6 +202,7 @@ def run(args) -> int:
     peak = gemm_peak(dtype)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dtype}, {args.clock} clock; "
           f"large-GEMM peak (torch.mm 2048x2048): {peak:.0f} GFLOP/s")
+    print(machine())
     print(f"{'cell':<5} {'B':>4} {'T':>4} {'H':>4}  {'engine':<9} {'train ms':>9} {'x torch':>8} "
           f"{'GFLOP/s':>8}  {'infer ms':>9} {'x torch':>8} {'GFLOP/s':>8}")
     for B, T, H in sizes:
