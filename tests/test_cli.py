@@ -109,14 +109,23 @@ def test_bench_prints_a_consistent_table(tmp_path):
     assert re.search(r"\d+ CPUs; fused loops' vectors (32|64) bytes$", lines[1])
     rows = [line.split() for line in lines[3:]]
     assert [(r[0], r[4]) for r in rows] == [(c, e) for c in ("rnn", "lstm") for e in ("fused", "reference", "torch")]
+    def between(shown, low, high, half):  # a value printed to +-half, against a range it must meet
+        assert shown + half >= low * (1 - 1e-9) and shown - half <= high * (1 + 1e-9), (shown, low, high)
+
+    def span(ms):  # the times a time printed to 0.01 ms stands for
+        return max(ms - 0.005, 1e-9), ms + 0.005
+
+    flops = {cell: 2 * B * T * gates * H * (1 + H) for cell, gates in (("rnn", 1), ("lstm", 4))}
     for r in rows:
         cell, sizes, (train, x_train, gf_train, infer, x_infer, gf_infer) = r[0], r[1:4], map(float, r[5:])
         assert sizes == [str(B), str(T), str(H)]
         torch_row = next(t for t in rows if t[0] == cell and t[4] == "torch")
-        assert x_train == pytest.approx(float(torch_row[5]) / train, rel=0.1)  # (times rounded to 0.01 ms)
-        assert x_infer == pytest.approx(float(torch_row[8]) / infer, rel=0.2)
-        flops = 2 * B * T * {"rnn": 1, "lstm": 4}[cell] * H * (1 + H)
-        assert gf_train == pytest.approx(3 * flops / train / 1e6, abs=0.06, rel=0.1)
+        for ms, ratio, torch_ms in ((train, x_train, float(torch_row[5])), (infer, x_infer, float(torch_row[8]))):
+            (lo, hi), (tlo, thi) = span(ms), span(torch_ms)
+            between(ratio, tlo / hi, thi / lo, 0.005)
+        for ms, gf, n in ((train, gf_train, 3 * flops[cell]), (infer, gf_infer, flops[cell])):
+            lo, hi = span(ms)
+            between(gf, n / hi / 1e6, n / lo / 1e6, 0.05)
         if r[4] == "torch":
             assert x_train == x_infer == 1.0
 
