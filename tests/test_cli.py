@@ -109,6 +109,7 @@ def test_bench_prints_a_consistent_table(tmp_path):
     assert re.search(r"\d+ CPUs; fused loops' vectors (32|64) bytes$", lines[1])
     rows = [line.split() for line in lines[3:]]
     assert [(r[0], r[4]) for r in rows] == [(c, e) for c in ("rnn", "lstm") for e in ("fused", "reference", "torch")]
+
     def between(shown, low, high, half):  # a value printed to +-half, against a range it must meet
         assert shown + half >= low * (1 - 1e-9) and shown - half <= high * (1 + 1e-9), (shown, low, high)
 

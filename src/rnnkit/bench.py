@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from . import layers
+from .errors import ConfigError
 from .kernels import loops
 
 CELLS = ("rnn", "gru", "lstm")
@@ -149,7 +150,6 @@ def parse_sizes(text: str) -> list[tuple[int, int, int]]:
     except ValueError:
         sizes = []
     if not sizes or any(len(s) != 3 or min(s) < 1 for s in sizes):
-        from .errors import ConfigError
         raise ConfigError(f"--sizes wants BATCHxSTEPSxHIDDEN[,...] with positive integers, got {text!r}")
     return sizes  # type: ignore[return-value]
 
@@ -157,7 +157,6 @@ def parse_sizes(text: str) -> list[tuple[int, int, int]]:
 def parse_cells(text: str) -> list[str]:
     cells = [c.strip().lower() for c in text.split(",") if c.strip()]
     if not cells or any(c not in CELLS for c in cells):
-        from .errors import ConfigError
         raise ConfigError(f"--cells wants a comma-separated list among {', '.join(CELLS)}, got {text!r}")
     return cells
 
@@ -176,13 +175,13 @@ def machine() -> str:
     except OSError:
         pass
     name = info.get("model name") or platform.processor() or platform.machine()
-    family = f" (family {info['cpu family']}, model {info['model']})" if "cpu family" in info and "model" in info else ""
+    family = ""
+    if "cpu family" in info and "model" in info:
+        family = f" (family {info['cpu family']}, model {info['model']})"
     return f"{name}{family}, {os.cpu_count()} CPUs; fused loops' vectors {loops.VECTOR_BYTES} bytes"
 
 
 def run(args) -> int:
-    from .errors import ConfigError
-
     sizes = parse_sizes(args.sizes)
     cells = parse_cells(args.cells)
     for flag, value, ok, wants in (("--rounds", args.rounds, args.rounds >= 1, "1 or more"),
