@@ -505,7 +505,9 @@ def forward(kind, gemm, xp, hs, cs, acts, W_hh, b_hn, lengths, x, W_ih, b_ih, b_
 
     xp (B, T, G*H) input pre-activations with the folded biases, from the caller; but where one
     thread has every unit (parties = 1) and there is one input feature, the loop writes them for its
-    rows before the first step (the Elman cell makes them in each step instead, storing none),
+    rows before the first step (the Elman cell makes them in each step instead, storing none; so does
+    every cell where xp is (B, 1, G*H), the caller's choice where nothing will read the activations:
+    one step's row each, in cache, rather than a pass over all steps of an array of megabytes),
     ``xp = (b_ih + b_hh) + x W_ih^T`` (an outer product; GRU with the reset gate after the product
     leaves b_hn out), with the caller's operations' roundings (one
     fused multiply-add, as torch's addcmul), and with parties = 1 it copies its rows' initial
@@ -516,8 +518,8 @@ def forward(kind, gemm, xp, hs, cs, acts, W_hh, b_hn, lengths, x, W_ih, b_ih, b_
     docstring). j0, j1 are unsigned (see below). ``parties`` threads that share the rows and split the
     units run this together as tasks (see ``sync`` above); one thread alone passes parties = 1.
     """
-    B, T, GH = xp.shape
-    H = hs.shape[2]
+    B, TX, GH = xp.shape
+    T, H = hs.shape[1] - 1, hs.shape[2]
     nb = b1 - b0
     isz = xp.itemsize
     ws = _workspace(xp.dtype)
@@ -532,7 +534,7 @@ def forward(kind, gemm, xp, hs, cs, acts, W_hh, b_hn, lengths, x, W_ih, b_ih, b_
     # as far as LLVM knows, and numba's wraparound of negative indices then turns every vector load
     # into a gather (measured 2x slower loops). No arithmetic mixes j with signed integers (numba
     # would make it a float).
-    xg = xp.reshape(B, T, GH // H, H)  # (B, T, G, H)
+    xg = xp.reshape(B, TX, GH // H, H)  # (B, T or 1, G, H)
     TA = acts.shape[1]
     ag = acts.reshape(B, TA, acts.shape[2] // H, H)  # (B, TA, A, H)
     x0, h0 = _address(xp), _address(hs)
@@ -554,7 +556,7 @@ def forward(kind, gemm, xp, hs, cs, acts, W_hh, b_hn, lengths, x, W_ih, b_ih, b_
         for c in range(GH):
             proj[0, c] = b_ih[c] if kind == GRU and c >= 2 * H else b_ih[c] + b_hh[c]
             proj[1, c] = W_ih[c, 0]
-    inline = one and (kind == RNN_TANH or kind == RNN_RELU)
+    inline = one and (kind == RNN_TANH or kind == RNN_RELU or TX != T)
     if parties == 1:
         _forward_start(kind, xp, hs, cs, proj, x, h_init, c_init, reverse, b0, b1, not inline)
     for e in range(T * phases):
@@ -562,7 +564,7 @@ def forward(kind, gemm, xp, hs, cs, acts, W_hh, b_hn, lengths, x, W_ih, b_ih, b_
         t = T - 1 - step if reverse else step
         p, q = (t + 1, t) if reverse else (t, t + 1)
         ta = t if TA == T else 0
-        xrow = x0 + (b0 * T + t) * GH * isz  # xp[b0, t]
+        xrow = x0 + (b0 * TX + (t if TX == T else 0)) * GH * isz  # xp[b0, t] (or its one step)
         hrow = h0 + (b0 * (T + 1) + p) * H * isz  # hs[b0, p]
         _wait(sync, parties, e)  # every unit of the last phase written
         for i in range(parties):
@@ -617,8 +619,8 @@ def _times_wt(gemm, ws, W, packed, at, row0, blocks, nu, x, ldx, c, ldc, m, accu
 def _forward_start(kind, xp, hs, cs, proj, x, h_init, c_init, reverse, b0, b1, project):
     """Rows [b0, b1)' initial states, and with ``project`` their input projection from ``proj``
     where that is not empty (see :func:`forward`)."""
-    B, T, GH = xp.shape
-    H = hs.shape[2]
+    GH = xp.shape[2]
+    T, H = hs.shape[1] - 1, hs.shape[2]
     first = T if reverse else 0
     for b in range(b0, b1):
         for j in range(H):
@@ -647,6 +649,10 @@ def _forward_first(kind, gemm, ws, xg, hs, cs, ag, lengths, b_hn, shared, scratc
     J0 = np.int64(j0)
     nu = np.int64(j1) - J0
     one, zero = hs.dtype.type(1.0), hs.dtype.type(0.0)  # typed constants, see _exp_neg
+    # xp's step: t, or its one step where the loop projects x in each step (:func:`forward`)
+    tx = t if xg.shape[1] == T else 0
+    project = proj.shape[1] != 0 and xg.shape[1] != T and kind != RNN_TANH and kind != RNN_RELU
+    pg = proj.reshape(2, xg.shape[2], proj.shape[1] // xg.shape[2])  # (2, G, H): bias, W_ih's column
     rec = scratch[: nb * blocks * nu].reshape((nb, blocks, nu))
     _times_wt(gemm, ws, W_hh, packed, J0 * xg.shape[2] * H, J0, blocks, nu, hrow, (T + 1) * H, _address(rec),
               blocks * nu, nb, False)
@@ -657,16 +663,21 @@ def _forward_first(kind, gemm, ws, xg, hs, cs, ag, lengths, b_hn, shared, scratc
             if kind == LSTM:
                 for j in range(j0, j1):
                     cs[b, q, j] = cs[b, p, j]
-            xg[b, t, :, j0:j1] = 0.0
+            xg[b, tx, :, j0:j1] = 0.0
             ag[b, ta, :, j0:j1] = 0.0
             continue
         r = b - b0
+        if project:  # the pass _forward_start makes over all steps, for this row and step
+            v = x[b, t, 0]
+            for k in range(xg.shape[2]):
+                for j in range(j0, j1):
+                    xg[b, tx, k, j] = pg[0, k, j] + v * pg[1, k, j]
         # One activation per loop, the cell's branch outside them: each loop vectorizes. Plain
         # indexing, no per-row views: making them costs more than a row's work at small H. No
         # loop stores into one row of an array and reads another row of it (h from hs into hs,
         # c from cs into cs, GRU's n from r in xp): LLVM cannot tell the rows apart and keeps
         # such a loop scalar (measured 2-3x slower), so those go through ``shared``.
-        # The pre-activation of gate k, unit j is xg[b, t, k, j] + rec[r, k, j - j0].
+        # The pre-activation of gate k, unit j is xg[b, tx, k, j] + rec[r, k, j - j0].
         if kind == RNN_TANH and proj.shape[1] != 0:
             v = x[b, t, 0]
             for j in range(j0, j1):
@@ -677,45 +688,45 @@ def _forward_first(kind, gemm, ws, xg, hs, cs, ag, lengths, b_hn, shared, scratc
                 hs[b, q, j] = max((proj[0, j] + v * proj[1, j]) + rec[r, 0, j - j0], zero)
         elif kind == RNN_TANH:
             for j in range(j0, j1):
-                hs[b, q, j] = _tanh(xg[b, t, 0, j] + rec[r, 0, j - j0])
+                hs[b, q, j] = _tanh(xg[b, tx, 0, j] + rec[r, 0, j - j0])
         elif kind == RNN_RELU:
             for j in range(j0, j1):
-                hs[b, q, j] = max(xg[b, t, 0, j] + rec[r, 0, j - j0], zero)
+                hs[b, q, j] = max(xg[b, tx, 0, j] + rec[r, 0, j - j0], zero)
         elif kind == LSTM:
             for k in range(2):  # i, f
                 for j in range(j0, j1):
-                    xg[b, t, k, j] = _sigmoid(xg[b, t, k, j] + rec[r, k, j - j0])
+                    xg[b, tx, k, j] = _sigmoid(xg[b, tx, k, j] + rec[r, k, j - j0])
             for j in range(j0, j1):  # g
-                xg[b, t, 2, j] = _tanh(xg[b, t, 2, j] + rec[r, 2, j - j0])
+                xg[b, tx, 2, j] = _tanh(xg[b, tx, 2, j] + rec[r, 2, j - j0])
             for j in range(j0, j1):  # o
-                xg[b, t, 3, j] = _sigmoid(xg[b, t, 3, j] + rec[r, 3, j - j0])
+                xg[b, tx, 3, j] = _sigmoid(xg[b, tx, 3, j] + rec[r, 3, j - j0])
             for j in range(j0, j1):
-                shared[j] = xg[b, t, 1, j] * cs[b, p, j] + xg[b, t, 0, j] * xg[b, t, 2, j]
+                shared[j] = xg[b, tx, 1, j] * cs[b, p, j] + xg[b, tx, 0, j] * xg[b, tx, 2, j]
             for j in range(j0, j1):
                 cs[b, q, j] = shared[j]
                 ag[b, ta, 0, j] = _tanh(shared[j])
             for j in range(j0, j1):
-                hs[b, q, j] = xg[b, t, 3, j] * ag[b, ta, 0, j]
+                hs[b, q, j] = xg[b, tx, 3, j] * ag[b, ta, 0, j]
         elif kind == GRU:
             for k in range(2):  # r, z
                 for j in range(j0, j1):
-                    xg[b, t, k, j] = _sigmoid(xg[b, t, k, j] + rec[r, k, j - j0])
+                    xg[b, tx, k, j] = _sigmoid(xg[b, tx, k, j] + rec[r, k, j - j0])
             for j in range(j0, j1):
                 ag[b, ta, 0, j] = rec[r, 2, j - j0] + b_hn[j]
             for j in range(j0, j1):
-                shared[j] = xg[b, t, 0, j] * ag[b, ta, 0, j]  # r ⊙ (W_hn h + b_hn)
+                shared[j] = xg[b, tx, 0, j] * ag[b, ta, 0, j]  # r ⊙ (W_hn h + b_hn)
             for j in range(j0, j1):
-                xg[b, t, 2, j] = _tanh(xg[b, t, 2, j] + shared[j])
+                xg[b, tx, 2, j] = _tanh(xg[b, tx, 2, j] + shared[j])
             for j in range(j0, j1):
-                shared[j] = (one - xg[b, t, 1, j]) * xg[b, t, 2, j] + xg[b, t, 1, j] * hs[b, p, j]
+                shared[j] = (one - xg[b, tx, 1, j]) * xg[b, tx, 2, j] + xg[b, tx, 1, j] * hs[b, p, j]
             for j in range(j0, j1):
                 hs[b, q, j] = shared[j]
         else:
             for k in range(2):  # r, z
                 for j in range(j0, j1):
-                    xg[b, t, k, j] = _sigmoid(xg[b, t, k, j] + rec[r, k, j - j0])
+                    xg[b, tx, k, j] = _sigmoid(xg[b, tx, k, j] + rec[r, k, j - j0])
             for j in range(j0, j1):
-                ag[b, ta, 0, j] = xg[b, t, 0, j] * hs[b, p, j]  # r ⊙ h
+                ag[b, ta, 0, j] = xg[b, tx, 0, j] * hs[b, p, j]  # r ⊙ h
 
 
 @njit(**_JIT)
@@ -730,15 +741,17 @@ def _forward_reset_before(gemm, ws, xg, hs, acts, lengths, shared, W_hh, packed,
     isz = hs.itemsize
     TA = acts.shape[1]
     GH = xg.shape[2] * H
+    TX = xg.shape[1]
+    tx = t if TX == T else 0  # (see _forward_first)
     one = hs.dtype.type(1.0)
     _times_wt(gemm, ws, W_hh, packed, J0 * GH + 2 * nu * H, 2 * H + J0, 1, nu,
-              _address(acts) + (b0 * TA + ta) * H * isz, TA * H, xrow + (2 * H + J0) * isz, T * GH, nb, True)
+              _address(acts) + (b0 * TA + ta) * H * isz, TA * H, xrow + (2 * H + J0) * isz, TX * GH, nb, True)
     for b in range(b0, b1):
         if lengths[b] > t:
             for j in range(j0, j1):
-                xg[b, t, 2, j] = _tanh(xg[b, t, 2, j])
+                xg[b, tx, 2, j] = _tanh(xg[b, tx, 2, j])
             for j in range(j0, j1):
-                shared[j] = (one - xg[b, t, 1, j]) * xg[b, t, 2, j] + xg[b, t, 1, j] * hs[b, p, j]
+                shared[j] = (one - xg[b, tx, 1, j]) * xg[b, tx, 2, j] + xg[b, tx, 1, j] * hs[b, p, j]
             for j in range(j0, j1):
                 hs[b, q, j] = shared[j]
 
