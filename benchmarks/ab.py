@@ -12,6 +12,7 @@ on first use (~45 s); later runs load them.
 
     .venv/bin/python benchmarks/ab.py HEAD~1                          # B32 T50 H32, every cell
     .venv/bin/python benchmarks/ab.py 0a42bb2 --sizes 32x50x256 --cells lstm --rounds 5
+    .venv/bin/python benchmarks/ab.py HEAD~1 --infer --sizes 64x200x128   # a forward under no_grad
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import tempfile
 
 import torch
 
-from rnnkit.bench import _Model, _build, _time_interleaved, _train_jobs, parse_script_arguments, parse_sizes
+from rnnkit.bench import _Model, _build, _infer, _time_interleaved, _train_jobs, parse_script_arguments, parse_sizes
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 NAME = "rnnkit_ab"
@@ -63,12 +64,14 @@ def export(rev: str) -> pathlib.Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("rev", help="the git revision to compare this tree with (e.g. HEAD~1)")
+    parser.add_argument("--infer", action="store_true", help="time inference (a forward under no_grad) instead")
     args = parse_script_arguments(parser)
     sys.path.insert(0, str(export(args.rev)))
     other = importlib.import_module(f"{NAME}.layers")
     importlib.import_module(f"{NAME}.kernels").precompile()  # ~45 s the first time, then loaded
     layers = {"rnn": other.RNN, "gru": other.GRU, "lstm": other.LSTM}
-    print(f"{torch.get_num_threads()} threads; train step in ms, median of {args.rounds} interleaved rounds; "
+    what = "inference" if args.infer else "train step"
+    print(f"{torch.get_num_threads()} threads; {what} in ms, median of {args.rounds} interleaved rounds; "
           f"'{args.rev}' against this tree")
     print(f"{'cell':<5} {'B':>4} {'T':>4} {'H':>4} {'rev':>8} {'tree':>8} {'torch':>8}  {'x torch rev':>11} "
           f"{'x torch tree':>12} {'tree/rev':>8}")
@@ -80,7 +83,10 @@ def main() -> None:
             models["rev"] = _Model(layers[cell](1, H, batch_first=True, engine="fused"), H)
             models["rev"].load_state_dict(models["tree"].state_dict())
             models["torch"] = _build(cell, "torch", H, models["tree"])
-            jobs = _train_jobs(models, x, y)
+            if args.infer:
+                jobs = {k: (lambda m=m: _infer(m, x)) for k, m in models.items()}
+            else:
+                jobs = _train_jobs(models, x, y)
             ms = {k: v * 1e3 for k, v in _time_interleaved(jobs, args.rounds, 0.06, alternate=True).items()}
             print(f"{cell:<5} {B:>4} {T:>4} {H:>4} {ms['rev']:>8.3f} {ms['tree']:>8.3f} {ms['torch']:>8.3f}  "
                   f"{ms['torch'] / ms['rev']:>11.2f} {ms['torch'] / ms['tree']:>12.2f} "

@@ -548,17 +548,19 @@ def forward(kind, gemm, xp, hs, cs, acts, W_hh, b_hn, lengths, x, W_ih, b_ih, b_
     ready = np.zeros(parties, np.bool_)
     # With one input feature and every unit here, the input projection is ``proj[0] + x proj[1]``:
     # the combined bias (GRU with the reset gate after the product leaves b_hn out) and W_ih's
-    # column. The Elman cell makes it inside each step (its xp is read nowhere else: its backward
-    # works from h), a pass over xp fewer; the other cells before the first step (_forward_start).
+    # column, (G, H) each. The Elman cell makes it inside each step (its xp is read nowhere else:
+    # its backward works from h), a pass over xp fewer, and so does every cell with an xp of one
+    # step; the other cells before the first step (_forward_start).
     one = parties == 1 and x.shape[2] == 1
-    proj = np.empty((2, GH if one else 0), xp.dtype)
+    proj = np.empty((2, GH // H, H if one else 0), xp.dtype)
+    flat = proj.reshape(2, proj.shape[1] * proj.shape[2])  # (2, G*H)
     if one:
         for c in range(GH):
-            proj[0, c] = b_ih[c] if kind == GRU and c >= 2 * H else b_ih[c] + b_hh[c]
-            proj[1, c] = W_ih[c, 0]
+            flat[0, c] = b_ih[c] if kind == GRU and c >= 2 * H else b_ih[c] + b_hh[c]
+            flat[1, c] = W_ih[c, 0]
     inline = one and (kind == RNN_TANH or kind == RNN_RELU or TX != T)
     if parties == 1:
-        _forward_start(kind, xp, hs, cs, proj, x, h_init, c_init, reverse, b0, b1, not inline)
+        _forward_start(kind, xp, hs, cs, flat, x, h_init, c_init, reverse, b0, b1, not inline)
     for e in range(T * phases):
         step, phase = e // phases, e % phases
         t = T - 1 - step if reverse else step
@@ -642,7 +644,7 @@ def _forward_first(kind, gemm, ws, xg, hs, cs, ag, lengths, b_hn, shared, scratc
                    b1, j0, j1, t, p, q, ta, hrow, x, proj):
     """Units [j0, j1) of step t (for GRU with the reset gate before the product, its r, z and r ⊙ h):
     the step's first product and the gates. ``packed``: as in :func:`forward` (see
-    :func:`_times_wt`); ``proj``: the Elman cell's bias and W_ih column where it projects x here
+    :func:`_times_wt`); ``proj`` (2, G, H): the bias and W_ih column where the cell projects x here
     (:func:`forward`), else empty."""
     T, H = hs.shape[1] - 1, hs.shape[2]
     nb = b1 - b0
@@ -651,8 +653,7 @@ def _forward_first(kind, gemm, ws, xg, hs, cs, ag, lengths, b_hn, shared, scratc
     one, zero = hs.dtype.type(1.0), hs.dtype.type(0.0)  # typed constants, see _exp_neg
     # xp's step: t, or its one step where the loop projects x in each step (:func:`forward`)
     tx = t if xg.shape[1] == T else 0
-    project = proj.shape[1] != 0 and xg.shape[1] != T and kind != RNN_TANH and kind != RNN_RELU
-    pg = proj.reshape(2, xg.shape[2], proj.shape[1] // xg.shape[2])  # (2, G, H): bias, W_ih's column
+    project = proj.shape[2] != 0 and xg.shape[1] != T and kind != RNN_TANH and kind != RNN_RELU
     rec = scratch[: nb * blocks * nu].reshape((nb, blocks, nu))
     _times_wt(gemm, ws, W_hh, packed, J0 * xg.shape[2] * H, J0, blocks, nu, hrow, (T + 1) * H, _address(rec),
               blocks * nu, nb, False)
@@ -671,21 +672,21 @@ def _forward_first(kind, gemm, ws, xg, hs, cs, ag, lengths, b_hn, shared, scratc
             v = x[b, t, 0]
             for k in range(xg.shape[2]):
                 for j in range(j0, j1):
-                    xg[b, tx, k, j] = pg[0, k, j] + v * pg[1, k, j]
+                    xg[b, tx, k, j] = proj[0, k, j] + v * proj[1, k, j]
         # One activation per loop, the cell's branch outside them: each loop vectorizes. Plain
         # indexing, no per-row views: making them costs more than a row's work at small H. No
         # loop stores into one row of an array and reads another row of it (h from hs into hs,
         # c from cs into cs, GRU's n from r in xp): LLVM cannot tell the rows apart and keeps
         # such a loop scalar (measured 2-3x slower), so those go through ``shared``.
         # The pre-activation of gate k, unit j is xg[b, tx, k, j] + rec[r, k, j - j0].
-        if kind == RNN_TANH and proj.shape[1] != 0:
+        if kind == RNN_TANH and proj.shape[2] != 0:
             v = x[b, t, 0]
             for j in range(j0, j1):
-                hs[b, q, j] = _tanh((proj[0, j] + v * proj[1, j]) + rec[r, 0, j - j0])
-        elif kind == RNN_RELU and proj.shape[1] != 0:
+                hs[b, q, j] = _tanh((proj[0, 0, j] + v * proj[1, 0, j]) + rec[r, 0, j - j0])
+        elif kind == RNN_RELU and proj.shape[2] != 0:
             v = x[b, t, 0]
             for j in range(j0, j1):
-                hs[b, q, j] = max((proj[0, j] + v * proj[1, j]) + rec[r, 0, j - j0], zero)
+                hs[b, q, j] = max((proj[0, 0, j] + v * proj[1, 0, j]) + rec[r, 0, j - j0], zero)
         elif kind == RNN_TANH:
             for j in range(j0, j1):
                 hs[b, q, j] = _tanh(xg[b, tx, 0, j] + rec[r, 0, j - j0])
