@@ -4,7 +4,8 @@ Forward: ``xp = x W_ih^T + b_ih + b_hh`` for all steps as one GEMM (batch-major,
 then the recurrence in :func:`rnnkit.kernels.loops.forward`, on several threads when the layer is
 big enough (batch-row or hidden-unit shards: :mod:`rnnkit.kernels.blas`). Where each thread has
 whole rows, it copies their initial states and, with one input feature (an outer product, not a
-GEMM), computes their xp itself before the first step: three torch calls fewer.
+GEMM), makes their xp itself, each step's as it comes to it: three torch calls fewer, and under
+no_grad an xp of one step rather than of all.
 Backward: hand-written BPTT in :func:`rnnkit.kernels.loops.backward`, which also sums the bias
 gradients (and, with one input feature, ``dW_ih = dG^T x``, a weighted sum then) as it goes, and
 on batch-row shards makes each shard's share of ``dW_hh = dG_h^T h_prev`` as one product after

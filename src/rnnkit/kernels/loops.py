@@ -504,13 +504,13 @@ def forward(kind, gemm, xp, hs, cs, acts, W_hh, b_hn, lengths, x, W_ih, b_ih, b_
     filling hs, cs and acts and turning xp into the activations, in place.
 
     xp (B, T, G*H) input pre-activations with the folded biases, from the caller; but where one
-    thread has every unit (parties = 1) and there is one input feature, the loop writes them for its
-    rows before the first step (the Elman cell makes them in each step instead, storing none; so does
-    every cell where xp is (B, 1, G*H), the caller's choice where nothing will read the activations:
-    one step's row each, in cache, rather than a pass over all steps of an array of megabytes),
-    ``xp = (b_ih + b_hh) + x W_ih^T`` (an outer product; GRU with the reset gate after the product
-    leaves b_hn out), with the caller's operations' roundings (one
-    fused multiply-add, as torch's addcmul), and with parties = 1 it copies its rows' initial
+    thread has every unit (parties = 1) and there is one input feature, the loop makes each step's
+    for its rows as it comes to it, in cache (where a pass over all steps before the first wrote
+    megabytes, read back step by step), ``xp = (b_ih + b_hh) + x W_ih^T`` (an outer product; GRU with
+    the reset gate after the product leaves b_hn out), with the caller's operations' roundings (one
+    fused multiply-add, as torch's addcmul): the Elman cell stores none; the others store them in xp,
+    or in its one step where xp is (B, 1, G*H), the caller's choice where nothing will read the
+    activations. With parties = 1 the loop copies its rows' initial
     states h_init, c_init (B, H) into hs and cs too: x (B, T, I), W_ih (G*H, I), b_ih, b_hh (G*H,)
     (zeros for none). Bigger layers' unit shards share those rows, so their caller does both.
     W_hh (G*H, H) contiguous; b_hn (H,)
@@ -548,19 +548,16 @@ def forward(kind, gemm, xp, hs, cs, acts, W_hh, b_hn, lengths, x, W_ih, b_ih, b_
     ready = np.zeros(parties, np.bool_)
     # With one input feature and every unit here, the input projection is ``proj[0] + x proj[1]``:
     # the combined bias (GRU with the reset gate after the product leaves b_hn out) and W_ih's
-    # column, (G, H) each. The Elman cell makes it inside each step (its xp is read nowhere else:
-    # its backward works from h), a pass over xp fewer, and so does every cell with an xp of one
-    # step; the other cells before the first step (_forward_start).
+    # column, (G, H) each, made in each step (_forward_first).
     one = parties == 1 and x.shape[2] == 1
     proj = np.empty((2, GH // H, H if one else 0), xp.dtype)
-    flat = proj.reshape(2, proj.shape[1] * proj.shape[2])  # (2, G*H)
     if one:
+        flat = proj.reshape(2, GH)
         for c in range(GH):
             flat[0, c] = b_ih[c] if kind == GRU and c >= 2 * H else b_ih[c] + b_hh[c]
             flat[1, c] = W_ih[c, 0]
-    inline = one and (kind == RNN_TANH or kind == RNN_RELU or TX != T)
     if parties == 1:
-        _forward_start(kind, xp, hs, cs, flat, x, h_init, c_init, reverse, b0, b1, not inline)
+        _forward_start(kind, hs, cs, h_init, c_init, reverse, b0, b1)
     for e in range(T * phases):
         step, phase = e // phases, e % phases
         t = T - 1 - step if reverse else step
@@ -618,10 +615,8 @@ def _times_wt(gemm, ws, W, packed, at, row0, blocks, nu, x, ldx, c, ldc, m, accu
 
 
 @njit(**_JIT)
-def _forward_start(kind, xp, hs, cs, proj, x, h_init, c_init, reverse, b0, b1, project):
-    """Rows [b0, b1)' initial states, and with ``project`` their input projection from ``proj``
-    where that is not empty (see :func:`forward`)."""
-    GH = xp.shape[2]
+def _forward_start(kind, hs, cs, h_init, c_init, reverse, b0, b1):
+    """Rows [b0, b1)' initial states (see :func:`forward`)."""
     T, H = hs.shape[1] - 1, hs.shape[2]
     first = T if reverse else 0
     for b in range(b0, b1):
@@ -630,13 +625,6 @@ def _forward_start(kind, xp, hs, cs, proj, x, h_init, c_init, reverse, b0, b1, p
         if kind == LSTM:
             for j in range(H):
                 cs[b, first, j] = c_init[b, j]
-    if proj.shape[1] == 0 or not project:
-        return
-    for b in range(b0, b1):
-        for t in range(T):
-            v = x[b, t, 0]
-            for c in range(GH):
-                xp[b, t, c] = proj[0, c] + v * proj[1, c]
 
 
 @njit(**_JIT, inline="always")
@@ -651,9 +639,9 @@ def _forward_first(kind, gemm, ws, xg, hs, cs, ag, lengths, b_hn, shared, scratc
     J0 = np.int64(j0)
     nu = np.int64(j1) - J0
     one, zero = hs.dtype.type(1.0), hs.dtype.type(0.0)  # typed constants, see _exp_neg
-    # xp's step: t, or its one step where the loop projects x in each step (:func:`forward`)
+    # xp's step: t, or its one step where xp has one (:func:`forward`)
     tx = t if xg.shape[1] == T else 0
-    project = proj.shape[2] != 0 and xg.shape[1] != T and kind != RNN_TANH and kind != RNN_RELU
+    project = proj.shape[2] != 0 and kind != RNN_TANH and kind != RNN_RELU
     rec = scratch[: nb * blocks * nu].reshape((nb, blocks, nu))
     _times_wt(gemm, ws, W_hh, packed, J0 * xg.shape[2] * H, J0, blocks, nu, hrow, (T + 1) * H, _address(rec),
               blocks * nu, nb, False)
@@ -668,7 +656,7 @@ def _forward_first(kind, gemm, ws, xg, hs, cs, ag, lengths, b_hn, shared, scratc
             ag[b, ta, :, j0:j1] = 0.0
             continue
         r = b - b0
-        if project:  # the pass _forward_start makes over all steps, for this row and step
+        if project:  # this row's input projection, this step's (see forward)
             v = x[b, t, 0]
             for k in range(xg.shape[2]):
                 for j in range(j0, j1):
