@@ -1,8 +1,8 @@
-"""A change's effect on the fused engine's train step, both versions in one process: a git revision's
-rnnkit (imported as the package ``rnnkit_ab``) against this tree's, with torch.nn, timed in
-interleaved rounds as `rnnkit bench` times its rows, every other round in reverse order: with a
-fixed order the second of two identical versions measured 1.0-3.0% faster than the first (9 of 9
-rows, HEAD against itself), and alternating, -2 to +2%.
+"""A change's effect on the fused engine's train step (or, with --infer, inference), both versions
+in one process: a git revision's rnnkit (imported as the package ``rnnkit_ab``) against this tree's,
+with torch.nn, timed in interleaved rounds as `rnnkit bench` times its rows, every other round in
+reverse order: with a fixed order the second of two identical versions measured 1.0-3.0% faster
+than the first (9 of 9 rows, HEAD against itself), and alternating, -2 to +2%.
 
 On the shared 2-core dev machine timings drift by 15-40% between processes and from minute to minute,
 so two versions run in alternating processes needed many pairs to tell a 5% change from the drift;
@@ -29,7 +29,7 @@ import tempfile
 
 import torch
 
-from rnnkit.bench import _Model, _build, _infer, _time_interleaved, _train_jobs, parse_script_arguments, parse_sizes
+from rnnkit.bench import _Model, _build, _infer_jobs, _time_interleaved, _train_jobs, parse_script_arguments, parse_sizes
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 NAME = "rnnkit_ab"
@@ -83,10 +83,7 @@ def main() -> None:
             models["rev"] = _Model(layers[cell](1, H, batch_first=True, engine="fused"), H)
             models["rev"].load_state_dict(models["tree"].state_dict())
             models["torch"] = _build(cell, "torch", H, models["tree"])
-            if args.infer:
-                jobs = {k: (lambda m=m: _infer(m, x)) for k, m in models.items()}
-            else:
-                jobs = _train_jobs(models, x, y)
+            jobs = _infer_jobs(models, x) if args.infer else _train_jobs(models, x, y)
             ms = {k: v * 1e3 for k, v in _time_interleaved(jobs, args.rounds, 0.06, alternate=True).items()}
             print(f"{cell:<5} {B:>4} {T:>4} {H:>4} {ms['rev']:>8.3f} {ms['tree']:>8.3f} {ms['torch']:>8.3f}  "
                   f"{ms['torch'] / ms['rev']:>11.2f} {ms['torch'] / ms['tree']:>12.2f} "

@@ -98,6 +98,11 @@ def _infer(model: _Model, x) -> None:
         model(x)
 
 
+def _infer_jobs(models: dict, x) -> dict:
+    """An inference (a forward under no_grad) of each model as a no-argument job."""
+    return {k: (lambda m=m: _infer(m, x)) for k, m in models.items()}
+
+
 def gemm_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
     """GFLOP/s of torch.mm on n x n matrices: the machine's practical matmul peak."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
@@ -214,8 +219,7 @@ def run(args) -> int:
             for impl in IMPLS:
                 models[impl] = _build(cell, impl, H, models.get("fused"))
             train = _time_interleaved(_train_jobs(models, x, y), rounds, round_s, clock, alternate=True)
-            infer = _time_interleaved({impl: (lambda m=m: _infer(m, x)) for impl, m in models.items()},
-                                      rounds, round_s, clock, alternate=True)
+            infer = _time_interleaved(_infer_jobs(models, x), rounds, round_s, clock, alternate=True)
             flops = 2 * B * T * GATES[cell] * H * (1 + H)
             for impl in IMPLS:
                 print(f"{cell:<5} {B:>4} {T:>4} {H:>4}  {impl:<9} {train[impl] * 1e3:>9.2f} "

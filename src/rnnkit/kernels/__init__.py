@@ -35,8 +35,8 @@ def zeros(shape: tuple, dtype: torch.dtype, device: torch.device | None = None) 
 def precompile() -> None:
     """Compile the loops for both dtypes into numba's on-disk cache (~84 s with their team bodies
     on a 2-core Zen 5, ~105 s on a Zen 4, once per install: `make install` runs it), so that no
-    training run pays for it. The cell is a runtime value of the loops, so one small layer per dtype compiles
-    them all; it runs split into two row shards, so that what starts a team compiles too."""
+    training run pays for it. The cell is a runtime value of the loops, so one small layer per dtype
+    compiles them all; it runs split into two row shards, so that what starts a team compiles too."""
     from . import blas
     from . import team  # noqa: F401 - the team bodies compile (or load) on import
     from .fused import run_fused

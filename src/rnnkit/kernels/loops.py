@@ -563,7 +563,8 @@ def forward(kind, gemm, xp, hs, cs, acts, W_hh, b_hn, lengths, x, W_ih, b_ih, b_
         t = T - 1 - step if reverse else step
         p, q = (t + 1, t) if reverse else (t, t + 1)
         ta = t if TA == T else 0
-        xrow = x0 + (b0 * TX + (t if TX == T else 0)) * GH * isz  # xp[b0, t] (or its one step)
+        tx = t if TX == T else 0  # xp's step: t, or its one step where it has one
+        xrow = x0 + (b0 * TX + tx) * GH * isz  # xp[b0, tx]
         hrow = h0 + (b0 * (T + 1) + p) * H * isz  # hs[b0, p]
         _wait(sync, parties, e)  # every unit of the last phase written
         for i in range(parties):
@@ -576,10 +577,10 @@ def forward(kind, gemm, xp, hs, cs, acts, W_hh, b_hn, lengths, x, W_ih, b_ih, b_
                 ready[k] = True
             if phase == 0:
                 _forward_first(kind, gemm, ws, xg, hs, cs, ag, lengths, b_hn, shared, scratch, W_hh, packed,
-                               blocks, b0, b1, u0, u1, t, p, q, ta, hrow, x, proj)
+                               blocks, b0, b1, u0, u1, t, p, q, ta, tx, hrow, x, proj)
             else:
                 _forward_reset_before(gemm, ws, xg, hs, acts, lengths, shared, W_hh, packed, b0, b1, u0, u1, t,
-                                      p, q, ta, xrow)
+                                      p, q, ta, tx, xrow)
             _task_done(sync, parties)
 
 
@@ -628,19 +629,24 @@ def _forward_start(kind, hs, cs, h_init, c_init, reverse, b0, b1):
 
 
 @njit(**_JIT, inline="always")
+def _projected(proj, v, k, j):
+    """Gate k, unit j's input pre-activation for input v, from ``proj`` (see :func:`forward`): the
+    rounding of torch's addcmul, bias + v * column in one fused multiply-add."""
+    return proj[0, k, j] + v * proj[1, k, j]
+
+
+@njit(**_JIT, inline="always")
 def _forward_first(kind, gemm, ws, xg, hs, cs, ag, lengths, b_hn, shared, scratch, W_hh, packed, blocks, b0,
-                   b1, j0, j1, t, p, q, ta, hrow, x, proj):
+                   b1, j0, j1, t, p, q, ta, tx, hrow, x, proj):
     """Units [j0, j1) of step t (for GRU with the reset gate before the product, its r, z and r ⊙ h):
     the step's first product and the gates. ``packed``: as in :func:`forward` (see
-    :func:`_times_wt`); ``proj`` (2, G, H): the bias and W_ih column where the cell projects x here
-    (:func:`forward`), else empty."""
+    :func:`_times_wt`); ``tx``: xp's step (t, or 0 where xp holds one step); ``proj`` (2, G, H): the
+    bias and W_ih column where the cell projects x here (:func:`forward`), else empty."""
     T, H = hs.shape[1] - 1, hs.shape[2]
     nb = b1 - b0
     J0 = np.int64(j0)
     nu = np.int64(j1) - J0
     one, zero = hs.dtype.type(1.0), hs.dtype.type(0.0)  # typed constants, see _exp_neg
-    # xp's step: t, or its one step where xp has one (:func:`forward`)
-    tx = t if xg.shape[1] == T else 0
     project = proj.shape[2] != 0 and kind != RNN_TANH and kind != RNN_RELU
     rec = scratch[: nb * blocks * nu].reshape((nb, blocks, nu))
     _times_wt(gemm, ws, W_hh, packed, J0 * xg.shape[2] * H, J0, blocks, nu, hrow, (T + 1) * H, _address(rec),
@@ -660,7 +666,7 @@ def _forward_first(kind, gemm, ws, xg, hs, cs, ag, lengths, b_hn, shared, scratc
             v = x[b, t, 0]
             for k in range(xg.shape[2]):
                 for j in range(j0, j1):
-                    xg[b, tx, k, j] = proj[0, k, j] + v * proj[1, k, j]
+                    xg[b, tx, k, j] = _projected(proj, v, k, j)
         # One activation per loop, the cell's branch outside them: each loop vectorizes. Plain
         # indexing, no per-row views: making them costs more than a row's work at small H. No
         # loop stores into one row of an array and reads another row of it (h from hs into hs,
@@ -670,11 +676,11 @@ def _forward_first(kind, gemm, ws, xg, hs, cs, ag, lengths, b_hn, shared, scratc
         if kind == RNN_TANH and proj.shape[2] != 0:
             v = x[b, t, 0]
             for j in range(j0, j1):
-                hs[b, q, j] = _tanh((proj[0, 0, j] + v * proj[1, 0, j]) + rec[r, 0, j - j0])
+                hs[b, q, j] = _tanh(_projected(proj, v, 0, j) + rec[r, 0, j - j0])
         elif kind == RNN_RELU and proj.shape[2] != 0:
             v = x[b, t, 0]
             for j in range(j0, j1):
-                hs[b, q, j] = max((proj[0, 0, j] + v * proj[1, 0, j]) + rec[r, 0, j - j0], zero)
+                hs[b, q, j] = max(_projected(proj, v, 0, j) + rec[r, 0, j - j0], zero)
         elif kind == RNN_TANH:
             for j in range(j0, j1):
                 hs[b, q, j] = _tanh(xg[b, tx, 0, j] + rec[r, 0, j - j0])
@@ -720,7 +726,7 @@ def _forward_first(kind, gemm, ws, xg, hs, cs, ag, lengths, b_hn, shared, scratc
 
 @njit(**_JIT)
 def _forward_reset_before(gemm, ws, xg, hs, acts, lengths, shared, W_hh, packed, b0, b1, j0, j1, t, p, q, ta,
-                          xrow):
+                          tx, xrow):
     """Units [j0, j1) of step t's second part, for GRU with the reset gate before the product:
     xp[:, t]'s n block += (r ⊙ h) W_hn^T, then n and h. ``packed`` as in :func:`_forward_first`."""
     T, H = hs.shape[1] - 1, hs.shape[2]
@@ -730,11 +736,9 @@ def _forward_reset_before(gemm, ws, xg, hs, acts, lengths, shared, W_hh, packed,
     isz = hs.itemsize
     TA = acts.shape[1]
     GH = xg.shape[2] * H
-    TX = xg.shape[1]
-    tx = t if TX == T else 0  # (see _forward_first)
     one = hs.dtype.type(1.0)
     _times_wt(gemm, ws, W_hh, packed, J0 * GH + 2 * nu * H, 2 * H + J0, 1, nu,
-              _address(acts) + (b0 * TA + ta) * H * isz, TA * H, xrow + (2 * H + J0) * isz, TX * GH, nb, True)
+              _address(acts) + (b0 * TA + ta) * H * isz, TA * H, xrow + (2 * H + J0) * isz, xg.shape[1] * GH, nb, True)
     for b in range(b0, b1):
         if lengths[b] > t:
             for j in range(j0, j1):
