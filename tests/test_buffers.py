@@ -49,12 +49,14 @@ def test_a_request_takes_the_smallest_free_array_up_to_twice_its_size():
     assert buffers.kept_bytes() == (300 + 200 + 99) * 4 + 3 * buffers._ALIGN
 
 
-@pytest.mark.parametrize("holder", ["view", "numpy", "saved-for-backward", "itself"])
+@pytest.mark.parametrize("holder", ["view", "numpy", "saved-for-backward", "itself", "storage"])
 def test_an_array_still_held_is_not_handed_out(holder):
     a = buffers.empty((4, 5), torch.float64)
     address = a.data_ptr()
     if holder == "view":
         kept = a[1:]
+    elif holder == "storage":
+        kept = a[1:].untyped_storage()
     elif holder == "numpy":
         kept = a.numpy()
     elif holder == "saved-for-backward":
@@ -158,6 +160,18 @@ def test_threads_do_not_share_a_buffer(kept):
             assert torch.equal(a, b)
 
 
+def test_an_output_whose_storage_alone_is_kept_is_not_overwritten():
+    layer = rnnkit.LSTM(1, 8, batch_first=True, engine="fused")
+    with torch.no_grad():
+        out = layer(torch.randn(4, 5, 1))[0]
+        want = out.clone()
+        storage, offset, shape, strides = out.untyped_storage(), out.storage_offset(), out.shape, out.stride()
+        del out
+        for _ in range(3):
+            layer(torch.randn(4, 5, 1))
+    assert torch.equal(torch.empty(0).set_(storage, offset, shape, strides), want)
+
+
 def test_arrays_start_on_a_cache_line():
     assert all(buffers.empty((n,), torch.float32).data_ptr() % 64 == 0 for n in (1, 3, 1000, 4097))
 
@@ -171,7 +185,7 @@ def works(monkeypatch):
     monkeypatch.setattr(buffers, "WORK_MAX_BYTES", 1 << 20)
 
 
-@pytest.mark.parametrize("holder", ["view", "numpy", "saved-for-backward", "itself", "the list"])
+@pytest.mark.parametrize("holder", ["view", "numpy", "saved-for-backward", "itself", "the list", "storage"])
 def test_a_work_goes_to_the_next_call_only_when_nothing_holds_its_arrays(works, holder):
     w, arrays = _take()
     assert w.extra == 2 and [a.shape for a in arrays] == [(4, 5), (3,)]
@@ -179,6 +193,8 @@ def test_a_work_goes_to_the_next_call_only_when_nothing_holds_its_arrays(works, 
     a = arrays[1]
     if holder == "view":
         held = a[1:]
+    elif holder == "storage":  # all a caller may keep of an output: its memory, not its tensor
+        held = a[1:].untyped_storage()
     elif holder == "numpy":
         held = a.numpy()
     elif holder == "saved-for-backward":

@@ -8,9 +8,14 @@ import torch
 from torch import nn
 
 import rnnkit
-from conftest import DOUBLE, assert_close, cotangent, param_grads
+from conftest import DOUBLE, ENGINES_UNDER_TEST, assert_close, cotangent, param_grads
 
 pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture(params=[e for e in ENGINES_UNDER_TEST if e != "torch"])  # torch has no op for it
+def engine(request) -> str:
+    return request.param
 
 B, T, I, H, O = 3, 5, 4, 6, 2
 SEED_PARAMS = [("W_ih", (I, H)), ("W_hh", (H, H)), ("W_ho", (H, O)), ("bias_h", (H,)), ("bias_o", (O,))]
@@ -140,6 +145,11 @@ def test_bad_sizes_name_the_argument(sizes, name):
     with pytest.raises(rnnkit.RnnkitError, match=f"{name} must be a positive integer") as err:
         rnnkit.CustomRNN(*sizes)
     assert isinstance(err.value, ValueError)
+
+
+def test_the_torch_engine_says_it_has_no_op_for_the_seeds_model():
+    with pytest.raises(rnnkit.RnnkitError, match="engine='torch' runs the layers torch.nn has"):
+        rnnkit.CustomRNN(I, H, O, engine="torch")(torch.randn(B, T, I))
 
 
 def test_unknown_engine():

@@ -491,21 +491,35 @@ def test_inference_matches_training_forward(name, width):
         torch.testing.assert_close(b, a, atol=0, rtol=0)
 
 
-def test_double_backward_raises_instead_of_a_wrong_answer():
-    layer = rnnkit.GRU(I, H, engine="fused", dtype=torch.float64)
+@pytest.mark.parametrize("engine", ["fused", "auto"])
+def test_double_backward_is_torch_nns(engine):
+    """A gradient penalty (create_graph=True): the backward recomputes the layer on the reference
+    loop to build the gradient's graph, so the parameters' gradients are torch.nn's."""
+    ours = rnnkit.GRU(I, H, num_layers=2, engine=engine, dtype=torch.float64)
+    ref = torch.nn.GRU(I, H, num_layers=2, dtype=torch.float64)
+    ref.load_state_dict(ours.state_dict())
     x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
-    (g,) = torch.autograd.grad(layer(x)[0].sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError):
-        g.sum().backward()
+    grads = []
+    for layer in (ours, ref):
+        out = layer(x)[0]
+        (g,) = torch.autograd.grad((out ** 2).sum(), x, create_graph=True)
+        assert g.requires_grad
+        grads.append(torch.autograd.grad((g ** 2).sum() + out.sum(), list(layer.parameters())))
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=0)
 
 
-def test_a_functorch_transform_gets_autograd_functions_own_error():
-    # run_fused calls autograd.Function's C++ apply directly only where no functorch transform is on;
-    # under one it goes through Function.apply, which refuses a Function without setup_context.
-    layer = rnnkit.GRU(I, H, engine="fused", dtype=torch.float64)
+def test_a_functorch_transform_gets_torch_nns_answer_or_a_clear_error():
+    """auto runs torch's op under a functorch transform; an explicit fused engine says it cannot."""
+    ours = rnnkit.GRU(I, H, dtype=torch.float64)
+    ref = torch.nn.GRU(I, H, dtype=torch.float64)
+    ref.load_state_dict(ours.state_dict())
     x = torch.randn(T, B, I, dtype=torch.float64)
-    with pytest.raises(RuntimeError, match="functorch transforms"):
-        torch.func.grad(lambda inp: layer(inp)[0].sum())(x)
+    assert torch.equal(torch.func.grad(lambda inp: ours(inp)[0].sum())(x),
+                       torch.func.grad(lambda inp: ref(inp)[0].sum())(x))
+    ours.engine = "fused"
+    with pytest.raises(ConfigError, match="engine='fused' cannot run under torch.func"):
+        torch.func.grad(lambda inp: ours(inp)[0].sum())(x)
 
 
 def test_engine_choice():
@@ -523,7 +537,13 @@ def test_engine_choice():
 
 def test_auto_falls_back_for_unsupported_dtype():
     layer = rnnkit.GRU(I, H, dtype=torch.bfloat16)
+    ref = torch.nn.GRU(I, H, dtype=torch.bfloat16)
+    ref.load_state_dict(layer.state_dict())
     x = torch.randn(T, B, I, dtype=torch.bfloat16)
+    out, h = layer(x)
+    want, h_want = ref(x)
+    assert torch.equal(out, want) and torch.equal(h, h_want)  # torch's own op
+    layer = rnnkit.GRU(I, H, reset_after=False, dtype=torch.bfloat16)  # which torch has none for
     out, h = layer(x)
     layer.engine = "reference"
     ref, h_ref = layer(x)

@@ -187,6 +187,8 @@ def test_init_is_uniform_within_one_over_sqrt_hidden(kind):
 @pytest.mark.parametrize("engine", [e for e in ENGINES_UNDER_TEST if e != "auto"])  # auto is one of them
 def test_layer_gradcheck(kind, packed, engine):
     """Input, hx and every parameter against finite differences, 2 layers, both directions."""
+    if kind == "gru_reset_before" and engine == "torch":
+        pytest.skip("torch has no op for GRU reset_after=False (test_torch_engine_refuses_reset_before)")
     torch_kind, extra = (kind, {}) if kind != "gru_reset_before" else ("gru", {"reset_after": False})
     _, ours_cls, base = KINDS[torch_kind]
     b, t, i, h = 2, 3, 2, 2
@@ -222,8 +224,15 @@ def gru_reset_before_step(x, h, W_ih, W_hh, b_ih, b_hh):
     return (1 - z) * n + z * h
 
 
+def test_torch_engine_refuses_reset_before():
+    with pytest.raises(rnnkit.RnnkitError, match="engine='torch' runs the layers torch.nn has"):
+        rnnkit.GRU(I, H, reset_after=False, engine="torch")(torch.randn(T, B, I))
+
+
 def test_gru_reset_before_layer_matches_its_equations(engine):
     """A 2-layer bidirectional GRU(reset_after=False) against an explicit loop over its equations."""
+    if engine == "torch":
+        pytest.skip("torch has no op for GRU reset_after=False (test_torch_engine_refuses_reset_before)")
     layers = 2
     torch.manual_seed(0)
     model = rnnkit.GRU(I, H, num_layers=layers, bidirectional=True, reset_after=False, dtype=DOUBLE,

@@ -43,7 +43,7 @@ def elman(x: Tensor, h: Tensor, W_ih: Tensor, W_hh: Tensor, b_ih: Tensor | None,
 
 
 def lstm(x: Tensor, state: tuple[Tensor, Tensor], W_ih: Tensor, W_hh: Tensor,
-         b_ih: Tensor | None, b_hh: Tensor | None) -> tuple[Tensor, Tensor]:
+         b_ih: Tensor | None, b_hh: Tensor | None, W_hr: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """LSTM step (Hochreiter & Schmidhuber 1997, with forget gate). x (B, I), h and c (B, H).
 
         i  = σ(W_ii x + b_ii + W_hi h + b_hi)
@@ -52,6 +52,7 @@ def lstm(x: Tensor, state: tuple[Tensor, Tensor], W_ih: Tensor, W_hh: Tensor,
         o  = σ(W_io x + b_io + W_ho h + b_ho)
         c' = f ⊙ c + i ⊙ g
         h' = o ⊙ tanh(c')
+        h' = W_hr (o ⊙ tanh(c'))      with a projection W_hr (P, H) (Sak et al. 2014): h is (B, P)
 
     Seed notation: ``C_t`` = c', ``C̃`` = g, and the seed's ``W·[h_{t-1}, x_t] + b`` is split here
     into W_h* h + W_i* x with two biases, as in torch.nn.
@@ -65,6 +66,8 @@ def lstm(x: Tensor, state: tuple[Tensor, Tensor], W_ih: Tensor, W_hh: Tensor,
     o = torch.sigmoid(xo + ho)
     c = f * c + i * g
     h = o * torch.tanh(c)
+    if W_hr is not None:
+        h = F.linear(h, W_hr)
     return h, c
 
 

@@ -14,14 +14,15 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor, _VF, nn
+from torch.autograd import forward_ad
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import cells, kernels
 from .errors import ConfigError, ShapeError
 
 State = tuple  # (h,) for RNN and GRU, (h, c) for LSTM; each (B, H)
-Weights = tuple  # (W_ih, W_hh, b_ih, b_hh); the biases may be None
+Weights = tuple  # (W_ih, W_hh, b_ih, b_hh[, W_hr]); the biases may be None; W_hr: LSTM with proj_size
 
 
 def step_function(kind: str, nonlinearity: str = "tanh", reset_after: bool = True) -> Callable:
@@ -38,7 +39,8 @@ def run_reference(kind: str, x: Tensor, state: State, weights: Weights,
                   nonlinearity: str = "tanh", reset_after: bool = True) -> tuple[Tensor, State]:
     """Run one layer in one direction over a batch-first sequence: the reference time loop.
 
-    x (B, T, I); state: tuple of (B, H); weights (W_ih, W_hh, b_ih, b_hh).
+    x (B, T, I); state: tuple of (B, H) (h (B, P) with LSTM's projection); weights (W_ih, W_hh, b_ih,
+    b_hh[, W_hr]).
     lengths (B,) int64 on the CPU, or None when every sequence has length T: a sequence's state
     stops changing after its last step, its outputs past it are zero, and the reverse direction
     starts at its last step.
@@ -61,29 +63,90 @@ def run_reference(kind: str, x: Tensor, state: State, weights: Weights,
     return torch.stack(outputs, dim=1), state  # (B, T, H)
 
 
-# "auto": the fused engine wherever it runs this input, else the reference loop; "fused": the fused
-# engine or a ConfigError; "reference": always the loop above.
-ENGINES = ("auto", "fused", "reference")
+# "auto": the fused engine wherever it serves this call (see :func:`special_mode`), else torch's own
+# fused op (cuDNN on a GPU) wherever that runs the layer, else the reference loop. "fused", "torch":
+# that engine or a ConfigError; "reference": always the loop above.
+ENGINES = ("auto", "fused", "torch", "reference")
+
+
+def special_mode(x: Tensor) -> str | None:
+    """What this call runs under beyond eager autograd, as far as it decides the engine: None, or
+    "compile" (torch.compile, torch.export, fake tensors: the fused engine as one torch operator,
+    :mod:`rnnkit.kernels.op`), "onnx" (torch.onnx.export, where no rnnkit translation is in use: the
+    aten ops that the exporter maps), "torch.func" (functorch transforms, forward AD), "jit trace"
+    or "autocast" (where torch's op decides the dtype, as torch.nn's does)."""
+    if torch.compiler.is_compiling() or type(x) is not Tensor:
+        if torch.onnx.is_in_onnx_export() and not kernels.op.TRANSLATED:
+            return "onnx"
+        return "compile"
+    if torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0:
+        return "torch.func"
+    if torch._C._get_tracing_state() is not None:
+        return "jit trace"
+    if torch._C._is_any_autocast_enabled() and torch.is_autocast_enabled(x.device.type):
+        return "autocast"
+    return None
+
+
+def choose_engine(engine: str, x: Tensor, lengths: Tensor | None, torch_serves: bool,
+                  shape: tuple | None = None, fused_serves: bool = True) -> str:
+    """"fused", "torch" or "reference": the engine that runs this call. ``torch_serves``: whether
+    torch's op runs this layer (not GRU reset_after=False, nor CustomRNN); ``fused_serves``: whether
+    the fused engine runs its configuration (not LSTM with proj_size); ``shape``: the caller's input
+    shape, for the errors."""
+    if engine == "reference":
+        return "reference"
+    if engine == "torch":
+        if not torch_serves:
+            raise ConfigError("engine='torch' runs the layers torch.nn has (RNN, LSTM, GRU with "
+                              "reset_after=True); use engine='auto' or 'reference' for this one")
+        return "torch"
+    mode = special_mode(x)
+    fused = fused_serves and kernels.supports(x, lengths)
+    if fused and mode in (None, "compile"):
+        return "fused"
+    if engine == "fused":
+        if not fused_serves:
+            raise ConfigError("engine='fused' does not run LSTM with proj_size (use engine='auto', "
+                              "'torch' or 'reference')")
+        if not fused:
+            raise ConfigError(
+                f"engine='fused' runs non-empty float32/float64 CPU tensors with int64 CPU lengths; got "
+                f"{x.dtype} on {x.device}, input shape {tuple(x.shape) if shape is None else shape} "
+                f"(use engine='auto' to fall back)")
+        raise ConfigError(f"engine='fused' cannot run under {mode}, whose gradients or graph need "
+                          f"torch's own ops (use engine='auto', which takes them there)")
+    return "torch" if torch_serves else "reference"
 
 
 def pick_engine(engine: str, kind: str, x: Tensor, lengths: Tensor | None) -> Callable:
-    """The function that runs one layer-direction for this call (see :func:`run_reference`)."""
-    if engine == "reference":
-        return run_reference
-    if kernels.supports(x, lengths):
+    """The function that runs one layer-direction of a layer torch has no op for (CustomRNN), with
+    the signature of :func:`run_reference`."""
+    if choose_engine(engine, x, lengths, torch_serves=False) == "fused":
         return kernels.run_fused
-    if engine == "fused":
-        raise ConfigError(
-            f"engine='fused' runs non-empty float32/float64 CPU tensors with int64 CPU lengths; got "
-            f"{x.dtype} on {x.device}, shape {tuple(x.shape)} (use engine='auto' to fall back to the "
-            f"reference loop)"
-        )
     return run_reference
 
 
 def check_engine(engine: str) -> None:
     if engine not in ENGINES:
         raise ConfigError(f"unknown engine {engine!r} (use one of: {', '.join(ENGINES)})")
+
+
+@functools.lru_cache(maxsize=64)
+def autocast_dtype(op: str, device_type: str, fast: torch.dtype, dtype: torch.dtype) -> torch.dtype:
+    """The dtype of torch's ``op`` ("lstm", "gru", "rnn_tanh") output under autocast to ``fast`` on
+    ``device_type`` for ``dtype`` input (autocast casts some recurrent ops and not others, per device):
+    asked of torch once, on a tiny input."""
+    G = {"lstm": 4, "gru": 3}.get(op, 1)
+    w = [torch.zeros(G, 1, dtype=dtype, device=device_type), torch.zeros(G, 1, dtype=dtype, device=device_type)]
+    h = torch.zeros(1, 1, 1, dtype=dtype, device=device_type)
+    try:
+        with torch.no_grad(), torch.autocast(device_type, dtype=fast):
+            out = getattr(_VF, op)(torch.zeros(1, 1, 1, dtype=dtype, device=device_type),
+                                   (h, h) if op == "lstm" else h, w, False, 1, 0.0, False, False, False)
+        return out[0].dtype
+    except RuntimeError:  # an op this device's autocast does not know
+        return dtype
 
 
 class RNNBase(nn.Module):
@@ -93,14 +156,16 @@ class RNNBase(nn.Module):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 *, nonlinearity: str = "tanh", reset_after: bool = True, engine: str = "auto",
-                 device=None, dtype=None) -> None:
+                 *, nonlinearity: str = "tanh", reset_after: bool = True, proj_size: int = 0,
+                 engine: str = "auto", device=None, dtype=None) -> None:
         super().__init__()
         cells.check_sizes(input_size, hidden_size)
         if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers < 1:
             raise ConfigError(f"num_layers must be a positive integer, got {num_layers!r}")
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
             raise ConfigError(f"dropout must be a number in [0, 1], got {dropout!r}")
+        if not isinstance(proj_size, int) or isinstance(proj_size, bool) or not 0 <= proj_size < hidden_size:
+            raise ConfigError(f"proj_size must be an integer in [0, hidden_size={hidden_size}), got {proj_size!r}")
         cells.check_nonlinearity(nonlinearity)
         check_engine(engine)
         self.input_size = input_size
@@ -112,57 +177,101 @@ class RNNBase(nn.Module):
         self.bidirectional = bidirectional
         self.nonlinearity = nonlinearity
         self.reset_after = bool(reset_after)
+        self.proj_size = proj_size  # LSTM only: h = W_hr (o ⊙ tanh(c)), proj_size wide
         self.engine = engine
-        self.proj_size = 0  # torch.nn.LSTM's attribute; projections are not supported
         factory = {"device": device, "dtype": dtype}
         G = cells.GATES[self.kind]
+        out = proj_size or hidden_size  # the width of h
+        self._weight_names = [self._names(layer, d) for layer in range(num_layers) for d in range(self.num_directions)]
         # Registered in torch.nn's order, so state_dict keys come out in the same order too.
         for layer in range(num_layers):
             for direction in range(self.num_directions):
-                layer_in = input_size if layer == 0 else hidden_size * self.num_directions
-                names = self._names(layer, direction)
+                layer_in = input_size if layer == 0 else out * self.num_directions
+                names = self._weight_names[layer * self.num_directions + direction]
                 self.register_parameter(names[0], nn.Parameter(torch.empty(G * hidden_size, layer_in, **factory)))
-                self.register_parameter(names[1], nn.Parameter(torch.empty(G * hidden_size, hidden_size, **factory)))
+                self.register_parameter(names[1], nn.Parameter(torch.empty(G * hidden_size, out, **factory)))
                 if bias:
                     self.register_parameter(names[2], nn.Parameter(torch.empty(G * hidden_size, **factory)))
                     self.register_parameter(names[3], nn.Parameter(torch.empty(G * hidden_size, **factory)))
+                if proj_size:
+                    self.register_parameter(names[4], nn.Parameter(torch.empty(proj_size, hidden_size, **factory)))
         self.reset_parameters()
+        self.flatten_parameters()
 
     @property
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
+    @property
+    def _torch_op(self) -> str | None:
+        """The name of torch's op that runs this layer (torch._VF), or None where torch has none."""
+        if self.kind == "rnn":
+            return f"rnn_{self.nonlinearity}"
+        return self.kind if self.reset_after else None
+
     @staticmethod
-    @functools.lru_cache(maxsize=256)  # looked up on every call
-    def _names(layer: int, direction: int) -> tuple[str, str, str, str]:
+    def _names(layer: int, direction: int) -> tuple[str, str, str, str, str]:
         suffix = ("", "_reverse")[direction]
         return (f"weight_ih_l{layer}{suffix}", f"weight_hh_l{layer}{suffix}",
-                f"bias_ih_l{layer}{suffix}", f"bias_hh_l{layer}{suffix}")
+                f"bias_ih_l{layer}{suffix}", f"bias_hh_l{layer}{suffix}", f"weight_hr_l{layer}{suffix}")
 
     def layer_weights(self, layer: int, direction: int) -> Weights:
-        """(W_ih, W_hh, b_ih, b_hh) of one layer and direction; biases None when bias=False."""
-        ih, hh, bih, bhh = names = self._names(layer, direction)
+        """(W_ih, W_hh, b_ih, b_hh) of one layer and direction, and W_hr with proj_size; biases None
+        when bias=False."""
+        # (names made once per layer: looked up on every call)
+        ih, hh, bih, bhh, hr = names = self._weight_names[layer * self.num_directions + direction]
         # Looked up on every call: straight from the dict, but where a parametrization or bias=False
         # left a name out of it (getattr then finds the parametrized weight, or None).
         params = self._parameters
         try:
+            if self.proj_size:
+                return params[ih], params[hh], params[bih], params[bhh], params[hr]
             return params[ih], params[hh], params[bih], params[bhh]
         except KeyError:
-            return tuple(getattr(self, n, None) for n in names)
+            return tuple(getattr(self, n, None) for n in names[:5 if self.proj_size else 4])
 
     @property
     def all_weights(self) -> list[list[Tensor]]:
         return [[w for w in self.layer_weights(layer, d) if w is not None]
                 for layer in range(self.num_layers) for d in range(self.num_directions)]
 
+    def _flat_weights(self, weights: list) -> list[Tensor]:
+        """The layer-directions' weights in the order of torch's ops: W_ih, W_hh, b_ih, b_hh, W_hr."""
+        return [w for ws in weights for w in ws if w is not None]
+
     def reset_parameters(self) -> None:
         cells.init_uniform(self, self.hidden_size)
 
     def flatten_parameters(self) -> None:
-        """No-op, for code written against torch.nn (which needs it for cuDNN)."""
+        """Lay the weights out in one cuDNN buffer, as torch.nn does, so that torch's op does not copy
+        them on every call: on a CUDA device with cuDNN, where torch's op serves the layer; elsewhere
+        nothing to do."""
+        op = self._torch_op
+        weights = self._flat_weights([self.layer_weights(l, d) for l in range(self.num_layers)
+                                      for d in range(self.num_directions)])
+        first = weights[0]
+        if (op is None or any(not isinstance(w, nn.Parameter) or w.dtype != first.dtype or not w.is_cuda
+                              or not torch.backends.cudnn.is_acceptable(w) for w in weights)
+                or len({w.data_ptr() for w in weights}) != len(weights)):
+            return
+        import torch.backends.cudnn.rnn as cudnn_rnn
+
+        with torch.cuda.device_of(first), torch.no_grad():
+            if torch._use_cudnn_rnn_flatten_weight():
+                torch._cudnn_rnn_flatten_weight(
+                    weights, (4 if self.bias else 2) + (1 if self.proj_size else 0), self.input_size,
+                    cudnn_rnn.get_cudnn_mode(op.upper()), self.hidden_size, self.proj_size,
+                    self.num_layers, self.batch_first, bool(self.bidirectional))
+
+    def _apply(self, fn, recurse=True):
+        result = super()._apply(fn, recurse)
+        self.flatten_parameters()  # (.to(), .cuda(): new tensors, laid out again)
+        return result
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
+        if self.proj_size:
+            s += f", proj_size={self.proj_size}"
         if self.num_layers != 1:
             s += f", num_layers={self.num_layers}"
         if self.kind == "rnn" and self.nonlinearity != "tanh":
@@ -183,13 +292,10 @@ class RNNBase(nn.Module):
 
     # ---- forward -------------------------------------------------------------------------------
 
-    def _initial_state(self, hx, B: int, batched: bool, like: Tensor) -> list[State]:
-        """Split hx ((L*D, B, H) or unbatched (L*D, H); a pair for LSTM) into per layer-direction
-        state tuples of (B, H) tensors."""
-        n_states = 2 if self.kind == "lstm" else 1
+    def _check_hx(self, hx, B: int, batched: bool, like: Tensor, autocast: bool) -> tuple:
+        """hx ((L*D, B, H) or unbatched (L*D, H); a pair for LSTM) checked, as a tuple of batched
+        (L*D, B, ·) tensors: h is proj_size wide with a projection."""
         LD = self.num_layers * self.num_directions
-        if hx is None:  # one zero state that every layer-direction reads (engines never write it)
-            return [(kernels.zeros((B, self.hidden_size), like.dtype, like.device),) * n_states] * LD
         if self.kind == "lstm":
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
                 raise ShapeError("LSTM expects hx as a tuple (h_0, c_0)")
@@ -198,19 +304,29 @@ class RNNBase(nn.Module):
             if not isinstance(hx, Tensor):
                 raise ShapeError(f"{type(self).__name__} expects hx as a tensor, got {type(hx).__name__}")
             parts = (hx,)
-        want = (LD, B, self.hidden_size) if batched else (LD, self.hidden_size)
-        for name, p in zip(("h_0", "c_0"), parts):
-            if tuple(p.shape) != want:
+        for name, p, width in zip(("h_0", "c_0"), parts, (self.proj_size or self.hidden_size, self.hidden_size)):
+            want = (LD, B, width) if batched else (LD, width)
+            if not isinstance(p, Tensor) or tuple(p.shape) != want:
+                size = "proj_size" if width == self.proj_size else "hidden_size"
                 raise ShapeError(
                     f"{type(self).__name__} expects {name} of shape {want} "
-                    f"(num_layers*num_directions, {'batch, ' if batched else ''}hidden_size), "
-                    f"got {tuple(p.shape)}"
+                    f"(num_layers*num_directions, {'batch, ' if batched else ''}{size}), "
+                    f"got {tuple(p.shape) if isinstance(p, Tensor) else type(p).__name__}"
                 )
-            if p.dtype != like.dtype:  # engines differ here (cast or fail), so say it once
+            if p.dtype != like.dtype and not autocast:  # engines differ here (cast or fail), so say it once
                 raise ShapeError(f"{name} dtype {p.dtype} does not match the input's {like.dtype}")
-        if not batched:
-            parts = tuple(p.unsqueeze(1) for p in parts)  # (L*D, 1, H)
-        return [tuple(p[k] for p in parts) for k in range(LD)]
+        return parts if batched else tuple(p.unsqueeze(1) for p in parts)  # (L*D, B, ·)
+
+    def _initial_state(self, hx: tuple | None, B: int, like: Tensor) -> list[State]:
+        """Per layer-direction state tuples of (B, ·) tensors, from the checked hx or zeros."""
+        LD = self.num_layers * self.num_directions
+        if hx is None:  # one zero state that every layer-direction reads (engines never write it)
+            zero = _zeros((B, self.hidden_size), like)
+            if self.kind != "lstm":
+                return [(zero,)] * LD
+            h = _zeros((B, self.proj_size), like) if self.proj_size else zero
+            return [(h, zero)] * LD
+        return [tuple(p[k] for p in hx) for k in range(LD)]
 
     def forward(self, input, hx=None):
         """input (T, B, I), or (B, T, I) with batch_first, or unbatched (T, I), or a PackedSequence.
@@ -219,8 +335,12 @@ class RNNBase(nn.Module):
         """
         packed = isinstance(input, PackedSequence)
         if packed:
-            x, lengths = pad_packed_sequence(input, batch_first=True)  # (B, T, I), original order
+            shape = f"PackedSequence of data {tuple(input.data.shape)}"
             batched = True
+            if input.data.dim() != 2:
+                raise ShapeError(f"{type(self).__name__} expects a PackedSequence of (sum of lengths, "
+                                 f"input_size) data; got {shape}")
+            features, dtype, B = input.data.shape[-1], input.data.dtype, int(input.batch_sizes[0])
         else:
             if not isinstance(input, Tensor) or input.dim() not in (2, 3):
                 shape = tuple(input.shape) if isinstance(input, Tensor) else type(input).__name__
@@ -229,28 +349,61 @@ class RNNBase(nn.Module):
                     f"(batch, seq_len, input_size) with batch_first=True, or unbatched "
                     f"(seq_len, input_size); got {shape}"
                 )
+            shape = tuple(input.shape)
             batched = input.dim() == 3
-            if not batched:
-                x = input.unsqueeze(0)  # (1, T, I)
-            else:
-                x = input if self.batch_first else input.transpose(0, 1)  # (B, T, I)
-            lengths = None
-        if x.shape[-1] != self.input_size:
+            features, dtype = input.shape[-1], input.dtype
+            B = input.shape[0 if self.batch_first else 1] if batched else 1
+        if features != self.input_size:
             raise ShapeError(
                 f"{type(self).__name__} was built for input_size={self.input_size}, but the input "
-                f"has {x.shape[-1]} features"
+                f"of shape {shape} has {features} features"
             )
         weights = [self.layer_weights(layer, d) for layer in range(self.num_layers)
                    for d in range(self.num_directions)]
         first = weights[0][0]
-        if x.dtype != first.dtype:
+        device_type = (input.data if packed else input).device.type
+        autocast = torch._C._is_any_autocast_enabled() and torch.is_autocast_enabled(device_type)
+        if dtype != first.dtype and not autocast:
             raise ShapeError(
-                f"input dtype {x.dtype} does not match the parameters' {first.dtype} "
-                f"(convert one of them, e.g. model.to({x.dtype}))"
+                f"input dtype {dtype} does not match the parameters' {first.dtype} "
+                f"(convert one of them, e.g. model.to({dtype}))"
             )
-        B = x.shape[0]
-        states = self._initial_state(hx, B, batched, x)
-        run = pick_engine(self.engine, self.kind, x, lengths)
+        if hx is not None:
+            hx = self._check_hx(hx, B, batched, input.data if packed else input, autocast)
+        if packed:
+            x, lengths = pad_packed_sequence(input, batch_first=True)  # (B, T, I), original order
+        else:
+            x = input.unsqueeze(0) if not batched else input if self.batch_first else input.transpose(0, 1)  # (B, T, I)
+            lengths = None
+        op = self._torch_op
+        engine = choose_engine(self.engine, x, lengths, op is not None, shape, fused_serves=not self.proj_size)
+        if engine == "torch":
+            return self._forward_torch(op, input, hx, weights, packed, batched)
+        if autocast:  # as torch.nn: the recurrence in the dtype torch's op gives under this autocast
+            cast = autocast_dtype(op or "gru", device_type, torch.get_autocast_dtype(device_type), first.dtype)
+            x = x.to(cast)
+            weights = [tuple(None if w is None else w.to(cast) for w in ws) for ws in weights]
+            hx = None if hx is None else tuple(h.to(cast) for h in hx)
+            engine = choose_engine(self.engine, x, lengths, False, shape, fused_serves=not self.proj_size)
+            with torch.autocast(device_type, enabled=False):
+                output, h_n = self._run_layers(engine, x, lengths, hx, weights)
+        else:
+            output, h_n = self._run_layers(engine, x, lengths, hx, weights)
+        if packed:
+            output = _repack(output, lengths, input)
+        elif not batched:
+            output = output.squeeze(0)  # (T, D*H)
+            h_n = tuple(h.squeeze(1) for h in h_n)  # (L*D, H)
+        elif not self.batch_first:
+            output = output.transpose(0, 1)  # (T, B, D*H)
+        return output, (h_n if self.kind == "lstm" else h_n[0])
+
+    def _run_layers(self, engine: str, x: Tensor, lengths: Tensor | None, hx: tuple | None,
+                    weights: list) -> tuple[Tensor, tuple]:
+        """The stack of layers over x (B, T, I), one layer-direction at a time: the output (B, T, D*H)
+        and the final states, each (L*D, B, ·)."""
+        run = kernels.run_fused if engine == "fused" else run_reference
+        states = self._initial_state(hx, x.shape[0], x)
         finals: list[State] = []
         layer_input = x
         for layer in range(self.num_layers):
@@ -264,19 +417,47 @@ class RNNBase(nn.Module):
             layer_input = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)  # (B, T, D*H)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
-        output = layer_input
         if len(finals) == 1:  # a view instead of a copy: one layer, one direction
             h_n = tuple(f.unsqueeze(0) for f in finals[0])  # (1, B, H)
         else:
             h_n = tuple(torch.stack([f[k] for f in finals], dim=0) for k in range(len(finals[0])))  # (L*D, B, H)
+        return layer_input, h_n
+
+    def _forward_torch(self, op: str, input, hx: tuple | None, weights: list, packed: bool, batched: bool):
+        """The torch engine: torch's own op for the whole stack (what torch.nn's forward calls, cuDNN
+        on a GPU), with this layer's weights in its order."""
+        data = input.data if packed else input if batched else input.unsqueeze(1 - self.batch_first)
+        LD = self.num_layers * self.num_directions
+        B = int(input.batch_sizes[0]) if packed else data.shape[0 if self.batch_first else 1]
+        if hx is None:
+            widths = (self.proj_size or self.hidden_size, self.hidden_size)[:2 if self.kind == "lstm" else 1]
+            hx = tuple(torch.zeros(LD, B, w, dtype=data.dtype, device=data.device) for w in widths)
+        elif packed and input.sorted_indices is not None:
+            hx = tuple(h.index_select(1, input.sorted_indices) for h in hx)  # the batch in sorted order
+        state = hx if self.kind == "lstm" else hx[0]
+        flat = self._flat_weights(weights)
+        args = (flat, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional)
         if packed:
-            output = _repack(output, lengths, input)
+            result = getattr(_VF, op)(data, input.batch_sizes, state, *args)
+        else:
+            result = getattr(_VF, op)(data, state, *args, self.batch_first)
+        output, h_n = result[0], tuple(result[1:])
+        if packed:
+            output = PackedSequence(output, input.batch_sizes, input.sorted_indices, input.unsorted_indices)
+            if input.unsorted_indices is not None:
+                h_n = tuple(h.index_select(1, input.unsorted_indices) for h in h_n)
         elif not batched:
-            output = output.squeeze(0)  # (T, D*H)
+            output = output.squeeze(1 - self.batch_first)  # (T, D*H)
             h_n = tuple(h.squeeze(1) for h in h_n)  # (L*D, H)
-        elif not self.batch_first:
-            output = output.transpose(0, 1)  # (T, B, D*H)
         return output, (h_n if self.kind == "lstm" else h_n[0])
+
+
+def _zeros(shape: tuple, like: Tensor) -> Tensor:
+    """Zeros of ``like``'s dtype and device: made once per shape (kernels.zeros), but new where a
+    compiler or fake tensors run the layer (symbolic sizes)."""
+    if torch.compiler.is_compiling() or type(like) is not Tensor:
+        return like.new_zeros(shape)
+    return kernels.zeros(shape, like.dtype, like.device)
 
 
 def _repack(padded: Tensor, lengths: Tensor, like: PackedSequence) -> PackedSequence:
@@ -309,16 +490,18 @@ class RNN(RNNBase):
 class LSTM(RNNBase):
     """LSTM, drop-in for ``torch.nn.LSTM`` (gate order i, f, g, o; equations in rnnkit.cells.lstm).
 
-    forward(input, (h_0, c_0)=None) -> (output, (h_n, c_n)).
+    forward(input, (h_0, c_0)=None) -> (output, (h_n, c_n)). With ``proj_size`` P > 0, as torch.nn's:
+    h = W_hr (o ⊙ tanh(c)) with W_hr (P, H) (``weight_hr_l{k}``), so h, h_0, h_n and the output are P
+    wide (c stays H wide) and W_hh is (4H, P).
     """
 
     kind = "lstm"
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 engine: str = "auto", device=None, dtype=None) -> None:
+                 proj_size: int = 0, engine: str = "auto", device=None, dtype=None) -> None:
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         engine=engine, device=device, dtype=dtype)
+                         proj_size=proj_size, engine=engine, device=device, dtype=dtype)
 
 
 class GRU(RNNBase):

@@ -11,6 +11,8 @@ import functools
 import torch
 from torch import Tensor
 
+from . import op  # noqa: F401 - registers torch.ops.rnnkit (the loops load on first use)
+
 DTYPES = (torch.float32, torch.float64)
 
 
@@ -63,4 +65,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["precompile", "run_fused", "supports", "zeros"]
+__all__ = ["op", "precompile", "run_fused", "supports", "zeros"]

@@ -139,10 +139,11 @@ class Work:
 
     def __init__(self, arrays: tuple, extra, key=None) -> None:
         self.arrays, self.extra, self.key = arrays, extra, key  # key: a call not kept (see done)
-        # What _free_work checks, each array with its storage's address (constant: nothing sets a
-        # work's array to another storage): an empty array has no memory to share (the loops'
-        # unused ones).
-        self.watched = tuple((t, t.untyped_storage()._cdata) for t in arrays if t.numel())
+        # What _free_work checks, each array with its storage (torch's one Python object for it:
+        # whoever asks a view of the array for its storage gets that object) and the storage's
+        # address (constant: nothing sets a work's array to another storage): an empty array has
+        # no memory to share (the loops' unused ones).
+        self.watched = tuple((t, s, s._cdata) for t in arrays if t.numel() for s in (t.untyped_storage(),))
 
 
 _works: OrderedDict = OrderedDict()  # key -> [Work], least recently used key first
@@ -157,24 +158,26 @@ def _python_refs(t: Tensor) -> int:
 
 def _free_work(w: Work) -> bool:
     """Whether nothing but the work holds its arrays, a view of them or their memory: Python
-    references (beyond the work's tuples and this loop's), the C++ references to a tensor (autograd's
-    saved tensors) and to its storage (views, numpy arrays), read at the address the work keeps."""
-    for t, storage in w.watched:
-        if _python_refs(t) != _IDLE_REFS or t._use_count() != 1 or _storage_uses(storage) != _IDLE_USES:
+    references (beyond the work's tuples and this loop's) to a tensor and to its storage object (a
+    caller that kept ``out.untyped_storage()``), the C++ references to a tensor (autograd's saved
+    tensors) and to its storage (views, numpy arrays), read at the address the work keeps."""
+    for t, storage, address in w.watched:
+        if (_python_refs(t) != _IDLE_REFS or _python_refs(storage) != _IDLE_STORAGE_REFS
+                or t._use_count() != 1 or _storage_uses(address) != _IDLE_USES):
             return False
     return True
 
 
-def _idle_counts() -> tuple[int, int]:
+def _idle_counts() -> tuple[int, int, int]:
     """What _free_work's loop reads for an array that only a work holds (in its two tuples): its
-    Python references, and its storage's uses (the array's, and the Python storage object that
-    torch keeps once asked for it)."""
+    Python references and its storage object's, and its storage's uses (the array's, and the Python
+    storage object's)."""
     w = Work((torch.empty(1),), None)
-    (t, storage), = w.watched
-    return _python_refs(t), (_storage_uses(storage) if _COUNTS else 0)
+    (t, storage, address), = w.watched
+    return _python_refs(t), _python_refs(storage), (_storage_uses(address) if _COUNTS else 0)
 
 
-_IDLE_REFS, _IDLE_USES = _idle_counts()
+_IDLE_REFS, _IDLE_STORAGE_REFS, _IDLE_USES = _idle_counts()
 
 
 def work(key, shapes: tuple, dtype: torch.dtype, make: Callable) -> tuple[Work, list]:

@@ -16,8 +16,9 @@ float64 by tests/test_kernels.py. A small call's arrays are kept whole from call
 the team block that points at them (:func:`rnnkit.kernels.buffers.work`); a bigger one's arrays of
 a megabyte and more are kept one by one (:func:`rnnkit.kernels.buffers.empty`).
 
-The backward is first-order only (``once_differentiable``): asking for a double backward through it
-raises instead of returning a wrong answer; use ``engine="reference"`` for that.
+A double backward (``create_graph=True``) goes through the reference loop (:class:`FusedLayer`).
+Under torch.compile, torch.export or fake tensors the layer is the torch operator
+``rnnkit::fused_layer`` instead (:mod:`rnnkit.kernels.op`), the same loops behind it.
 """
 
 from __future__ import annotations
@@ -26,16 +27,22 @@ import functools
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-from . import blas, buffers, loops, team, zeros
+from . import blas, buffers, loops, op, team, zeros
 
 def kind_code(kind: str, nonlinearity: str = "tanh", reset_after: bool = True) -> int:
+    """The loops' code of a cell (see :data:`KINDS`)."""
     if kind == "rnn":
         return loops.RNN_TANH if nonlinearity == "tanh" else loops.RNN_RELU
     if kind == "lstm":
         return loops.LSTM
     return loops.GRU if reset_after else loops.GRU_RESET_BEFORE
+
+
+# code -> (kind, nonlinearity, reset_after): the cell a loops' code runs, as rnnkit.layers names it
+KINDS = {loops.RNN_TANH: ("rnn", "tanh", True), loops.RNN_RELU: ("rnn", "relu", True),
+         loops.LSTM: ("lstm", "tanh", True), loops.GRU: ("gru", "tanh", True),
+         loops.GRU_RESET_BEFORE: ("gru", "tanh", False)}
 
 
 @functools.lru_cache(maxsize=16)
@@ -202,24 +209,14 @@ def _forward(code: int, reverse: bool, lengths: Tensor | None, x: Tensor, h0: Te
     return out, h_n, c_n, (x3, xp, hs, cs, acts, W, lens, plan)
 
 
-def _first_order(backward):
-    """``once_differentiable``, but without its no_grad context where grad mode is off already (a
-    plain backward; with create_graph it is on, and once_differentiable's path runs): a context
-    manager is one more cold code path in a small layer's train step."""
-    guarded = once_differentiable(backward)
-
-    @functools.wraps(backward)
-    def run(ctx, *grads):
-        if torch.is_grad_enabled():
-            return guarded(ctx, *grads)
-        return backward(ctx, *grads)
-
-    return run
-
-
 class FusedLayer(torch.autograd.Function):
     """One layer-direction. Inputs x (B, T, I), h0, c0 (B, H) (c0 None but for LSTM), torch-layout
-    weights; returns output (B, T, H) (zero past each sequence's length), h_n and c_n (B, H)."""
+    weights; returns output (B, T, H) (zero past each sequence's length), h_n and c_n (B, H).
+
+    The backward is the hand-written BPTT. Where the gradient's own graph is asked for
+    (``create_graph=True``: a gradient penalty, a Hessian-vector product), it is the reference
+    loop's instead, recomputed from the inputs (:func:`_recomputed_grads`): the same first-order
+    numbers, and the graph through them that the loops do not build."""
 
     @staticmethod
     def forward(ctx, code: int, reverse: bool, lengths: Tensor | None, x: Tensor, h0: Tensor,
@@ -227,88 +224,118 @@ class FusedLayer(torch.autograd.Function):
                 b_hh: Tensor | None):
         out, h_n, c_n, (x3, xp, hs, cs, acts, W, lens, plan) = _forward(
             code, reverse, lengths, x, h0, c0, W_ih, W_hh, b_ih, b_hh, store=True)
-        # (Not the biases: the backward does not read them, so one changed in place since does not
-        # make its result wrong.)
+        # (Not the biases: the first-order backward does not read them, so one changed in place
+        # since does not make its result wrong. The inputs themselves, for a recomputation.)
         ctx.save_for_backward(x3, xp, hs, cs, acts, W_ih, W)
         ctx.set_materialize_grads(False)  # an unused output's gradient comes as None, not new zeros
         ctx.config = (code, reverse, lens, plan)  # the backward splits the work the same way
+        ctx.inputs = (lengths, x, h0, c0, W_ih, W_hh, b_ih, b_hh)
         return out, h_n, c_n
 
     @staticmethod
-    @_first_order
     def backward(ctx, dout: Tensor, dh_n: Tensor, dc_n: Tensor | None):
-        x3, xp, hs, cs, acts, W_ih, W_hh = ctx.saved_tensors
-        code, reverse, lens, plan = ctx.config
-        B, T, GH = xp.shape
-        H = hs.shape[2]
-        lstm = code == loops.LSTM
-        dy = torch.zeros(B, T, H, dtype=hs.dtype) if dout is None else dout.contiguous()  # (B, T, H)
-        dh_n = zeros((B, H), hs.dtype) if dh_n is None else dh_n.contiguous()
-        dc_n = dh_n if not lstm else zeros((B, H), hs.dtype) if dc_n is None else dc_n.contiguous()
-        hn = H if code == loops.GRU_RESET_BEFORE else 0
-        I = x3.shape[2]
-        need = ctx.needs_input_grad  # code, reverse, lengths, x, h0, c0, W_ih, W_hh, b_ih, b_hh
-        first_rows = _first_rows(plan)
-        in_loop = need[7] and _weights_grad_in_loop(code, plan)
-        # h_prev, the states the loop copies for dW_hh's product; none where its shares read them in
-        # hs, row by row, for a small W_hh (loops._shard_weights_grad)
-        prev = (0, 0, 0) if in_loop and GH * H * hs.element_size() <= loops.DIRECT_BYTES else (B, T, H)
-        shapes = ((B, H), (B, H) if lstm else (0, 0), (B, T, GH), (B, T, GH if code == loops.GRU else 0),
-                  (B, hn), (B, hn), prev, (len(first_rows), 3 * GH + (GH * H if in_loop else 0)))
-        slot = _slots(plan, B)
+        if torch.is_grad_enabled():  # create_graph=True
+            return (None, None, *_recomputed_grads(ctx.config[:2], ctx.inputs, ctx.needs_input_grad[2:],
+                                                   (dout, dh_n, dc_n)))
+        return (None, None, None, *_backward(ctx.config, ctx.saved_tensors, dout, dh_n, dc_n,
+                                             ctx.needs_input_grad[3:]))
 
-        def compose(arrays):  # the loop's arrays
-            return [dy, *arrays[:2], hs, cs, xp, acts, W_hh, lens, *arrays[2:7], x3, arrays[7], dh_n, dc_n, slot]
 
-        # (keyed on I too: the block holds x's shape)
-        work, arrays = _work(("backward", I), loops.backward, code, reverse, plan, shapes, hs.dtype, compose,
-                             9)
-        dh, dc, dG, dG_h, _, _, h_prev, sums = arrays
-        if plan.parties > 1:  # (else each thread copies its rows)
-            dh.copy_(dh_n)  # the loop turns them into the initial states' gradients
-            if lstm:
-                dc.copy_(dc_n)
-        _launch(work, loops.backward, code, reverse, plan, compose(arrays), 9)
-        # The shards' rows of sums (loops.backward), added up: the input bias's gradient, W_ih's where
-        # I = 1, b_hh's, each (G*H,); then dW_hh where the loops made it. The gradients are views of
-        # this one fresh tensor (the work's arrays stay with it), as contiguous as their parameters
-        # (DDP checks a gradient's strides against its parameter's), made by as_strided as the
-        # forward's results are (and sum for one shard too): one kind of torch call fewer each.
-        total = sums.sum(0)
-        dx = dW_ih = dW_hh = None
-        if need[3] or (need[6] and I > 1) or (need[7] and not in_loop):
-            dG2 = dG.view(B * T, GH)  # (B*T, G*H)
-            x2 = x3.view(B * T, I)
-        # Written as the products that measured fast: with 2-8 input features, dG W_ih and dG^T x
-        # took 4-6x longer than the same products transposed (benchmarks/README.md).
-        odd = 1 < I <= 8
-        if need[3]:
-            dx = (torch.mm(W_ih.t(), dG2.t()).t().contiguous() if odd else torch.mm(dG2, W_ih)).view(B, T, I)
-        if need[6]:
-            if I == 1:  # a weighted sum, added up in the loop
-                dW_ih = total.as_strided((GH, 1), (1, 1), GH)
-            elif odd:
-                dW_ih = torch.mm(x2.t(), dG2).t().contiguous()
-            else:
-                dW_ih = torch.mm(dG2.t(), x2)
-        db_ih = total.as_strided((GH,), (1,), 0) if need[8] else None  # (False for a missing bias)
-        db_hh = total.as_strided((GH,), (1,), 2 * GH) if need[9] else None
-        if in_loop:  # the shards' shares, each from its loop
-            dW_hh = total.as_strided((GH, H), (H, 1), 3 * GH)
-        elif need[7]:
-            h_prev = h_prev.view(B * T, H)  # (B*T, H), hs[:, 1:] reverse, else hs[:, :-1] (the loop copies it)
-            if code == loops.GRU_RESET_BEFORE:
-                # The n rows of W_hh multiply r ⊙ h_prev, stored in acts.
-                rh = acts.view(B * T, H)
-                dW_hh = torch.cat([torch.mm(dG2[:, : 2 * H].t(), h_prev), torch.mm(dG2[:, 2 * H:].t(), rh)])
-            else:
-                # GRU: the n rows of W_hh h + b_hh are scaled by r before they meet the input's, so
-                # their gradient is the loop's dG_h, not dG.
-                dG_h = dG_h.view(B * T, GH) if code == loops.GRU else dG2
-                dW_hh = torch.mm(dG_h.t(), h_prev)
-        dh0 = dh.clone() if need[4] else None  # (the work's own arrays stay with it)
-        dc0 = dc.clone() if lstm and need[5] else None
-        return None, None, None, dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh
+def _recomputed_grads(config: tuple, inputs: tuple, need: tuple, grads: tuple) -> tuple:
+    """The gradients of inputs (lengths, x, h0, c0, W_ih, W_hh, b_ih, b_hh) for the outputs' ``grads``
+    as functions of the inputs and ``grads`` (a graph autograd can differentiate again): the layer
+    run again on the reference loop, and its autograd's gradients."""
+    from ..layers import run_reference
+
+    code, reverse = config
+    lengths, x, h0, c0, *weights = inputs
+    kind, nonlinearity, reset_after = KINDS[code]
+    with torch.enable_grad():
+        out, state = run_reference(kind, x, (h0,) if c0 is None else (h0, c0), tuple(weights), lengths,
+                                   reverse, nonlinearity, reset_after)
+        pairs = [(o, g) for o, g in zip((out, *state), grads) if g is not None]
+        wanted = [t for t, n in zip(inputs, need) if n]
+        got = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs],
+                                       create_graph=True, allow_unused=True))
+    return tuple(next(got) if n else None for n in need)
+
+
+def _backward(config: tuple, saved: tuple, dout: Tensor | None, dh_n: Tensor | None, dc_n: Tensor | None,
+              need: tuple) -> tuple:
+    """The hand-written BPTT of one layer-direction: from the forward's ``config`` (code, reverse,
+    lens, plan) and ``saved`` arrays (x3, xp, hs, cs, acts, W_ih, W_hh) and the outputs' gradients
+    (None where unused), the gradients (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh), each None where
+    ``need`` (one flag each, in that order) says it is not wanted."""
+    x3, xp, hs, cs, acts, W_ih, W_hh = saved
+    code, reverse, lens, plan = config
+    B, T, GH = xp.shape
+    H = hs.shape[2]
+    lstm = code == loops.LSTM
+    dy = torch.zeros(B, T, H, dtype=hs.dtype) if dout is None else dout.contiguous()  # (B, T, H)
+    dh_n = zeros((B, H), hs.dtype) if dh_n is None else dh_n.contiguous()
+    dc_n = dh_n if not lstm else zeros((B, H), hs.dtype) if dc_n is None else dc_n.contiguous()
+    hn = H if code == loops.GRU_RESET_BEFORE else 0
+    I = x3.shape[2]
+    first_rows = _first_rows(plan)
+    in_loop = need[4] and _weights_grad_in_loop(code, plan)
+    # h_prev, the states the loop copies for dW_hh's product; none where its shares read them in
+    # hs, row by row, for a small W_hh (loops._shard_weights_grad)
+    prev = (0, 0, 0) if in_loop and GH * H * hs.element_size() <= loops.DIRECT_BYTES else (B, T, H)
+    shapes = ((B, H), (B, H) if lstm else (0, 0), (B, T, GH), (B, T, GH if code == loops.GRU else 0),
+              (B, hn), (B, hn), prev, (len(first_rows), 3 * GH + (GH * H if in_loop else 0)))
+    slot = _slots(plan, B)
+
+    def compose(arrays):  # the loop's arrays
+        return [dy, *arrays[:2], hs, cs, xp, acts, W_hh, lens, *arrays[2:7], x3, arrays[7], dh_n, dc_n, slot]
+
+    # (keyed on I too: the block holds x's shape)
+    work, arrays = _work(("backward", I), loops.backward, code, reverse, plan, shapes, hs.dtype, compose, 9)
+    dh, dc, dG, dG_h, _, _, h_prev, sums = arrays
+    if plan.parties > 1:  # (else each thread copies its rows)
+        dh.copy_(dh_n)  # the loop turns them into the initial states' gradients
+        if lstm:
+            dc.copy_(dc_n)
+    _launch(work, loops.backward, code, reverse, plan, compose(arrays), 9)
+    # The shards' rows of sums (loops.backward), added up: the input bias's gradient, W_ih's where
+    # I = 1, b_hh's, each (G*H,); then dW_hh where the loops made it. The gradients are views of
+    # this one fresh tensor (the work's arrays stay with it), as contiguous as their parameters
+    # (DDP checks a gradient's strides against its parameter's), made by as_strided as the
+    # forward's results are (and sum for one shard too): one kind of torch call fewer each.
+    total = sums.sum(0)
+    dx = dW_ih = dW_hh = None
+    if need[0] or (need[3] and I > 1) or (need[4] and not in_loop):
+        dG2 = dG.view(B * T, GH)  # (B*T, G*H)
+        x2 = x3.view(B * T, I)
+    # Written as the products that measured fast: with 2-8 input features, dG W_ih and dG^T x
+    # took 4-6x longer than the same products transposed (benchmarks/README.md).
+    odd = 1 < I <= 8
+    if need[0]:
+        dx = (torch.mm(W_ih.t(), dG2.t()).t().contiguous() if odd else torch.mm(dG2, W_ih)).view(B, T, I)
+    if need[3]:
+        if I == 1:  # a weighted sum, added up in the loop
+            dW_ih = total.as_strided((GH, 1), (1, 1), GH)
+        elif odd:
+            dW_ih = torch.mm(x2.t(), dG2).t().contiguous()
+        else:
+            dW_ih = torch.mm(dG2.t(), x2)
+    db_ih = total.as_strided((GH,), (1,), 0) if need[5] else None  # (False for a missing bias)
+    db_hh = total.as_strided((GH,), (1,), 2 * GH) if need[6] else None
+    if in_loop:  # the shards' shares, each from its loop
+        dW_hh = total.as_strided((GH, H), (H, 1), 3 * GH)
+    elif need[4]:
+        h_prev = h_prev.view(B * T, H)  # (B*T, H), hs[:, 1:] reverse, else hs[:, :-1] (the loop copies it)
+        if code == loops.GRU_RESET_BEFORE:
+            # The n rows of W_hh multiply r ⊙ h_prev, stored in acts.
+            rh = acts.view(B * T, H)
+            dW_hh = torch.cat([torch.mm(dG2[:, : 2 * H].t(), h_prev), torch.mm(dG2[:, 2 * H:].t(), rh)])
+        else:
+            # GRU: the n rows of W_hh h + b_hh are scaled by r before they meet the input's, so
+            # their gradient is the loop's dG_h, not dG.
+            dG_h = dG_h.view(B * T, GH) if code == loops.GRU else dG2
+            dW_hh = torch.mm(dG_h.t(), h_prev)
+    dh0 = dh.clone() if need[1] else None  # (the work's own arrays stay with it)
+    dc0 = dc.clone() if lstm and need[2] else None
+    return dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh
 
 
 _apply = super(torch.autograd.Function, FusedLayer).apply  # (torch._C._FunctionBase.apply)
@@ -321,6 +348,9 @@ def run_fused(kind: str, x: Tensor, state: tuple, weights: tuple, lengths: Tenso
     W_ih, W_hh, b_ih, b_hh = weights
     code = kind_code(kind, nonlinearity, reset_after)
     c0 = state[1] if code == loops.LSTM else None
+    if torch.compiler.is_compiling() or type(x) is not Tensor:  # one graph node, fake tensors welcome
+        out, h_n, c_n = op.fused_layer(x, state[0], c0, W_ih, W_hh, b_ih, b_hh, lengths, code, reverse)[:3]
+        return out, ((h_n, c_n) if code == loops.LSTM else (h_n,))
     args = (code, reverse, lengths, x, state[0], c0, W_ih, W_hh, b_ih, b_hh)
     if torch.is_grad_enabled() and (W_ih.requires_grad or W_hh.requires_grad or x.requires_grad
                                     or any(t is not None and t.requires_grad for t in (b_ih, b_hh, *state))):

@@ -1,0 +1,101 @@
+"""The fused engine as torch operators, for torch.compile, torch.export and fake tensors.
+
+``torch.ops.rnnkit.fused_layer`` runs one layer-direction as :class:`rnnkit.kernels.fused.FusedLayer`
+does, and ``torch.ops.rnnkit.fused_layer_backward`` its hand-written BPTT; the first has the second
+as its registered autograd formula, and both have fake implementations (shapes only, symbolic sizes
+kept symbolic), so torch.compile keeps a layer as one node of its graph (and its backward as another),
+and torch.export captures it with a dynamic batch and length. An eager call takes the
+autograd.Function instead (:func:`rnnkit.kernels.run_fused`): the same loops, without the
+dispatcher's cost per call.
+
+The operators' outputs are new tensors (an operator's outputs may not share memory): the forward's
+results and the activations its backward reads, which are outputs too so that a compiled graph
+saves them. Registering costs nothing until the loops run: the compiled loops load on first use.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+# Whether torch.onnx.export runs with rnnkit's translation of fused_layer into ONNX's own RNN, GRU
+# and LSTM operators (rnnkit.export sets it for its export); else a layer exports as torch's ops.
+TRANSLATED = False
+
+
+@torch.library.custom_op("rnnkit::fused_layer", mutates_args=())
+def fused_layer(x: Tensor, h0: Tensor, c0: Tensor | None, W_ih: Tensor, W_hh: Tensor, b_ih: Tensor | None,
+                b_hh: Tensor | None, lengths: Tensor | None, code: int,
+                reverse: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """One layer-direction (see FusedLayer): x (B, T, I), h0 and c0 (B, H) (c0 None but for LSTM),
+    torch-layout weights, lengths (B,) int64 or None; ``code`` the loops' cell code. Returns the
+    output (B, T, H), h_n, c_n (B, H; empty but for LSTM), and the activations for the backward:
+    xp (B, T, G*H), hs (B, T+1, H), cs (B, T+1 or 0, H), acts."""
+    from .fused import _forward
+
+    out, h_n, c_n, (_, xp, hs, cs, acts, _, _, _) = _forward(code, reverse, lengths, x, h0, c0, W_ih, W_hh,
+                                                            b_ih, b_hh, store=True)
+    c_n = h0.new_empty(0) if c_n is None else c_n.clone()
+    return out.clone(), h_n.clone(), c_n, xp.clone(), hs.clone(), cs.clone(), acts.clone()
+
+
+@fused_layer.register_fake
+def _(x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, code, reverse):
+    from .loops import ACTS
+
+    B, T, _ = x.shape
+    GH, H = W_hh.shape
+    lstm = c0 is not None
+    return (x.new_empty(B, T, H), x.new_empty(B, H), x.new_empty(B, H) if lstm else x.new_empty(0),
+            x.new_empty(B, T, GH), x.new_empty(B, T + 1, H), x.new_empty(B, T + 1 if lstm else 0, H),
+            x.new_empty(B, T, ACTS[code] * H))
+
+
+@torch.library.custom_op("rnnkit::fused_layer_backward", mutates_args=())
+def fused_layer_backward(dout: Tensor, dh_n: Tensor, dc_n: Tensor, x: Tensor, xp: Tensor, hs: Tensor,
+                         cs: Tensor, acts: Tensor, W_ih: Tensor, W_hh: Tensor, lengths: Tensor | None,
+                         code: int, reverse: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The BPTT of :func:`fused_layer`: from the outputs' gradients (dc_n empty but for LSTM) and its
+    activations, (dx, dh0, dc0 (empty but for LSTM), dW_ih, dW_hh, db_ih, db_hh)."""
+    from . import blas
+    from .fused import _backward, _lengths, loops
+
+    B, T, _ = x.shape
+    GH, H = W_hh.shape
+    lstm = code == loops.LSTM
+    config = (code, reverse, _lengths(lengths, B, T), blas.plan(B, H, GH))
+    grads = _backward(config, (x.contiguous(), xp, hs, cs, acts, W_ih, W_hh.contiguous()), dout,
+                      dh_n, dc_n if lstm else None, (True, True, lstm, True, True, True, True))
+    dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh = grads
+    return (dx.clone(), dh0, x.new_empty(0) if dc0 is None else dc0, dW_ih.clone(), dW_hh.clone(),
+            db_ih.clone(), db_hh.clone())
+
+
+@fused_layer_backward.register_fake
+def _(dout, dh_n, dc_n, x, xp, hs, cs, acts, W_ih, W_hh, lengths, code, reverse):
+    from .loops import LSTM
+
+    B, H = dh_n.shape
+    return (torch.empty_like(x), dh_n.new_empty(B, H), dh_n.new_empty(B, H) if code == LSTM else dh_n.new_empty(0),
+            torch.empty_like(W_ih), torch.empty_like(W_hh),
+            W_hh.new_empty(W_hh.shape[0]), W_hh.new_empty(W_hh.shape[0]))
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, code, reverse = inputs
+    _, _, _, xp, hs, cs, acts = output
+    ctx.save_for_backward(x, xp, hs, cs, acts, W_ih, W_hh, lengths)
+    ctx.config = (code, reverse, c0 is not None, b_ih is not None, b_hh is not None)
+
+
+def _autograd(ctx, dout, dh_n, dc_n, *_activations):
+    """fused_layer's gradients (the activations are outputs for the backward only: theirs are zero)."""
+    x, xp, hs, cs, acts, W_ih, W_hh, lengths = ctx.saved_tensors
+    code, reverse, lstm, has_b_ih, has_b_hh = ctx.config
+    dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh = fused_layer_backward(
+        dout, dh_n, dc_n, x, xp, hs, cs, acts, W_ih, W_hh, lengths, code, reverse)
+    return (dx, dh0, dc0 if lstm else None, dW_ih, dW_hh, db_ih if has_b_ih else None,
+            db_hh if has_b_hh else None, None, None, None)
+
+
+fused_layer.register_autograd(_autograd, setup_context=_setup_context)
