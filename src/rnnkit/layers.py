@@ -94,6 +94,8 @@ def choose_engine(engine: str, x: Tensor, lengths: Tensor | None, torch_serves: 
     torch's op runs this layer (not GRU reset_after=False, nor CustomRNN); ``fused_serves``: whether
     the fused engine runs its configuration (not LSTM with proj_size); ``shape``: the caller's input
     shape, for the errors."""
+    if kernels.op.TRANSLATED and fused_serves and torch.compiler.is_compiling() and kernels.supports(x, lengths):
+        return "fused"  # whatever the engine: rnnkit.export translates the fused operator to ONNX's
     if engine == "reference":
         return "reference"
     if engine == "torch":

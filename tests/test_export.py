@@ -1,0 +1,117 @@
+"""Export: rnnkit.export.to_onnx against PyTorch with onnxruntime at several batch sizes and lengths,
+ONNX's own recurrent operators in the graph; torch.export and torch.onnx.export of modules holding
+rnnkit layers, at least as well as of the same modules holding torch.nn's."""
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import rnnkit
+from rnnkit.errors import ConfigError
+
+onnx = pytest.importorskip("onnx")
+onnxruntime = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+from rnnkit.export import to_onnx, verify  # noqa: E402 - after the skips
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+I, H = 3, 8
+SIZES = ((1, 1), (2, 5), (7, 23))  # (batch, length), none of them the traced (3, 7)
+
+
+class Head(nn.Module):
+    """A recurrent layer read by a linear head at every step, and its final states returned too."""
+
+    def __init__(self, layer: nn.Module, width: int) -> None:
+        super().__init__()
+        self.rnn, self.head = layer, nn.Linear(width, 2)
+
+    def forward(self, x):
+        out, state = self.rnn(x)
+        return self.head(out), state
+
+
+def onnx_ops(path) -> set:
+    return {node.op_type for node in onnx.load(str(path)).graph.node}
+
+
+@pytest.mark.parametrize("name, layer, width, operator", [
+    ("lstm-2-layers-bidirectional", lambda: rnnkit.LSTM(I, H, num_layers=2, bidirectional=True, batch_first=True), 2 * H, "LSTM"),
+    ("gru", lambda: rnnkit.GRU(I, H, batch_first=True), H, "GRU"),
+    ("gru-reset-before-reference", lambda: rnnkit.GRU(I, H, batch_first=True, reset_after=False, engine="reference"), H, "GRU"),
+    ("rnn-relu-no-bias-torch", lambda: rnnkit.RNN(I, H, nonlinearity="relu", bias=False, batch_first=True, engine="torch"), H, "RNN"),
+])
+def test_to_onnx_runs_in_onnxruntime_at_any_batch_and_length(tmp_path, name, layer, width, operator):
+    torch.manual_seed(0)
+    model = Head(layer(), width)
+    path = to_onnx(model, tmp_path / "model.onnx", I)  # (checks itself at two sizes)
+    assert operator in onnx_ops(path)
+    assert verify(model, path, I, sizes=SIZES)
+    assert [o.name for o in onnx.load(str(path)).graph.output][:2] == ["y0", "y1"]
+
+
+def test_to_onnx_of_the_seeds_model_and_sequence_first_input(tmp_path):
+    torch.manual_seed(0)
+    custom = to_onnx(rnnkit.CustomRNN(I, H, 2), tmp_path / "custom.onnx", I)
+    assert "RNN" in onnx_ops(custom)
+    layer = rnnkit.LSTM(I, H)  # (length, batch, features)
+    seq_first = to_onnx(layer, tmp_path / "seq.onnx", I, batch_first=False)
+    assert verify(layer, seq_first, I, batch_first=False, sizes=SIZES)
+
+
+def test_verify_finds_a_different_model(tmp_path):
+    torch.manual_seed(0)
+    model = rnnkit.GRU(I, H, batch_first=True)
+    path = to_onnx(model, tmp_path / "model.onnx", I)
+    with torch.no_grad():
+        model.weight_hh_l0.add_(0.1)
+    with pytest.raises(ConfigError, match="differs from the module"):
+        verify(model, path, I)
+
+
+def test_to_onnx_mistakes_are_one_line_errors(tmp_path):
+    with pytest.raises(ConfigError, match="no projection"):
+        to_onnx(rnnkit.LSTM(I, H, proj_size=2), tmp_path / "p.onnx", I)
+    with pytest.raises(ConfigError, match="input_size"):
+        to_onnx(rnnkit.GRU(I, H), tmp_path / "g.onnx", 0)
+    with pytest.raises(ConfigError, match="nn.Module"):
+        to_onnx(lambda x: x, tmp_path / "f.onnx", I)
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_torch_export_captures_one_operator_a_layer_with_dynamic_batch_and_length(cell):
+    torch.manual_seed(0)
+    ours = {"lstm": rnnkit.LSTM, "gru": rnnkit.GRU, "rnn": rnnkit.RNN}[cell](I, H, num_layers=2, batch_first=True)
+    ref = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[cell](I, H, num_layers=2, batch_first=True)
+    ref.load_state_dict(ours.state_dict())
+    dims = ({0: torch.export.Dim("batch"), 1: torch.export.Dim("length")},)
+    program = torch.export.export(ours, (torch.randn(3, 7, I),), dynamic_shapes=dims)
+    targets = [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
+    assert targets.count("rnnkit.fused_layer.default") == 2
+    for batch, length in SIZES:
+        x = torch.randn(batch, length, I)
+        got, want = program.module()(x), ref(x)
+        torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got[1], want[1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["rnnkit", "torch.nn"])
+def test_torch_onnx_export_takes_a_module_as_it_takes_torch_nns(tmp_path, kind):
+    """torch.onnx.export itself, without rnnkit's translation: rnnkit's GRU exports as torch.nn's
+    does (as torch's op, which the exporter maps to ONNX's GRU), with a dynamic batch."""
+    torch.manual_seed(0)
+    layer = (rnnkit.GRU if kind == "rnnkit" else nn.GRU)(I, H, batch_first=True)
+    model = Head(layer, H).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(model, (torch.randn(3, 7, I),), dynamo=True, input_names=["x"],
+                                    dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+    path = tmp_path / "m.onnx"
+    program.save(str(path))
+    assert "GRU" in onnx_ops(path)
+    assert verify(model, path, I, sizes=((1, 7), (5, 7)))
