@@ -76,7 +76,7 @@ def special_mode(x: Tensor) -> str | None:
     aten ops that the exporter maps), "torch.func" (functorch transforms, forward AD), "jit trace"
     or "autocast" (where torch's op decides the dtype, as torch.nn's does)."""
     if torch.compiler.is_compiling() or type(x) is not Tensor:
-        if torch.onnx.is_in_onnx_export() and not kernels.op.TRANSLATED:
+        if _in_onnx_export() and not kernels.op.TRANSLATED:
             return "onnx"
         return "compile"
     if torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0:
@@ -86,6 +86,16 @@ def special_mode(x: Tensor) -> str | None:
     if torch._C._is_any_autocast_enabled() and torch.is_autocast_enabled(x.device.type):
         return "autocast"
     return None
+
+
+def _in_onnx_export() -> bool:
+    """torch.onnx.is_in_onnx_export(), also where torch.compile's tracer reads it as False (the
+    exporter's capture with torch.export(strict=True)) but the exporter's own flag is set."""
+    try:
+        from torch.onnx._internal.exporter import _flags
+    except ImportError:  # another torch: only the public answer
+        return torch.onnx.is_in_onnx_export()
+    return _flags._is_onnx_exporting or torch.onnx.is_in_onnx_export()
 
 
 def choose_engine(engine: str, x: Tensor, lengths: Tensor | None, torch_serves: bool,
@@ -378,19 +388,24 @@ class RNNBase(nn.Module):
             x = input.unsqueeze(0) if not batched else input if self.batch_first else input.transpose(0, 1)  # (B, T, I)
             lengths = None
         op = self._torch_op
-        engine = choose_engine(self.engine, x, lengths, op is not None, shape, fused_serves=not self.proj_size)
-        if engine == "torch":
-            return self._forward_torch(op, input, hx, weights, packed, batched)
-        if autocast:  # as torch.nn: the recurrence in the dtype torch's op gives under this autocast
+        if autocast and (self.engine == "torch" or (self.engine == "auto" and op is not None)):
+            autocast = False  # torch's op casts as torch.nn's does
+        if not autocast:
+            engine = choose_engine(self.engine, x, lengths, op is not None, shape, fused_serves=not self.proj_size)
+            if engine == "torch":
+                return self._forward_torch(op, input, hx, weights, packed, batched)
+            output, h_n = self._run_layers(engine, x, lengths, hx, weights)
+        else:  # as torch.nn: the recurrence in the dtype torch's op gives under this autocast
             cast = autocast_dtype(op or "gru", device_type, torch.get_autocast_dtype(device_type), first.dtype)
+            if self.engine == "fused" and cast not in kernels.DTYPES:
+                raise ConfigError(f"engine='fused' runs float32/float64, and under this autocast torch.nn "
+                                  f"computes {type(self).__name__} in {cast} (use engine='auto' or 'torch')")
             x = x.to(cast)
             weights = [tuple(None if w is None else w.to(cast) for w in ws) for ws in weights]
             hx = None if hx is None else tuple(h.to(cast) for h in hx)
-            engine = choose_engine(self.engine, x, lengths, False, shape, fused_serves=not self.proj_size)
             with torch.autocast(device_type, enabled=False):
+                engine = choose_engine(self.engine, x, lengths, False, shape, fused_serves=not self.proj_size)
                 output, h_n = self._run_layers(engine, x, lengths, hx, weights)
-        else:
-            output, h_n = self._run_layers(engine, x, lengths, hx, weights)
         if packed:
             output = _repack(output, lengths, input)
         elif not batched:
