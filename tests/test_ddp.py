@@ -208,7 +208,7 @@ def test_sharded_gradients_average_to_the_global_batch_gradient(monkeypatch, row
     total, logged, seen = [torch.zeros_like(g) for g in expected], 0.0, []
     for r in range(world):
         monkeypatch.setattr(distributed, "rank", lambda: r)
-        xs, ys, share = distributed.shard(x, y)
+        (xs, ys), share = distributed.shard(x, y)
         seen += [] if share == 0 else xs.tolist()
         loss = loss_of(xs, ys)
         grads = torch.autograd.grad(distributed.for_backward(loss, share), list(model.parameters()))

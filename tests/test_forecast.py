@@ -36,18 +36,19 @@ def seasonal_series(n=120, seed=0):
 def test_csv_columns_targets_first_and_monthly_season(tmp_path):
     df = seasonal_series(40)
     df.to_csv(tmp_path / "s.csv", index=False)
-    s = read_csv(tmp_path / "s.csv", target="sales", features="price", time_col="month")
+    s = read_csv(tmp_path / "s.csv", target="sales", features="price", time_col="month").series[0]
     assert s.columns == ("sales", "price") and s.n_targets == 1 and s.values.shape == (40, 2)
     np.testing.assert_allclose(s.values[:, 1], df["price"])
-    assert s.freq == "MS" and s.season == 12  # the unused text column "note" is ignored
+    assert s.time.step == "MS" and s.season == 12  # the unused text column "note" is ignored
 
 
 def test_gaps_are_named_by_file_line_unless_filled(tmp_path):
     (tmp_path / "g.csv").write_text("t,y\n1,1.0\n2,\n3,3.0\n4,5.0\n5,\n")
     with pytest.raises(DataError, match=r"missing values in 'y' at lines 3, 6; .*--fill"):
         read_csv(tmp_path / "g.csv", target="y")
-    np.testing.assert_allclose(read_csv(tmp_path / "g.csv", "y", fill="interpolate").values[:, 0], [1, 2, 3, 5, 5])
-    np.testing.assert_allclose(read_csv(tmp_path / "g.csv", "y", fill="ffill").values[:, 0], [1, 1, 3, 5, 5])
+    np.testing.assert_allclose(read_csv(tmp_path / "g.csv", "y", fill="interpolate").series[0].values[:, 0],
+                               [1, 2, 3, 5, 5])
+    np.testing.assert_allclose(read_csv(tmp_path / "g.csv", "y", fill="ffill").series[0].values[:, 0], [1, 1, 3, 5, 5])
     (tmp_path / "h.csv").write_text("t,y\n1,\n2,2\n")
     with pytest.raises(DataError, match="ffill cannot fill the first rows"):
         read_csv(tmp_path / "h.csv", "y", fill="ffill")
@@ -57,7 +58,7 @@ def test_gaps_are_named_by_file_line_unless_filled(tmp_path):
     ("y\n1\nabc\n3\n", {"target": "y"}, r"non-numeric cells at line 3 \(first: 'abc'\)"),
     ("y\n1\n2\n", {"target": "z"}, r"no column 'z'; its columns are: y"),
     ("t,y\n2000-02,1\n2000-01,2\n", {"target": "y", "time_col": "t"}, "does not increase at line 3"),
-    ("t,y\nnot a date,1\n", {"target": "y", "time_col": "t"}, "not dates at line 2"),
+    ("t,y\nnot a date,1\n", {"target": "y", "time_col": "t"}, "not dates, quarters or numbers at line 2"),
     ("", {"target": "y"}, "is empty"),
 ])
 def test_bad_csv_is_a_data_error(tmp_path, text, kwargs, match):
@@ -67,8 +68,8 @@ def test_bad_csv_is_a_data_error(tmp_path, text, kwargs, match):
 
 
 def test_too_short_series_for_seq_length_and_horizon():
-    with pytest.raises(DataError, match="shorter --horizon"):
-        rnnkit.Forecaster(seq_length=10, horizon=8, **FAST).fit(np.arange(30.0), log=None)
+    with pytest.raises(DataError, match="has 2 points; a series needs at least 3"):
+        rnnkit.Forecaster(seq_length=10, horizon=8, **FAST).fit(np.arange(2.0), log=None)
 
 
 # ---- windows, split, scaling -----------------------------------------------------------------------
@@ -161,7 +162,7 @@ def test_direct_multivariate_report_on_the_same_windows(monthly):
 def test_recursive_feeds_back_and_forecasts_any_horizon():
     y = seasonal_series(100)["sales"].to_numpy()
     f = rnnkit.Forecaster(horizon=3, strategy="recursive", seq_length=12, **FAST).fit(y, log=None, progress=False)
-    assert f.model.head.out_features == 1  # one step, fed back
+    assert all(m.head.out_features == 1 for m in f.model.members)  # one step, fed back
     window = y[-12:]
     p5 = f.predict(window, horizon=5)[0, :, 0]
     assert p5.shape == (5,)
@@ -183,10 +184,10 @@ def test_forecast_on_a_longer_history_and_round_trip(monthly, tmp_path):
     longer = pd.concat([df, seasonal_series(130, seed=1).iloc[120:]], ignore_index=True)
     longer["month"] = pd.date_range("2000-01-01", periods=130, freq="MS").strftime("%Y-%m")
     fc = f.forecast(longer)
-    assert list(fc.columns) == ["step", "month", "sales"] and fc["step"].tolist() == [1, 2, 3, 4]
-    assert str(fc["month"].iloc[0].date()) == "2010-11-01"  # the month after row 130
+    assert list(fc.columns) == ["month", "step", "sales"] and fc["step"].tolist() == [1, 2, 3, 4]
+    assert fc["month"].iloc[0] == "2010-11"  # the month after row 130, written as the input writes months
     window = longer[["sales", "price"]].to_numpy()[-24:]
-    np.testing.assert_allclose(fc["sales"].to_numpy(), f.predict(window[None])[0, :, 0])
+    np.testing.assert_allclose(fc["sales"].to_numpy(), f.predict(window[None], at=130)[0, :, 0])
     f.save(tmp_path / "run")
     g = rnnkit.Forecaster.load(tmp_path / "run")
     pd.testing.assert_frame_equal(g.forecast(longer), fc)
@@ -232,7 +233,7 @@ def test_cli_multivariate_csv_train_test_backtest_predict(tmp_path):
     df2.to_csv(tmp_path / "longer.csv", index=False)
     rnnkit_cli("predict", "--run", "r", "--data", "longer.csv", "--out", "fc.csv", "--plot", "fc.png", cwd=tmp_path)
     fc = pd.read_csv(tmp_path / "fc.csv")
-    assert list(fc.columns) == ["step", "month", "sales"] and fc["step"].tolist() == [1, 2, 3]
+    assert list(fc.columns) == ["month", "step", "sales"] and fc["step"].tolist() == [1, 2, 3]
     assert fc["month"].iloc[0].startswith("2008-05")  # the month after the 100th row
     assert (tmp_path / "fc.png").stat().st_size > 10_000
     proc = rnnkit_cli("predict", "--run", "r", "--data", "longer.csv", "--horizon", "5", "--out", "x.csv",

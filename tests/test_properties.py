@@ -61,6 +61,47 @@ def test_splits_are_ordered_and_leak_no_target(n, seq_length, horizon, train_rat
     assert s.fit_end <= n
 
 
+@FAST
+@given(st.data())
+def test_short_windows_repeat_the_first_point_and_mask_the_unknown(data):
+    n = data.draw(st.integers(1, 30))
+    f = data.draw(st.integers(1, 3))
+    series = data.draw(arrays(np.float64, (n, f), elements=st.floats(-1e3, 1e3, width=32)))
+    S, H = data.draw(st.integers(1, 12)), data.draw(st.integers(1, 5))
+    known = data.draw(st.integers(1, n))
+    cols = tuple(data.draw(st.lists(st.integers(0, f - 1), min_size=1, max_size=f, unique=True)))
+    windows = range(1 - S, n - S)
+    x, y, mask = make_windows(series, S, H, windows, cols, known).tensors
+    s32 = series.astype(np.float32)
+    padded = np.concatenate([np.repeat(s32[:1], S - 1, axis=0), s32])  # row i of the series at i + S - 1
+    for k, i in enumerate(windows):
+        np.testing.assert_array_equal(x[k].numpy(), padded[i + S - 1:i + 2 * S - 1])
+        for h in range(H):
+            t = i + S + h
+            if t < known:
+                np.testing.assert_array_equal(y[k, h].numpy(), s32[t, list(cols)])
+                assert mask[k, h].min() == 1
+            else:
+                assert y[k, h].abs().max() == 0 and mask[k, h].max() == 0
+
+
+@FAST
+@given(n=st.integers(3, 300), seq_length=st.integers(1, 60), horizon=st.integers(1, 12),
+       train_ratio=st.floats(0.05, 0.95), val_ratio=st.floats(0.0, 0.9))
+def test_short_splits_train_on_every_series_and_leak_no_target(n, seq_length, horizon, train_ratio, val_ratio):
+    S, H = seq_length, horizon
+    s = chronological_split(n, S, H, train_ratio, val_ratio, short=True)
+    first_targets = lambda r: range(r.start + S, r.stop + S)  # noqa: E731
+    assert len(s.train) >= 1 and s.train.start + S >= 1  # every training window has an input point
+    assert max(first_targets(s.train)) < s.known  # and a known target
+    if len(s.val):  # whole windows, after everything training sees
+        assert min(first_targets(s.val)) == s.known and max(first_targets(s.val)) + H <= s.origin
+    if len(s.test):
+        assert min(first_targets(s.test)) == s.origin >= s.known >= 3 and max(first_targets(s.test)) + H <= n
+    else:
+        assert n - max(H, round((1 - train_ratio) * n)) < 3 and s.known == n
+
+
 # ---- the CSV reader ------------------------------------------------------------------------------------
 
 def write(tmp_path, text: bytes, name="data.csv"):
@@ -74,7 +115,7 @@ def write(tmp_path, text: bytes, name="data.csv"):
 def test_numbers_round_trip_exactly(tmp_path, values):
     cols = [f"c{j}" for j in range(values.shape[1])]
     text = ",".join(cols) + "\n" + "".join(",".join(repr(float(v)) for v in row) + "\n" for row in values)
-    table = read_csv(write(tmp_path, text.encode()), target=cols[0], features=",".join(cols[1:]))
+    table = read_csv(write(tmp_path, text.encode()), target=cols[0], features=",".join(cols[1:])).series[0]
     np.testing.assert_array_equal(table.values, values)
     assert table.columns == tuple(cols) and table.n_targets == 1
 
@@ -87,7 +128,7 @@ def test_missing_cells_are_named_or_filled(tmp_path, values, data):
     path = write(tmp_path, text.encode())
     with pytest.raises(DataError, match=f"missing values in 'y' at lines? {gaps[0] + 2}\\b"):
         read_csv(path, target="y")
-    filled = read_csv(path, target="y", fill="interpolate").values[:, 0]
+    filled = read_csv(path, target="y", fill="interpolate").series[0].values[:, 0]
     assert np.all(np.isfinite(filled))
     keep = [i for i in range(len(values)) if i not in gaps]
     np.testing.assert_array_equal(filled[keep], values[keep])
@@ -114,9 +155,8 @@ def test_a_non_number_is_named_by_its_line(tmp_path, values, data):
 ))
 def test_any_bytes_give_a_series_or_a_data_error(tmp_path, blob):
     try:
-        table = read_csv(write(tmp_path, blob), target="y")
+        table = read_csv(write(tmp_path, blob), target="y").series[0]
     except RnnkitError:
         return
-    # (a header alone is a series of 0 rows; training then reports too few windows)
     assert table.values.dtype == np.float64 and table.values.ndim == 2 and table.values.shape[1] == 1
     assert all(math.isfinite(v) for v in table.values.ravel())

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from . import distributed
-from .config import CSV_PRESET, CELLS, DEVICES, FILLS, LOSS_STEPS, MODELS, SCALINGS, SCHEDULES, STRATEGIES
+from .config import CSV_PRESET, CELLS, DEVICES, FILLS, LOSS_STEPS, LOSSES, MODELS, SCALINGS, SCHEDULES, STRATEGIES
 from .errors import ConfigError, Interrupted, RnnkitError
 
 DEFAULT_RUN = "runs/default"
@@ -44,23 +44,34 @@ TRAIN_FLAGS = [
                               "one row per time step, oldest first; needs --target)"),
     ("--target", "target", str, "CSV: target column(s), comma-separated; they are inputs too"),
     ("--features", "features", str, "CSV: extra input column(s), comma-separated (default: none)"),
-    ("--time-col", "time_col", str, "CSV: time column (dates, increasing); sets --season and the dates of "
-                                    "`rnnkit predict`"),
-    ("--fill", "fill", str, "CSV missing values: none (an error naming the rows, default), interpolate "
-                            "(linear) or ffill (previous value)"),
+    ("--time-col", "time_col", str, "CSV: time column, increasing: dates in any common form, quarters (1959Q1, "
+                                    "1959-Q1), or numbers (years 1821, steps 0.5, 1.0, ...); sets --season "
+                                    "and the times of `rnnkit predict`, written in the column's own form"),
+    ("--date-format", "date_format", str, "CSV: the time column's strftime format where its dates are "
+                                          "ambiguous, e.g. %%d/%%m/%%Y (day first); default: detected"),
+    ("--id-col", "id_col", str, "CSV in the long format (id, time, values): the series id column; one model "
+                                "is trained over every id's series, each scaled on its own"),
+    ("--sep", "sep", str, "CSV: the column separator (default ','; e.g. ';', or '\\t' for tabs)"),
+    ("--fill", "fill", str, "CSV missing values and missing times of a regular grid: none (an error naming "
+                            "them, default), interpolate (linear) or ffill (previous value)"),
     ("--num-samples", "num_samples", int, "points in the generated series (default 1000)"),
-    ("--seq-length", "seq_length", int, "input steps per window; default auto: 50 for the waves (seed), for a "
-                                        "CSV of N points min(max(2*season, N/10), 64, N/4), e.g. 24 for 144 "
-                                        "monthly points"),
+    ("--seq-length", "seq_length", int, "input steps per window; 0 or left out: auto, 50 for the waves "
+                                        "(seed), for a CSV max(2*season, 2*horizon, 4) but at most 64 and "
+                                        "half the (median) series, e.g. 24 for monthly data"),
     ("--horizon", "horizon", int, "steps to forecast (default 1)"),
     ("--strategy", "strategy", str, "multi-step: direct (the head outputs all --horizon steps, default) or "
                                     "recursive (one step, fed back; every input must be a target)"),
-    ("--season", "season", int, "seasonal period for seasonal naive and MASE; default auto: 12 for a monthly "
-                                "--time-col, 4 quarterly, else 1 (MASE scaled by the naive error)"),
+    ("--season", "season", int, "seasonal period (seasonal naive, MASE, seasonal adjustment); default auto "
+                                "from --time-col: yearly 1, quarterly 4, monthly 12, weekly 52, daily 7, "
+                                "hourly 24, half-hourly 48; else 1"),
+    ("--train-ratio", "train_ratio", float, "share of the windows before the test part (default 0.8: a table's "
+                                            "last max(horizon, 20%%) points test)"),
     ("--val-ratio", "val_ratio", float, "share of the training windows, from their end, used to "
                                         "validate and stop early (default 0.1; seed 0)"),
     ("--scaling", "scaling", str, "standard (mean/std of the training part), log (standard on log values; "
-                                  "positive series) or none (seed)"),
+                                  "positive series), none (seed), or auto (a CSV's default: each series log "
+                                  "if positive, seasonally adjusted where seasonal, in units of its mean "
+                                  "absolute change)"),
     ("--batch-size", "batch_size", int, "windows per batch; with --nproc N the global batch, split evenly "
                                        "over the processes (a multiple of N)"),
     ("--model", "model", str, "recurrent (encoder + linear head, default) or custom (the seed's CustomRNN)"),
@@ -70,8 +81,19 @@ TRAIN_FLAGS = [
     ("--dropout", "dropout", float, "dropout between stacked layers"),
     ("--residual", "residual", _yes_no, "yes (default): the head predicts the change from the last value; "
                                         "no: the value itself"),
-    ("--epochs", "epochs", int, "maximum epochs (early stopping may end sooner)"),
+    ("--relative", "relative", _yes_no, "yes (a CSV's default): the network reads each window relative to its "
+                                        "last value; no: as scaled"),
+    ("--linear-skip", "linear_skip", str, "auto (yes for a CSV), yes or no: the head adds a linear "
+                                          "autoregression over the window"),
+    ("--members", "members", int, "an ensemble of this many networks trained together (seeds seed, seed+1, "
+                                  "...); it forecasts their median (a CSV's default 5)"),
+    ("--epochs", "epochs", int, "maximum epochs (early stopping may end sooner); 0: a budget of about 600 "
+                                "steps for the number of windows (a CSV's default)"),
     ("--lr", "lr", float, "Adam learning rate"),
+    ("--weight-decay", "weight_decay", float, "Adam's L2 penalty (default 0)"),
+    ("--loss", "loss", str, "mse (default) or mae (a CSV's default: what MASE and sMAPE score)"),
+    ("--refit", "refit", str, "auto (yes for a CSV), yes or no: after training, train the model that forecasts "
+                              "again on every point, for the epochs validation chose"),
     ("--schedule", "schedule", str, "learning-rate schedule: cosine, plateau or none"),
     ("--clip-grad-norm", "clip_grad_norm", float, "max gradient norm, 0 = no clipping"),
     ("--patience", "patience", int, "epochs without a better validation loss before stopping, 0 = never"),
@@ -83,7 +105,8 @@ TRAIN_FLAGS = [
                                                     "also after the last epoch and on Ctrl-C)"),
 ]
 CHOICES = {"fill": FILLS, "strategy": STRATEGIES, "scaling": SCALINGS, "model": MODELS, "cell": CELLS, "schedule": SCHEDULES,
-           "loss_steps": LOSS_STEPS}
+           "loss_steps": LOSS_STEPS, "loss": LOSSES, "refit": ("auto", "yes", "no"),
+           "linear_skip": ("auto", "yes", "no")}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -264,7 +287,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not distributed.speaks():
         return 0
     h = f.history
-    print(f"Trained {len(h['epoch'])} epochs in {sum(h['time']):.1f}s (kept epoch {h['best_epoch']}); "
+    refit = h.get("refit")
+    again = (f", then {len(refit['epoch'])} on every point in {sum(refit['time']):.1f}s" if refit else "")
+    print(f"Trained {len(h['epoch'])} epochs in {sum(h['time']):.1f}s (kept epoch {h['best_epoch']}){again}; "
           f"run saved to {out}")
     # One process for the whole job saves a torch import and a numba cache load per step (~2 s each).
     after = argparse.Namespace(run=str(out), season=None)
@@ -329,6 +354,9 @@ def cmd_test(args: argparse.Namespace) -> int:
     print(f"\n{m['windows']} test windows, horizon {m['horizon']}, season {m['season']} (MASE < 1: better than "
           f"the training part's seasonal naive error); original units:")
     print(metrics_table({"model": m, **{BASELINE_NAMES[k]: v for k, v in m["baselines"].items()}}))
+    if "series" in m:
+        print(f"(over {len(m['series'])} series: MASE is their mean; each series' metrics are in "
+              f"{Path(args.run) / METRICS})")
     write_json(Path(args.run) / METRICS, m)
     return 0
 
@@ -367,14 +395,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     f = Forecaster.load(args.run)
     history = f.history_series(args.data)
-    fc = f.forecast(history, args.horizon)
+    note = lambda text: print(text, file=sys.stderr)  # noqa: E731
+    fc = f.forecast(history, args.horizon, log=note)
     write_bytes(args.out, fc.to_csv(index=False).encode())
-    print(f"wrote {args.out} ({len(fc)} steps after row {len(history.values)} of "
-          f"{args.data or 'the run series'})")
+    steps = int(fc["step"].max())
+    source = args.data or "the run's series"
+    if history.ids is None:
+        print(f"wrote {args.out} ({steps} steps after row {len(history.series[0].values)} of {source})")
+    else:
+        print(f"wrote {args.out} ({steps} steps after the end of each of the {len(history)} series of {source})")
     if args.plot:
         from .visualize import plot_forecast
 
-        print(f"wrote {plot_forecast(history, fc, args.plot)}")
+        print(f"wrote {plot_forecast(history, fc, args.plot, f.config.data)}")
     return 0
 
 

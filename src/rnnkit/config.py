@@ -34,6 +34,7 @@ MODELS = ("recurrent", "custom")
 CELLS = ("rnn", "lstm", "gru")
 SCHEDULES = ("cosine", "plateau", "none")
 LOSS_STEPS = ("auto", "all", "last")
+LOSSES = ("mse", "mae")
 DEVICES = ("auto", "cpu", "cuda")  # where to train (a flag of `rnnkit train`, not part of a run's config)
 
 
@@ -46,21 +47,30 @@ class DataConfig:
     csv: str = ""                 # source "csv": the file read at training (the run keeps its own copy)
     target: str = ""              # source "csv": target column(s), comma-separated; also inputs
     features: str = ""            # source "csv": extra input column(s), comma-separated
-    time_col: str = ""            # source "csv": time column (sorted, parsed as dates), optional
-    fill: str = "none"            # missing values: "none" (an error naming the rows), "interpolate", "ffill"
-    seq_length: int = 0           # input steps per window; 0 = auto: 50 for the waves (seed), for a CSV
-                                  # min(max(2*season, N//10), 64, N//4) of its N points
+    time_col: str = ""            # source "csv": time column (dates, quarters or numbers, increasing), optional
+    date_format: str = ""         # source "csv": strftime format of the time column's dates where the form is
+                                  # ambiguous (e.g. "%d/%m/%Y"); "" = detected
+    id_col: str = ""              # source "csv": the series id column of a long table (one series per id, one
+                                  # model over all of them); "" = one series
+    sep: str = ","                # source "csv": the file's column separator
+    fill: str = "none"            # missing values and missing times: "none" (an error naming them),
+                                  # "interpolate", "ffill"
+    seq_length: int = 0           # input steps per window; 0 = auto: 50 for the waves (seed), for a table
+                                  # max(2*season, 2*horizon, 4) but at most 64 and half the (median) series
     horizon: int = 1              # target steps per window (forecast steps)
     strategy: str = "direct"      # "direct": the head outputs all horizon steps; "recursive": one step,
                                   # fed back horizon times (needs every input to be a target)
-    season: int = 0               # seasonal period for seasonal naive and MASE; 0 = auto: 12 for a
-                                  # monthly time column, 4 quarterly, else 1
-    train_ratio: float = 0.8      # first 80% of the windows train (plus validation), the rest test (seed)
+    season: int = 0               # seasonal period (seasonal naive, MASE, seasonal adjustment); 0 = auto from
+                                  # the time column: yearly 1, quarterly 4, monthly 12, weekly 52, daily 7,
+                                  # hourly 24, half-hourly 48; else 1
+    train_ratio: float = 0.8      # first 80% of the windows train (plus validation), the rest test (seed); a
+                                  # table's test part is its last max(horizon, 20%) points
     val_ratio: float = 0.1        # this share of the training windows, taken from their end, validates
     batch_size: int = 16          # more, smaller steps learn the jumps sooner (seed: 32)
     scaling: str = "standard"     # "standard" (mean/std fit on the training part only), "log" (standard on
-                                  # log values), "auto" (log if the series is positive, else standard) or
-                                  # "none" (seed)
+                                  # log values), "none" (seed), or "auto" (each series on its own: log if
+                                  # positive, its seasonal indices removed where it shows its season, in
+                                  # units of its mean absolute change)
 
     def validate(self) -> None:
         _choice("data.source", self.source, SOURCES)
@@ -73,6 +83,8 @@ class DataConfig:
         _at_least("data.season", self.season, 0)
         if self.source == "csv" and not self.target.strip():
             raise ConfigError("a CSV series needs its target column(s): --target COL[,COL]")
+        if len(self.sep) != 1 and self.sep != "\\t":
+            raise ConfigError(f"data.sep must be one character, got {self.sep!r}")
         if not 0 < self.train_ratio < 1:
             raise ConfigError(f"data.train_ratio must be between 0 and 1 (exclusive), got {self.train_ratio}")
         if not 0 <= self.val_ratio < 1:
@@ -89,9 +101,13 @@ class ModelConfig:
     num_layers: int = 1           # stacked recurrent layers (recurrent only)
     dropout: float = 0.0          # between stacked layers, as torch.nn (recurrent only)
     residual: bool = True         # the head predicts the change from the last input value (recurrent only)
-    linear_skip: str = "auto"     # "yes": the head adds a linear autoregression over the window, ridge-fit
-                                  # before training (the network learns what it misses); "auto": yes for
-                                  # a CSV series, no for the waves; "no" (recurrent only)
+    relative: bool = False        # the encoder reads the targets relative to the window's last value, so
+                                  # it sees shapes, not levels (recurrent only; the csv preset's default)
+    members: int = 1              # an ensemble of this many networks (seeds seed, seed+1, ...) trained
+                                  # together; it forecasts their median
+    linear_skip: str = "auto"     # "yes": the head adds a linear autoregression over the window (ridge-fit
+                                  # before training, or from zero with --relative yes); "auto": yes for
+                                  # a table, no for the waves; "no" (recurrent only)
 
     def validate(self) -> None:
         _choice("model.model", self.model, MODELS)
@@ -99,24 +115,30 @@ class ModelConfig:
         _choice("model.linear_skip", self.linear_skip, ("auto", "yes", "no"))
         _at_least("model.hidden_size", self.hidden_size, 1)
         _at_least("model.num_layers", self.num_layers, 1)
+        _at_least("model.members", self.members, 1)
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
-        if self.model == "custom" and (self.num_layers != 1 or self.dropout):
-            raise ConfigError("model 'custom' (the seed's CustomRNN) has one layer and no dropout; "
-                              "drop --num-layers/--dropout or use the recurrent model")
+        if self.model == "custom" and (self.num_layers != 1 or self.dropout or self.relative or self.members > 1):
+            raise ConfigError("model 'custom' (the seed's CustomRNN) is one network of one layer, without dropout "
+                              "or relative inputs; drop --num-layers/--dropout/--relative/--members or use the "
+                              "recurrent model")
 
 
 @dataclass
 class TrainConfig:
     """The optimisation: Adam, a learning-rate schedule, clipping, early stopping."""
 
-    epochs: int = 40              # upper bound; early stopping may end sooner (seed: 100)
+    epochs: int = 40              # upper bound; early stopping may end sooner (seed: 100); 0 = auto: a
+                                  # budget of steps for the number of windows (see rnnkit.train.auto_epochs)
     lr: float = 0.01              # Adam learning rate (seed: 0.01)
     weight_decay: float = 0.0     # Adam's L2 penalty
     schedule: str = "cosine"      # "cosine" anneals lr to ~0 over the epochs; "plateau" halves it when the
                                   # validation loss stalls; "none" keeps it constant (seed)
     clip_grad_norm: float = 1.0   # max global gradient norm; 0 turns clipping off (seed)
     patience: int = 10            # stop after this many epochs without a better validation loss; 0 = never
+    loss: str = "mse"             # "mse" or "mae" (the median's loss: what MASE and sMAPE score)
+    refit: str = "auto"           # "yes": after training (validation chose the epochs), train the model that
+                                  # forecasts again on every point; "auto": yes for a table, no for the waves
     loss_steps: str = "auto"      # "all": every step predicts the next value; "last": only the window's
                                   # last step, the seed's target; "auto": "all" where the model can
                                   # (recurrent), else "last" (custom)
@@ -126,7 +148,7 @@ class TrainConfig:
                                   # epochs (and after the last one, and on Ctrl-C)
 
     def validate(self) -> None:
-        _at_least("train.epochs", self.epochs, 1)
+        _at_least("train.epochs", self.epochs, 0)
         _at_least("train.log_every", self.log_every, 1)
         _at_least("train.checkpoint_every", self.checkpoint_every, 1)
         _at_least("train.patience", self.patience, 0)
@@ -136,6 +158,8 @@ class TrainConfig:
             raise ConfigError("train.weight_decay and train.clip_grad_norm must be >= 0")
         _choice("train.schedule", self.schedule, SCHEDULES)
         _choice("train.loss_steps", self.loss_steps, LOSS_STEPS)
+        _choice("train.loss", self.loss, LOSSES)
+        _choice("train.refit", self.refit, ("auto", "yes", "no"))
 
 
 @dataclass
@@ -202,10 +226,12 @@ _CLASSES = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 FIELD_SECTION = {f.name: s for s, c in _CLASSES.items() for f in fields(c)}
 assert len(FIELD_SECTION) == sum(len(fields(c)) for c in _CLASSES.values()), "field names must be unique"
 
-# A real series read from a CSV or a DataFrame (applied by `rnnkit train --data FILE.csv` and
-# Forecaster.fit(table) unless a preset or config is given; flags and settings override it): log scaling
-# where the series is positive, and the network trained slowly on the last step, from the ridge fit of
-# its linear skip. Measured on the airline series (benchmarks/examples_table.py).
+# Real series read from a CSV or a DataFrame (applied by `rnnkit train --data FILE.csv` and
+# Forecaster.fit(table) unless a preset or config is given; flags and settings override it): each
+# series log-scaled where positive and seasonally adjusted where seasonal, read relative to each
+# window's level by an ensemble of small GRUs with a linear skip, trained on the median's loss (MAE)
+# for a budget of steps, then refit on every point. Measured against statistical anchors on real
+# series (benchmarks/forecast_anchors.py).
 CSV_PRESET = "csv"
 
 # The seed's exact setup: CustomRNN(1, 32, 1), Adam 0.01, 100 epochs, batch 32, no scaling, no
@@ -219,8 +245,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                   "clip_grad_norm": 0.0, "patience": 0, "loss_steps": "last"},
     },
     CSV_PRESET: {
-        "data": {"scaling": "auto"},
-        "train": {"lr": 0.001, "loss_steps": "last"},
+        "data": {"scaling": "auto", "batch_size": 64},
+        "model": {"hidden_size": 32, "relative": True, "members": 5},
+        "train": {"lr": 0.003, "loss": "mae", "loss_steps": "last", "epochs": 0, "patience": 0},
     },
 }
 

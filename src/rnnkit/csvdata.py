@@ -1,45 +1,73 @@
-"""Tables as series: a CSV file, a pandas DataFrame or a numpy array -> a float64 (N, F) series with the
-target columns first, checked cell by cell so a user mistake is a :class:`~rnnkit.errors.DataError`
-that names the column and the rows (file lines for a CSV, counting the header as line 1).
+"""Tables as series: a CSV file, a pandas DataFrame / Series or a numpy array -> one series, or a panel
+of many in the long format (an id column, a time column, the values), checked cell by cell so that a
+user mistake is a :class:`~rnnkit.errors.DataError` naming the column and the rows (file lines for a
+CSV, counting the header as line 1).
 
-    read_csv(path, target="passengers", time_col="month")    # -> TableSeries
-    frame_series(df, target="y", features="x1,x2", fill="interpolate")
+    read_csv(path, target="passengers", time_col="month")          # -> Panel of one series
+    frame_panel(df, target="y", time_col="ds", id_col="unique_id")  # -> Panel of every id's series
+    frame_series(df, target="y", features="x1,x2", fill="interpolate")  # -> TableSeries
+
+The time column (:mod:`rnnkit.timeaxis`) puts each series on a regular grid; a time the grid has but
+the table lacks is an error naming it, or a row filled like a missing value (``fill``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
+from . import timeaxis
 from .errors import DataError
+from .timeaxis import TimeAxis
+
+FILL_HINT = "fill them in, or pass --fill interpolate or --fill ffill"
 
 
 class TableSeries(NamedTuple):
-    """A series and what it is made of: values (N, F) float64, targets first, then features."""
+    """One series: values (N, F) float64, targets first, then features; its time grid or None."""
 
     values: np.ndarray
     columns: tuple[str, ...]       # F names, in the values' column order
     n_targets: int                 # the first n_targets columns are the targets
-    time: np.ndarray | None = None  # (N,) datetime64 from the time column, or None
-    freq: str | None = None         # pandas frequency inferred from the time column ("MS", "D", ...)
+    time: TimeAxis | None = None   # the time column's grid, N points
 
     @property
     def season(self) -> int:
-        """The seasonal period the time column implies: 12 monthly, 4 quarterly, else 1."""
-        return season_of(self.freq)
+        """The seasonal period the time column implies (see TimeAxis.season); 1 without one."""
+        return self.time.season if self.time is not None else 1
 
 
-def season_of(freq: str | None) -> int:
-    if not freq or freq[0].isdigit():  # unknown, or "2MS"-like multiples: no guess
-        return 1
-    base = freq.split("-")[0].upper()
-    if base in ("M", "MS", "ME", "BM", "BMS", "BME", "SM", "SMS"):
-        return 12 if not base.startswith("S") else 24
-    if base.startswith("Q") or base.startswith("BQ"):
-        return 4
-    return 1
+class Panel(NamedTuple):
+    """Series that share their columns: one without an id column (``ids`` None), or one per id."""
+
+    series: tuple[TableSeries, ...]
+    ids: tuple | None = None       # each series' id, as the table has it
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return self.series[0].columns
+
+    @property
+    def n_targets(self) -> int:
+        return self.series[0].n_targets
+
+    @property
+    def season(self) -> int:
+        return self.series[0].season
+
+    @property
+    def time(self) -> TimeAxis | None:
+        """The first series' time grid (the step and form every series shares)."""
+        return self.series[0].time
+
+    def label(self, i: int) -> str:
+        """How messages name series i."""
+        return "the series" if self.ids is None else f"id {self.ids[i]!r}"
+
+    def __len__(self) -> int:  # type: ignore[override]
+        return len(self.series)
 
 
 def names(text: str | list | tuple | None) -> list[str]:
@@ -50,14 +78,17 @@ def names(text: str | list | tuple | None) -> list[str]:
     return [t.strip() for t in items if t.strip()]
 
 
-def read_csv(path: str | Path, target: str, features: str = "", time_col: str = "",
-             fill: str = "none") -> TableSeries:
-    """The series in a CSV file with a header row; see :func:`frame_series`."""
+def read_csv(path: str | Path, target: str, features: str = "", time_col: str = "", fill: str = "none",
+             id_col: str = "", date_format: str = "", sep: str = ",") -> Panel:
+    """The series in a CSV file with a header row; see :func:`frame_panel`. The time and id columns
+    are read as text, so that they are kept exactly as written."""
     import pandas as pd
 
     path = Path(path)
+    sep = "\t" if sep == "\\t" else sep  # as typed on a command line
+    text_cols = {c: str for c in (time_col, id_col) if c}
     try:
-        df = pd.read_csv(path, skipinitialspace=True)
+        df = pd.read_csv(path, skipinitialspace=True, dtype=text_cols, sep=sep)
     except FileNotFoundError:
         raise DataError(f"CSV file {path} does not exist") from None
     except IsADirectoryError:
@@ -67,102 +98,204 @@ def read_csv(path: str | Path, target: str, features: str = "", time_col: str = 
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
         first = str(e).strip().splitlines()[0]
         raise DataError(f"cannot read {path} as CSV ({first})") from None
-    return frame_series(df, target, features, time_col, fill, where=str(path), first_line=2)
+    if len(df.columns) == 1 and sep == "," and any(c in str(df.columns[0]) for c in ";\t|"):
+        raise DataError(f"{path} has one column {df.columns[0]!r}: it looks separated by something other "
+                        f"than commas; pass --sep ';' (or the separator it uses)")
+    return frame_panel(df, target, features, time_col, fill, where=str(path), first_line=2, id_col=id_col,
+                       date_format=date_format)
 
 
 def frame_series(df: Any, target: str | list = "", features: str | list = "", time_col: str = "",
-                 fill: str = "none", where: str = "the data", first_line: int | None = None) -> TableSeries:
-    """A DataFrame (or array (N,) / (N, F), whose columns are named "0", "1", ...) as a series.
+                 fill: str = "none", where: str = "the data", first_line: int | None = None,
+                 date_format: str = "") -> TableSeries:
+    """A table without an id column as one series (see :func:`frame_panel`)."""
+    return frame_panel(df, target, features, time_col, fill, where, first_line, date_format=date_format).series[0]
 
-    target: the target column(s), also inputs (an array's default: column "0"); features: extra input
-    columns (an array's default: every other column); time_col: a column of dates in increasing order.
-    fill: "none" (missing values are an error naming the rows), "interpolate" (linear, the ends take
-    the nearest value) or "ffill" (the previous value). ``first_line``: the file line of the first
-    row, for messages (None: rows are counted from 0).
-    """
+
+def as_frame(data: Any, target: str | list = "", features: str | list = "", time_col: str = ""):
+    """(DataFrame, target, features, time_col) of a DataFrame, a pandas Series or an array (N,) /
+    (N, F) (columns "0", "1", ...; target "0" and features the rest unless named). A DatetimeIndex or
+    PeriodIndex becomes the time column (named as the index, else "time") unless one is named; a
+    Series' name is its target."""
     import pandas as pd
 
-    if not isinstance(df, pd.DataFrame):
-        a = np.asarray(df)
+    if isinstance(data, pd.Series):
+        name = str(data.name) if data.name is not None else "0"
+        data = data.to_frame(name)
+        target = target or name
+    if not isinstance(data, pd.DataFrame):
+        a = np.asarray(data)
         if a.ndim not in (1, 2) or a.size == 0:
             raise DataError(f"a series array must be (N,) or (N, features) and not empty, got shape {a.shape}")
         a = a.reshape(len(a), -1)
-        df = pd.DataFrame(a, columns=[str(i) for i in range(a.shape[1])])
+        data = pd.DataFrame(a, columns=[str(i) for i in range(a.shape[1])])
         if not names(target):
-            target, features = "0", features or ",".join(df.columns[1:])
-    df = df.rename(columns=str).reset_index(drop=True)
+            target, features = "0", features or ",".join(data.columns[1:])
+    if not time_col and isinstance(data.index, (pd.DatetimeIndex, pd.PeriodIndex)):
+        time_col = str(data.index.name or "time")
+        data = data.rename_axis(time_col).reset_index()
+    return data.rename(columns=str).reset_index(drop=True), target, features, time_col
+
+
+def frame_panel(df: Any, target: str | list = "", features: str | list = "", time_col: str = "",
+                fill: str = "none", where: str = "the data", first_line: int | None = None, id_col: str = "",
+                date_format: str = "") -> Panel:
+    """A table as a panel: one series, or with ``id_col`` one per id (in the order the ids first
+    appear; an id's rows need not be contiguous, but its times must increase).
+
+    target: the target column(s), also inputs; features: extra input columns; time_col: a column of
+    times (see :mod:`rnnkit.timeaxis`; ``date_format`` a strftime format for ambiguous dates).
+    fill: "none" (missing values and missing times are errors naming them), "interpolate" (linear,
+    the ends take the nearest value) or "ffill" (the previous value), within each series.
+    ``first_line``: the file line of the first row, for messages (None: rows are counted from 0).
+    """
+    import pandas as pd
+
+    df, target, features, time_col = as_frame(df, target, features, time_col)
     targets = names(target)
     if not targets:
         raise DataError(f"name the target column(s) of {where} (--target COL[,COL]); "
                         f"its columns are: {', '.join(df.columns)}")
     feats = [c for c in names(features) if c not in targets]
     cols = targets + feats
-    wanted = cols + ([time_col] if time_col else [])
+    wanted = cols + [c for c in (time_col, id_col) if c]
     missing = [c for c in dict.fromkeys(wanted) if c not in df.columns]
     if missing:
         raise DataError(f"{where} has no column {', '.join(map(repr, missing))}; "
                         f"its columns are: {', '.join(df.columns)}")
-    if time_col in cols:
-        raise DataError(f"column {time_col!r} cannot be both the time column and a target/feature")
+    for role, c in (("time", time_col), ("id", id_col)):
+        if c and c in cols:
+            raise DataError(f"column {c!r} cannot be both the {role} column and a target/feature")
+    if time_col and time_col == id_col:
+        raise DataError(f"column {time_col!r} cannot be both the time column and the id column")
     at = lambda rows: _rows(rows, first_line)  # noqa: E731
+    if len(df) == 0:
+        raise DataError(f"{where} has a header but no rows")
+    values = _numbers(df, cols, where, at)
+    if fill == "none":
+        gaps = np.isnan(values)
+        if gaps.any():
+            which = [c for c, g in zip(cols, gaps.any(axis=0)) if g]
+            raise DataError(f"{where} has missing values in {', '.join(map(repr, which))} at "
+                            f"{at(np.flatnonzero(gaps.any(axis=1)))}; {FILL_HINT}")
 
-    time = freq = None
-    if time_col:
-        t = pd.to_datetime(df[time_col], errors="coerce")
-        bad = np.flatnonzero(t.isna().to_numpy())
-        if len(bad):
-            raise DataError(f"time column {time_col!r} of {where} has values that are not dates at {at(bad)} "
-                            f"(first: {df[time_col].iloc[bad[0]]!r})")
-        back = np.flatnonzero((t.diff() <= pd.Timedelta(0)).to_numpy())
-        if len(back):
-            raise DataError(f"time column {time_col!r} of {where} does not increase at {at(back)}; "
-                            f"sort the rows by time and drop repeated times")
-        time = t.to_numpy()
-        with pd.option_context("future.infer_freq_returns_offset", True):
-            offset = pd.infer_freq(t) if len(t) >= 3 else None
-        freq = offset.freqstr if offset is not None else None
+    groups, ids = _groups(df, id_col, where, at)
+    times = timeaxis.read_times(df[time_col], date_format, time_col, where, at) if time_col else None
+    step = ""
+    if times is not None:
+        for rows in groups:
+            timeaxis.check_increasing(times.points[rows], time_col, where, lambda r, rows=rows: at(rows[r]))
+        try:
+            step = timeaxis.find_grid(times.kind, [times.points[rows] for rows in groups], times.freq)
+        except DataError as e:
+            raise DataError(f"time column {time_col!r} of {where}: {e}; resample the table onto a regular "
+                            f"grid, or leave out --time-col") from None
+    series = []
+    for i, rows in enumerate(groups):
+        v, ax, source = values[rows], None, rows  # source: each value row's table row (-1: a filled time)
+        if times is not None:
+            pos, start = timeaxis.positions(times, step, times.points[rows])
+            ax = timeaxis.axis(times, step, start, int(pos[-1]) + 1)
+            if len(pos) < ax.length:
+                holes = np.setdiff1d(np.arange(ax.length), pos)
+                if fill == "none":
+                    who = "" if ids is None else f" for id {ids[i]!r}"
+                    raise DataError(f"time column {time_col!r} of {where} misses {len(holes)} time"
+                                    f"{'s' if len(holes) > 1 else ''} of its {ax.describe()}{who}: "
+                                    f"{timeaxis.describe_missing(ax, holes)}; add the rows, or pass --fill "
+                                    f"interpolate or --fill ffill to fill them")
+                full = np.full((ax.length, len(cols)), np.nan)
+                full[pos] = v
+                v, source = full, np.full(ax.length, -1)
+                source[pos] = rows
+        v = _filled(v, fill, cols, where, lambda r, source=source: at(source[r][source[r] >= 0]))
+        series.append(TableSeries(v, tuple(cols), len(targets), ax))
+    return Panel(tuple(series), ids)
 
-    values = {}
-    for c in cols:
+
+def _numbers(df, cols: list[str], where: str, at: Callable) -> np.ndarray:
+    """(N, F) float64 of the columns; NaN where a cell is empty."""
+    import pandas as pd
+
+    out = np.empty((len(df), len(cols)))
+    for j, c in enumerate(cols):
         raw = df[c]
         num = pd.to_numeric(raw, errors="coerce")
         bad = np.flatnonzero((num.isna() & raw.notna()).to_numpy())
         if len(bad):
             raise DataError(f"column {c!r} of {where} has non-numeric cells at {at(bad)} "
                             f"(first: {raw.iloc[bad[0]]!r}); fix them, or leave them empty and use --fill")
-        inf = np.flatnonzero(np.isinf(num.to_numpy(dtype=np.float64)))
+        out[:, j] = num.to_numpy(dtype=np.float64, na_value=np.nan)
+        inf = np.flatnonzero(np.isinf(out[:, j]))
         if len(inf):
             raise DataError(f"column {c!r} of {where} has infinite values at {at(inf)}")
-        values[c] = num.astype(np.float64)
-    table = pd.DataFrame(values)
+    return out
+
+
+def _groups(df, id_col: str, where: str, at: Callable) -> tuple[list[np.ndarray], tuple | None]:
+    """Row indices of each series (in the table's order) and the ids, in order of first appearance."""
+    import pandas as pd
+
+    if not id_col:
+        return [np.arange(len(df))], None
+    col = df[id_col]
+    bad = np.flatnonzero(col.isna().to_numpy())
+    if len(bad):
+        raise DataError(f"id column {id_col!r} of {where} is empty at {at(bad)}; every row needs its id")
+    codes, uniques = pd.factorize(col, sort=False)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.flatnonzero(np.diff(codes[order])) + 1
+    return np.split(order, bounds), tuple(uniques.tolist())
+
+
+def _filled(v: np.ndarray, fill: str, cols: list[str], where: str, at: Callable) -> np.ndarray:
+    """Missing values (NaN) filled by ``fill``; what is left is a DataError naming the rows."""
+    import pandas as pd
+
+    if not np.isnan(v).any():
+        return v
+    table = pd.DataFrame(v)
     if fill == "interpolate":
         table = table.interpolate(method="linear", limit_direction="both")
     elif fill == "ffill":
         table = table.ffill()
-    gaps = table.isna().to_numpy()
+    out = table.to_numpy(np.float64)
+    gaps = np.isnan(out)
     if gaps.any():
         rows = np.flatnonzero(gaps.any(axis=1))
         which = [c for c, g in zip(cols, gaps.any(axis=0)) if g]
         hint = ("--fill ffill cannot fill the first rows; use --fill interpolate or drop them" if fill == "ffill"
-                else "fill them in, or pass --fill interpolate or --fill ffill")
+                else FILL_HINT)
         raise DataError(f"{where} has missing values in {', '.join(map(repr, which))} at {at(rows)}; {hint}")
-    return TableSeries(table.to_numpy(np.float64), tuple(cols), len(targets), time, freq)
+    return out
 
 
 def _rows(rows: np.ndarray, first_line: int | None, shown: int = 5) -> str:
     base, word = (first_line, "line") if first_line is not None else (0, "row")
+    rows = np.asarray(rows)
     listed = ", ".join(str(int(r) + base) for r in rows[:shown])
     more = f" and {len(rows) - shown} more" if len(rows) > shown else ""
     return f"{word}{'s' if len(rows) > 1 else ''} {listed}{more}"
 
 
-def write_csv(series: TableSeries, path: str | Path, time_col: str = "") -> None:
-    """The series as a CSV (time column first when there is one), written atomically."""
+def panel_frame(panel: Panel, time_col: str = "", id_col: str = ""):
+    """The panel as a long DataFrame: the id column (when it has ids), the time column in the input's
+    own form (when it has times), then the values."""
     import pandas as pd
 
+    parts = []
+    for i, s in enumerate(panel.series):
+        df = pd.DataFrame(s.values, columns=list(s.columns))
+        if s.time is not None:
+            df.insert(0, time_col or "time", s.time.text())
+        if panel.ids is not None:
+            df.insert(0, id_col or "id", [panel.ids[i]] * len(s.values))
+        parts.append(df)
+    return pd.concat(parts, ignore_index=True)
+
+
+def write_csv(panel: Panel, path: str | Path, time_col: str = "", id_col: str = "") -> None:
+    """The panel as a CSV (see :func:`panel_frame`), written atomically; values exact (17 digits)."""
     from .runs import write_bytes
 
-    df = pd.DataFrame(series.values, columns=list(series.columns))
-    if series.time is not None:
-        df.insert(0, time_col or "time", pd.DatetimeIndex(series.time).strftime("%Y-%m-%d %H:%M:%S"))
-    write_bytes(path, df.to_csv(index=False, float_format="%.17g").encode())
+    write_bytes(path, panel_frame(panel, time_col, id_col).to_csv(index=False, float_format="%.17g").encode())

@@ -206,16 +206,21 @@ def wrap(model: "nn.Module") -> "nn.Module":
     return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
 
-def shard(x: "Tensor", y: "Tensor") -> tuple["Tensor", "Tensor", float]:
-    """This rank's contiguous rows of a global batch and their share of it (rows / global rows); a
+def shard(*batch: "Tensor") -> tuple[tuple, float]:
+    """This rank's contiguous rows of a global batch (x, y[, mask]) and their share of it (rows /
+    global rows; with a mask, known targets / global known targets, since the loss is their mean); a
     rank with no row of a short last batch gets the batch's first row with share 0."""
-    n, r, m = world_size(), rank(), len(x)
+    n, r, m = world_size(), rank(), len(batch[0])
     if n == 1:
-        return x, y, 1.0
+        return batch, 1.0
     lo, hi = r * m // n, (r + 1) * m // n
     if lo == hi:
-        return x[:1], y[:1], 0.0
-    return x[lo:hi], y[lo:hi], (hi - lo) / m
+        return tuple(t[:1] for t in batch), 0.0
+    if len(batch) > 2:
+        share = float(batch[2][lo:hi].sum() / batch[2].sum().clamp_min(1))
+    else:
+        share = (hi - lo) / m
+    return tuple(t[lo:hi] for t in batch), share
 
 
 def for_backward(loss: "Tensor", share: float) -> "Tensor":

@@ -5,11 +5,14 @@ Metrics over forecasts y (N windows, H steps, T targets), error e = prediction -
     MSE = mean(e^2)   RMSE = sqrt(MSE)   MAE = mean(|e|)
     sMAPE = 100 * mean(2 |e| / (|truth| + |prediction|))          (a term with 0/0 counts 0)
     MASE = mean over targets of MAE_target / scale_target, scale = mean |v_t - v_{t-m}| over the
-           training part (the in-sample seasonal-naive error, season m; m = 1: the naive error)
+           training part (the in-sample seasonal-naive error, season m; m = 1: the naive error; the
+           naive error where the training part is not longer than a season or repeats itself
+           every season); for a panel, the mean of the series' MASE
 
 Baselines, on the same test windows: naive (the window's last value, every step), seasonal naive (the
-value one season before each step, within the known past) and a linear autoregression (ridge least
-squares from the window's scaled inputs to its H x T targets, fit on the training windows, the ridge
+value one season before each step, within the known past; the last value where the series is not a
+season long before the window) and a linear autoregression (ridge least squares from the window's
+scaled inputs to its H x T targets, fit on the whole training windows of every series, the ridge
 penalty picked on the validation windows).
 """
 
@@ -42,16 +45,20 @@ def metrics(y_true: np.ndarray, y_pred: np.ndarray, scale: np.ndarray | None = N
 
 
 def mase_scale(train_values: np.ndarray, season: int) -> np.ndarray:
-    """mean |v_t - v_{t-m}| per column of the training part (N, T): MASE's denominator."""
+    """MASE's denominator per column of the training part (N, T): mean |v_t - v_{t-m}|, or the naive
+    error mean |v_t - v_{t-1}| where the part is not longer than m or its seasonal error is 0; NaN
+    where both are 0 (a constant part: MASE is undefined)."""
     if season < 1:
         raise ConfigError(f"--season must be >= 1, got {season}")
+    if len(train_values) < 2:
+        raise DataError(f"the training part has {len(train_values)} point, too few to scale MASE")
+    naive_err = np.abs(np.diff(train_values, axis=0)).mean(axis=0)
     if len(train_values) <= season:
-        raise DataError(f"the training part has {len(train_values)} points, too few for --season {season}")
-    scale = np.abs(train_values[season:] - train_values[:-season]).mean(axis=0)
-    if np.any(scale == 0):
-        raise DataError(f"the training part repeats itself every {season} steps exactly, so MASE is undefined; "
-                        f"use another --season")
-    return scale
+        scale = naive_err
+    else:
+        scale = np.abs(train_values[season:] - train_values[:-season]).mean(axis=0)
+        scale = np.where(scale > 0, scale, naive_err)
+    return np.where(scale > 0, scale, np.nan)
 
 
 def naive(values: np.ndarray, starts: np.ndarray, horizon: int) -> np.ndarray:
@@ -62,11 +69,11 @@ def naive(values: np.ndarray, starts: np.ndarray, horizon: int) -> np.ndarray:
 
 def seasonal_naive(values: np.ndarray, starts: np.ndarray, horizon: int, season: int) -> np.ndarray:
     """Step h (0-based) of the window starting at s is v[s + h - m * (h // m + 1)]: the same phase one
-    season before, never at or after s. -> (W, horizon, T)."""
+    season before, never at or after s; the last value v[s - 1] where that is before the series'
+    start. -> (W, horizon, T)."""
     h = np.arange(horizon)
     idx = starts[:, None] + h - season * (h // season + 1)  # (W, H)
-    if idx.size and idx.min() < 0:
-        raise DataError(f"--season {season} reaches before the start of the series for the first test window")
+    idx = np.where(idx < 0, (starts - 1)[:, None], idx)
     return values[idx]
 
 
@@ -84,16 +91,22 @@ def ridge_predict(w: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 def ridge_ar(train: Any, val: Any, residual: bool = False) -> tuple[np.ndarray, float]:
     """Ridge autoregression on flattened windows: train/val are datasets of scaled windows (x (N, S, F),
-    y (N, H, T)). The penalty with the lowest validation MSE (1e-2 without validation windows).
-    residual=True fits y minus the window's last target values (the recurrent head's residual form).
+    y (N, H, T)[, mask]; windows with a masked target are left out). The penalty with the lowest
+    validation MSE (1e-2 without validation windows). residual=True fits y minus the window's last
+    target values (the recurrent head's residual form).
     -> (weights (S*F + 1, H*T), the last row the intercept; alpha)."""
     def xy(ds):
-        x, y = (t.double().numpy() for t in ds.tensors)
+        x, y, *mask = (t.double().numpy() for t in ds.tensors)
+        if mask:
+            whole = mask[0].reshape(len(x), -1).min(axis=1) > 0
+            x, y = x[whole], y[whole]
         if residual:
             y = y - x[:, -1:, :y.shape[2]]
         return x.reshape(len(x), -1), y.reshape(len(y), -1)
 
     (xt, yt) = xy(train)
+    if len(xt) == 0:
+        raise DataError("no training window holds a whole horizon, too few for the linear AR")
     alpha = 1e-2
     if len(val):
         xv, yv = xy(val)
@@ -102,82 +115,137 @@ def ridge_ar(train: Any, val: Any, residual: bool = False) -> tuple[np.ndarray, 
     return ridge_fit(xt, yt, alpha), alpha
 
 
-def report(forecaster: Any, split: Any, season: int | None = None, baselines: bool = True) -> dict:
-    """The model's test metrics (top level) and, on the same test windows, the baselines' — for a
-    fitted :class:`~rnnkit.Forecaster` and a :class:`~rnnkit.data.Split` of its series (the test part
-    of ``split`` is evaluated; its training part sets MASE's scale and fits the linear AR)."""
-    from .data import split_windows
+def _mean_over_series(rows: list[dict], key: str) -> float:
+    values = [r[key] for r in rows if np.isfinite(r[key])]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def report(forecaster: Any, splits: Any, season: int | None = None, baselines: bool = True) -> dict:
+    """The test model's test metrics (top level) and, on the same test windows, the baselines' — for
+    a fitted :class:`~rnnkit.Forecaster` and the splits of its series (each series' test part is
+    evaluated; its training part sets MASE's scale and fits the linear AR). MSE, RMSE, MAE and
+    sMAPE pool every forecast; MASE is each series' MASE, averaged. A panel's report also lists each
+    series' metrics under "series" (with its "id")."""
+    from .data import Split, window_places
 
     f = forecaster
+    splits = [splits] if isinstance(splits, Split) else list(splits)
     m = season or f.config.data.season or 1
-    values = f.series.values
-    T = f.series.n_targets
-    w = split_windows(values, split, f.scaler, T)
-    _, pred = f.window_predictions(w.test)
-    starts = np.asarray(split.test, dtype=np.int64) + split.seq_length  # (W,) first target of each window
-    targets = values[:, :T]
-    true = targets[starts[:, None] + np.arange(split.horizon)]  # (W, H, T), float64 as read
-    scale = mase_scale(targets[:split.fit_end], m)
-    out: dict = metrics(true, pred, scale)
-    out.update(season=m, windows=len(w.test), horizon=split.horizon)
-    if not baselines:
-        return out
-    weights, alpha = ridge_ar(w.train, w.val)
-    x_test = w.test.tensors[0].double().numpy()
-    ar = ridge_predict(weights, x_test.reshape(len(x_test), -1)).reshape(len(x_test), split.horizon, T)
-    preds = {"naive": naive(targets, starts, split.horizon),
-             "seasonal_naive": seasonal_naive(targets, starts, split.horizon, m),
-             "linear_ar": f.scaler.inverse(ar, list(range(T)))}
-    out["baselines"] = {name: metrics(true, p, scale) for name, p in preds.items()}
-    out["baselines"]["linear_ar"]["ridge_alpha"] = alpha
+    T = f.panel.n_targets
+    H = splits[0].horizon
+    w = f._windows(splits, f.test_scalers)
+    if len(w.test) == 0:
+        raise DataError(f"the series are too short to hold out a test part (a series needs more than "
+                        f"{H} points beyond the first 3); forecast with `rnnkit predict`, or use a shorter --horizon")
+    _, pred = f.window_predictions(w)
+    places = window_places(splits, "test")  # (W, 2): series, first target position
+    values = [s.values[:, :T] for s in f.panel.series]
+    steps = np.arange(H)
+    true = np.stack([values[i][p + steps] for i, p in places])  # (W, H, T), float64 as read
+    scales = {i: mase_scale(values[i][:splits[i].fit_end], m) for i in np.unique(places[:, 0])}
+    preds = {"model": pred}
+    alpha = None
+    if baselines:
+        preds["naive"] = np.stack([naive(values[i], np.array([p]), H)[0] for i, p in places])
+        preds["seasonal_naive"] = np.stack([seasonal_naive(values[i], np.array([p]), H, m)[0] for i, p in places])
+        try:
+            weights, alpha = ridge_ar(w.train, w.val)
+        except DataError:
+            weights = None
+        if weights is not None:
+            x_test = w.test.tensors[0].double().numpy()
+            ar = ridge_predict(weights, x_test.reshape(len(x_test), -1)).reshape(len(x_test), H, T)
+            preds["linear_ar"] = np.empty_like(ar)
+            for i in np.unique(places[:, 0]):
+                rows = np.flatnonzero(places[:, 0] == i)
+                at = places[rows, 1][:, None] + steps
+                preds["linear_ar"][rows] = w.scalers[i].inverse(ar[rows], list(range(T)), at)
+    scores = {}
+    for name, p in preds.items():
+        per = []
+        for i in np.unique(places[:, 0]):
+            rows = np.flatnonzero(places[:, 0] == i)
+            per.append({"series": int(i), **metrics(true[rows], p[rows], scales[i])})
+        out = metrics(true, p)
+        out["mase"] = _mean_over_series(per, "mase")
+        scores[name] = (out, per)
+    out = dict(scores["model"][0])
+    out.update(season=m, windows=len(w.test), horizon=H)
+    if len(f.panel) > 1:
+        ids = f.panel.ids if f.panel.ids is not None else range(len(f.panel))
+        out["series"] = [{"id": _plain(ids[r["series"]]), **{k: v for k, v in r.items() if k != "series"}}
+                         for r in scores["model"][1]]
+    if baselines:
+        out["baselines"] = {name: scores[name][0] for name in BASELINES if name in scores}
+        if alpha is not None:
+            out["baselines"]["linear_ar"]["ridge_alpha"] = alpha
     return out
+
+
+def _plain(v: Any) -> Any:
+    """An id as JSON writes it (numpy integers become ints)."""
+    return v.item() if hasattr(v, "item") else v
 
 
 def backtest(forecaster: Any, folds: int = 3, refit: bool = False, fold_size: int | None = None,
              season: int | None = None, log: Callable[[str], None] | None = None) -> dict:
-    """Rolling-origin evaluation: the last ``folds * P`` points are cut into ``folds`` blocks of P
-    points; fold k forecasts the windows whose targets lie in block k from the points before it.
+    """Rolling-origin evaluation: the last ``folds * P`` points of every series are cut into ``folds``
+    blocks of P points; fold k forecasts the windows whose targets lie in block k from the points
+    before it.
 
-    refit=True: a fresh model (same config, same seed) is trained on the points before each block,
-    with the run's validation share; P defaults to the run's test part. refit=False: the run's model
-    and scaler for every fold; the blocks must lie in its test part, and P defaults to the test part
-    / folds. Returns {"folds": [row per fold], "mean": {metric: mean over folds}, ...}; each row has
-    the model's metrics, the baselines' and origin, train_points, windows.
+    refit=True: a fresh test model (same config, same seed) is trained on the points before each
+    block, with the run's validation share; P defaults to the run's test part (of its shortest
+    series). refit=False: the run's test model and scalers for every fold; the blocks must lie in
+    its test part, and P defaults to the test part / folds. Returns {"folds": [row per fold],
+    "mean": {metric: mean over folds}, ...}; each row has the model's metrics, the baselines' and
+    origin (of the first series), train_points, windows.
     """
-    from .data import Split, fold_split
+    from .data import Split, fold_split, short_windows
 
     f = forecaster
     if folds < 1:
         raise ConfigError(f"--folds must be >= 1, got {folds}")
-    base = f.split()
-    S, H = base.seq_length, base.horizon
-    N = len(f.series.values)
-    test_origin = base.test.start + S  # first point the run never trained on
-    size = fold_size or ((N - test_origin) if refit else (N - test_origin) // folds)
+    base = f.splits()
+    S, H = base[0].seq_length, base[0].horizon
+    short = short_windows(f.config.data)
+    lengths = [len(s.values) for s in f.panel.series]
+    tested = [n > sp.origin for n, sp in zip(lengths, base)]  # (a series too short for a test part has none)
+    held = min((n - sp.origin for n, sp, t in zip(lengths, base, tested) if t), default=0)
+    if held < H:
+        raise ConfigError(f"the series are too short to hold out a test part of --horizon {H} points; "
+                          f"use a shorter --horizon")
+    size = fold_size or (held if refit else held // folds)
     if size < H:
         raise ConfigError(f"each fold needs at least --horizon {H} points, got {size}; use fewer --folds "
                           f"or a larger --fold-size")
-    start = N - folds * size
-    if not refit and start < test_origin:
-        raise ConfigError(f"without --refit the folds must lie in the run's test part (the last "
-                          f"{N - test_origin} points), but {folds} folds of {size} points start at point "
-                          f"{start}; use --refit, fewer --folds or a smaller --fold-size")
+    if not refit and folds * size > held:
+        raise ConfigError(f"without --refit the folds must lie in the run's test part (the last {held} points), "
+                          f"but {folds} folds of {size} points take {folds * size}; use --refit, fewer --folds "
+                          f"or a smaller --fold-size")
     rows = []
     for k in range(folds):
-        origin = start + k * size
-        if refit:
-            split = fold_split(origin, origin + size, S, H, f.config.data.val_ratio)
-            model = f.refit(split)
-        else:
-            fold = fold_split(origin, origin + size, S, H)
-            split, model = Split(base.train, base.val, fold.test, S, H), f
-        row = report(model, split, season)
-        row.update(fold=k + 1, origin=origin, train_points=split.fit_end)
+        splits = []
+        for n, sp, t in zip(lengths, base, tested):
+            origin = n - (folds - k) * size
+            if not t:
+                splits.append(sp)
+            elif refit:
+                if origin < (3 if short else S + H):
+                    raise ConfigError(f"{folds} folds of {size} points leave a series of {n} points "
+                                      f"{max(origin, 0)} to train on; use fewer --folds or a smaller --fold-size")
+                splits.append(fold_split(origin, origin + size, S, H, f.config.data.val_ratio, short=short))
+            else:
+                fold = fold_split(origin, origin + size, S, H, short=short)
+                splits.append(Split(sp.train, sp.val, fold.test, S, H, sp.known))
+        model = f.refit(splits) if refit else f
+        row = report(model, splits, season)
+        row.pop("series", None)
+        row.update(fold=k + 1, origin=splits[0].origin, train_points=sum(sp.fit_end for sp in splits))
         rows.append(row)
         if log is not None:
-            log(f"fold {k + 1}/{folds}: origin {origin}, {row['windows']} windows, MASE {row['mase']:.3f}")
+            log(f"fold {k + 1}/{folds}: origin {row['origin']}, {row['windows']} windows, MASE {row['mase']:.3f}")
     keys = ("mse", "rmse", "mae", "smape", "mase")
     mean = {k: float(np.mean([r[k] for r in rows])) for k in keys}
     mean["baselines"] = {b: {k: float(np.mean([r["baselines"][b][k] for r in rows])) for k in keys}
-                         for b in BASELINES}
+                         for b in BASELINES if all(b in r["baselines"] for r in rows)}
     return {"folds": rows, "mean": mean, "refit": refit, "fold_size": size, "season": rows[0]["season"]}

@@ -8,53 +8,65 @@ thin layer over it.
     g = rnnkit.Forecaster.load("runs/nb")
     g.predict(window)                 # window: (seq_length,) or (N, seq_length[, features]) array
 
-    # a real series: a CSV path, a DataFrame or an array; 12 steps ahead
+    # a real series: a CSV path, a DataFrame, a pandas Series or an array; 12 steps ahead
     f = rnnkit.Forecaster(horizon=12).fit("examples/airline_passengers.csv", target="passengers",
                                           time_col="month")
     f.evaluate(baselines=True)        # + naive, seasonal naive and linear AR on the same windows
-    f.forecast()                      # DataFrame: step 1..12, passengers (+ month)
+    f.forecast()                      # DataFrame: step 1..12, month (as the file writes it), passengers
     f.backtest(folds=3, refit=True)   # rolling origin
+
+    # many series in the long format: one model over all of them
+    f = rnnkit.Forecaster(horizon=6).fit(df, target="y", time_col="ds", id_col="unique_id")
+    f.forecast()                      # DataFrame: unique_id, ds, step, y
+
+A table's run keeps two models: the *test model*, trained without the test part (what ``evaluate``,
+``backtest`` and the plots score), and the model that forecasts, trained again on every point for
+the epochs that validation chose (``refit``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch.utils.data import TensorDataset
 
 from . import __version__, distributed
 from .config import CSV_PRESET, RunConfig, resolve
-from .csvdata import TableSeries, frame_series, names, read_csv, write_csv
-from .data import (Scaler, Split, Windows, chronological_split, load_series, make_loaders, resolve_data,
-                   split_windows)
+from .csvdata import Panel, TableSeries, as_frame, frame_panel, names, read_csv, write_csv
+from .data import (Scaler, Split, Windows, load_series, make_loaders, resolve_data, short_windows, split_panel,
+                   split_windows, window_places)
 from .errors import ConfigError, DataError, RunError, ShapeError
 from .evaluate import backtest as run_backtest
-from .evaluate import metrics, report, ridge_ar
+from .evaluate import report, ridge_ar
 from .models import build_model, init_linear_skip
-from .runs import (begin_run, load_checkpoint, load_run, load_seed_checkpoint, meta_digest, read_config,
-                   read_meta, save_checkpoint, save_run)
+from .runs import (HISTORY, TEST_WEIGHTS, begin_run, load_checkpoint, load_run, load_seed_checkpoint, load_weights,
+                   meta_digest, read_config, read_json, read_meta, save_checkpoint, save_run, save_weights,
+                   write_json)
+from .train import auto_epochs
 from .train import fit as train_model
 
 SPLITS = ("train", "val", "test")
-SERIES = "series.csv"  # a CSV run keeps the series it was trained on, so test/backtest need no outside file
+SERIES = "series.csv"  # a table's run keeps the series it was trained on, so test/backtest need no outside file
+MIN_BATCHES = 10  # a table's training epoch is at least this many batches (its windows repeated)
 
 
 class Forecaster:
-    """A forecaster of the next value(s) of a series: data, model and training from one RunConfig.
+    """A forecaster of the next value(s) of a series, or of many series with one model: data, model and
+    training from one RunConfig.
 
     ``Forecaster(config=None, preset=None, **settings)``: settings are any field of DataConfig,
     ModelConfig or TrainConfig by name (``source``, ``seq_length``, ``horizon``, ``strategy``,
     ``cell``, ``hidden_size``, ``epochs``, ``lr``, ...), applied over ``config`` (or over the
-    defaults / the named preset).
+    defaults / the named preset; a table given to :meth:`fit` takes the "csv" preset).
 
-    After :meth:`fit` (or :meth:`load`): ``model`` (an nn.Module), ``scaler`` (fit on the training
-    part), ``series`` (the TableSeries trained on) and ``history`` (per-epoch losses); ``config``
-    holds the resolved settings (seq_length and season made concrete).
+    After :meth:`fit` (or :meth:`load`): ``panel`` (the series trained on; ``series`` the first),
+    ``model`` (the nn.Module that forecasts) and ``scalers`` (one per series), ``test_model`` and
+    ``test_scalers`` (trained without the test part; the same objects where there is no refit),
+    ``history`` (per-epoch losses, the refit's under "refit"); ``config`` holds the resolved
+    settings (seq_length and season made concrete).
     """
 
     def __init__(self, config: RunConfig | None = None, *, preset: str | None = None, **settings: Any) -> None:
@@ -65,28 +77,45 @@ class Forecaster:
         self._csv_defaults = config is None and preset is None  # fit(table) may switch to the csv preset
         self._settings = settings
         self.model: torch.nn.Module | None = None
-        self.scaler: Scaler | None = None
-        self.series: TableSeries | None = None
+        self.test_model: torch.nn.Module | None = None
+        self.scalers: list[Scaler] | None = None
+        self.test_scalers: list[Scaler] | None = None
+        self.panel: Panel | None = None
         self.history: dict | None = None
 
     def __repr__(self) -> str:
         m = self.config.model
         what = "CustomRNN" if m.model == "custom" else f"{m.cell.upper()}"
-        return (f"Forecaster({what}, hidden_size={m.hidden_size}, num_layers={m.num_layers}, "
+        series = "" if self.panel is None or len(self.panel) == 1 else f", {len(self.panel)} series"
+        return (f"Forecaster({what}, hidden_size={m.hidden_size}, num_layers={m.num_layers}{series}, "
                 f"{'fitted' if self.model is not None else 'not fitted'})")
+
+    @property
+    def series(self) -> TableSeries | None:
+        """The series trained on (the first one of a panel)."""
+        return None if self.panel is None else self.panel.series[0]
+
+    @property
+    def scaler(self) -> Scaler | None:
+        """The test model's scaler of the first series (the only one of a single series)."""
+        return None if self.test_scalers is None else self.test_scalers[0]
 
     # ---- training ---------------------------------------------------------------------------
 
     def fit(self, data: Any = None, *, target: str | list | None = None, features: str | list | None = None,
-            time_col: str | None = None, fill: str | None = None, log: Callable[[str], None] | None = print,
-            progress: bool | None = None, run_dir: str | Path | None = None, force: bool = False,
+            time_col: str | None = None, id_col: str | None = None, date_format: str | None = None,
+            fill: str | None = None, log: Callable[[str], None] | None = print, progress: bool | None = None,
+            run_dir: str | Path | None = None, force: bool = False,
             device: str | torch.device = "auto") -> "Forecaster":
         """Build the data and the model from the config and train; returns self.
 
-        data: None (the config's series: a seed wave or its ``csv``), a CSV path, a pandas DataFrame or
-        an array (N,) / (N, F) (columns "0", "1", ...; target "0" by default). target / features
-        (column names, a list or "a,b"), time_col and fill override the config's.
-        log: where the seed's epoch lines go (None: silent). progress: tqdm bar (None: on a terminal).
+        data: None (the config's series: a seed wave or its ``csv``), a CSV path, a pandas DataFrame
+        (long format with ``id_col``: one series per id), a pandas Series (its name the target) or an
+        array (N,) / (N, F) (columns "0", "1", ...; target "0" by default). A DataFrame's or Series'
+        DatetimeIndex / PeriodIndex is its time column unless ``time_col`` names one.
+        target / features (column names, a list or "a,b"), time_col, id_col, date_format and fill
+        override the config's. log: where the epoch lines and notes go (None: silent). progress: tqdm
+        bar (None: on a terminal).
         run_dir: train into this run directory: config.json first, a checkpoint every
         ``checkpoint_every`` epochs (see :meth:`resume`), the saved run at the end; a directory that
         already holds a run is refused unless ``force`` (which replaces it).
@@ -94,96 +123,163 @@ class Forecaster:
         torch.device; the trained model is returned on the CPU. Under torchrun (a process group is up)
         it trains with DistributedDataParallel and only rank 0 writes ``run_dir``.
         """
-        columns = {"target": target, "features": features, "time_col": time_col, "fill": fill}
+        given = {"target": target, "features": features, "time_col": time_col, "id_col": id_col,
+                 "date_format": date_format, "fill": fill}
         settings = {k: ",".join(names(v)) if k in ("target", "features") and v is not None else v
-                    for k, v in columns.items()}
+                    for k, v in given.items()}
         table = None
         if isinstance(data, (str, Path)):
             settings.update(source="csv", csv=str(data))
         elif data is not None:
-            settings.update(source="csv", csv="")
-            table = data
-            if settings["target"] is None and not self.config.data.target:
-                settings["target"] = ""  # an array's default target; a DataFrame's is an error
+            table, tgt, feats, tcol = as_frame(data, settings["target"] or self.config.data.target,
+                                               settings["features"] or self.config.data.features,
+                                               settings["time_col"] or self.config.data.time_col)
+            settings.update(source="csv", csv="", target=",".join(names(tgt)), features=",".join(names(feats)),
+                            time_col=tcol)
         base = self.config
         if self._csv_defaults and "source" in settings and self.config.data.source != "csv":
             base = resolve(CSV_PRESET).override(**self._settings)
         cfg = base.override(**settings)
         if table is None:
             cfg.validate()
-        series = load_series(cfg.data, table)
-        if table is not None and not cfg.data.target:  # an array: record the columns frame_series chose
-            cfg = cfg.override(target=",".join(series.columns[:series.n_targets]),
-                               features=",".join(series.columns[series.n_targets:]))
-        cfg = dataclasses.replace(cfg, data=resolve_data(cfg.data, series)).validate()
-        self.config, self.series = cfg, series
-        d = cfg.data
-        self._train(chronological_split(len(series.values), d.seq_length, d.horizon, d.train_ratio, d.val_ratio),
-                    log, progress, run_dir=run_dir, force=force, device=device)
+        panel = load_series(cfg.data, table)
+        cfg = dataclasses.replace(cfg, data=resolve_data(cfg.data, panel)).validate()
+        self.config, self.panel = cfg, panel
+        self._train(log, progress, run_dir=run_dir, force=force, device=device)
         return self
 
-    def _train(self, split: Split, log: Callable[[str], None] | None = None, progress: bool | None = False,
-               run_dir: str | Path | None = None, resume: bool = False, force: bool = False,
-               device: str | torch.device = "auto") -> None:
+    def splits(self, whole: bool = False) -> list[Split]:
+        """Each series' split: the test model's (``whole``: the refit's, every point training)."""
+        if self.panel is None:
+            raise RunError("this Forecaster is not trained yet; call .fit() or Forecaster.load(DIR) first")
+        return split_panel(self.panel, self.config.data, whole)
+
+    def split(self) -> Split:
+        """The first series' split (the only one of a single series)."""
+        return self.splits()[0]
+
+    def refits(self) -> bool:
+        """Whether the model that forecasts is trained again on every point ("auto": for tables)."""
+        r = self.config.train.refit
+        return r == "yes" or (r == "auto" and short_windows(self.config.data))
+
+    def _values(self) -> list[np.ndarray]:
+        return [s.values for s in self.panel.series]
+
+    def _windows(self, splits: list[Split], scalers: list[Scaler] | None = None) -> Windows:
+        d = self.config.data
+        return split_windows(self._values(), splits, scalers or d.scaling, self.panel.n_targets, d.season)
+
+    def _train(self, log: Callable[[str], None] | None = None, progress: bool | None = False,
+               run_dir: str | Path | None = None, force: bool = False, resume: bool = False,
+               device: str | torch.device = "cpu", splits: list[Split] | None = None) -> None:
+        """Train the test model on its splits (or ``splits``), then (``refits``) the model that
+        forecasts on every point; into ``run_dir`` when given (``resume``: from its files and last
+        checkpoint)."""
         cfg = self.config
         device = distributed.resolve_device(device)
         main = distributed.is_main()  # under DDP only rank 0 writes the run directory
-        windows = split_windows(self.series.values, split, cfg.data.scaling, self.series.n_targets)
-        if cfg.data.strategy == "recursive":  # train one step ahead; forecasts are fed back
-            one = lambda ds: TensorDataset(ds.tensors[0], ds.tensors[1][:, :1])  # noqa: E731
-            windows = windows._replace(train=one(windows.train), val=one(windows.val))
-        loaders = make_loaders(windows, cfg.data.batch_size, cfg.train.seed)
-        torch.manual_seed(cfg.train.seed)  # the initial weights
-        x, y = windows.train.tensors
-        self.model = self._build(x.shape[-1], y.shape[1] * y.shape[2], y.shape[2])
-        self.scaler = windows.scaler
-        if self._io.get("linear_window"):  # start from the ridge AR of the same windows
-            weights, _ = ridge_ar(windows.train, windows.val, residual=self.config.model.residual)
-            init_linear_skip(self.model, torch.as_tensor(weights))
-        train_cfg = dataclasses.replace(cfg.train, loss_steps=self.loss_steps())
-        checkpoint = start = None
-        if run_dir is not None:
-            meta = self._meta()
-            if not resume:
-                if main:
-                    begin_run(run_dir, meta, force)
-                    self._save_series(run_dir)
-            elif meta_digest(meta) != meta_digest(read_meta(run_dir)):
-                raise RunError(f"{Path(run_dir) / 'config.json'} no longer matches what its settings and data give "
-                               f"(edited, or another rnnkit version); retrain with --force")
-            else:
-                start = load_checkpoint(run_dir, meta)
-            checkpoint = functools.partial(save_checkpoint, run_dir, meta)
-        self.model.to(device)
-        self.history = train_model(self.model, loaders.train, loaders.val, train_cfg, log=log, progress=progress,
-                                   checkpoint=checkpoint, resume=start)
-        self.model.cpu()  # inference and saving run on the CPU
+        windows = self._windows(splits or self.splits())
+        final = self._windows(self.splits(whole=True)) if self.refits() else None
+        self.test_scalers = list(windows.scalers)
+        self.scalers = list(final.scalers) if final is not None else self.test_scalers
+        x, y = windows.train.tensors[:2]
+        steps = 1 if cfg.data.strategy == "recursive" else y.shape[1]  # recursive: one step, fed back
+        self._io = self._sizes(x.shape[-1], steps * y.shape[2], y.shape[2])
+        meta = self._meta()
+        if run_dir is not None and not resume and main:
+            begin_run(run_dir, meta, force)
+            self._save_series(run_dir)
+        elif run_dir is not None and resume and meta_digest(meta) != meta_digest(read_meta(run_dir)):
+            raise RunError(f"{Path(run_dir) / 'config.json'} no longer matches what its settings and data give "
+                           f"(edited, or another rnnkit version); retrain with --force")
+        if log is not None and short_windows(cfg.data) and not len(windows.val):
+            log(f"note: the series are too short to hold out validation windows; training for a fixed budget "
+                f"of epochs, without early stopping")
+        done = run_dir is not None and resume and (Path(run_dir) / TEST_WEIGHTS).exists()
+        if done:  # the test model was finished before the run stopped
+            self.test_model = self._build_model()
+            self.test_model.load_state_dict(load_weights(Path(run_dir) / TEST_WEIGHTS, meta))
+            self.history = read_json(Path(run_dir) / HISTORY)
+        else:
+            self.test_model, self.history = self._phase("test", windows, None, log, progress, run_dir, meta,
+                                                        resume, device)
+            if run_dir is not None and main and final is not None:  # kept, should the refit be stopped
+                save_weights(Path(run_dir) / TEST_WEIGHTS, self.test_model.state_dict(), meta)
+                write_json(Path(run_dir) / HISTORY, self.history)
+        self.model = self.test_model
+        if final is not None:
+            epochs = self.history["best_epoch"] if len(windows.val) else None
+            if log is not None:
+                log(f"refit on all {sum(len(s.values) for s in self.panel.series)} points"
+                    + (f" for the {epochs} epochs validation chose" if epochs else ""))
+            self.model, self.history["refit"] = self._phase("final", final, epochs, log, progress, run_dir, meta,
+                                                            resume, device)
         if run_dir is not None and main:
             self.save(run_dir)
 
-    def refit(self, split: Split) -> "Forecaster":
-        """A new Forecaster with this one's config and series, trained (silently) on ``split``."""
-        g = Forecaster(self.config)
-        g.series = self.series
-        g._train(split)
+    def _phase(self, phase: str, windows: Windows, epochs: int | None, log, progress, run_dir, meta: dict,
+               resume: bool, device) -> tuple[torch.nn.Module, dict]:
+        """Train one model on ``windows``: the test model ("test", early stopping on the validation
+        windows) or the model that forecasts ("final": ``epochs``, or the config's / the automatic
+        budget, without validation). Returns the model (on the CPU) and its history."""
+        cfg = self.config
+        if cfg.data.strategy == "recursive":  # train one step ahead; forecasts are fed back
+            windows = windows._replace(train=_one_step(windows.train), val=_one_step(windows.val))
+        if short_windows(cfg.data):  # a few windows: an epoch goes over them several times
+            windows = windows._replace(train=_repeated(windows.train, cfg.data.batch_size * MIN_BATCHES))
+        loaders = make_loaders(windows, cfg.data.batch_size, cfg.train.seed)
+        torch.manual_seed(cfg.train.seed)  # the initial weights
+        model = self._build_model()
+        if self._io["linear_window"] and not cfg.model.relative:  # start from the ridge AR of the same windows
+            weights, _ = ridge_ar(windows.train, windows.val, residual=cfg.model.residual)
+            init_linear_skip(model, torch.as_tensor(weights))
+        train_cfg = dataclasses.replace(cfg.train, loss_steps=self.loss_steps(),
+                                        epochs=epochs or cfg.train.epochs or
+                                        auto_epochs(len(windows.train), cfg.data.batch_size))
+        checkpoint = start = None
+        if run_dir is not None:
+            if resume:
+                found = load_checkpoint(run_dir, meta)
+                if found is not None and found[1].get("phase", "test") == phase:
+                    start = found
+            checkpoint = lambda tensors, state: save_checkpoint(run_dir, meta, tensors,  # noqa: E731
+                                                                {**state, "phase": phase})
+        model.to(device)
+        history = train_model(model, loaders.train, loaders.val, train_cfg, log=log, progress=progress,
+                              checkpoint=checkpoint, resume=start)
+        return model.cpu(), history  # inference and saving run on the CPU
+
+    def refit(self, splits: list[Split] | Split) -> "Forecaster":
+        """A new Forecaster with this one's config and series whose test model is trained (silently)
+        on ``splits`` (one per series; a Split for a single series)."""
+        g = Forecaster(dataclasses.replace(self.config, train=dataclasses.replace(self.config.train, refit="no")))
+        g.panel = self.panel
+        g._train(splits=[splits] if isinstance(splits, Split) else list(splits))
         return g
 
     def loss_steps(self) -> str:
-        """The training target the config resolves to: "all" or "last" ("auto": all unless custom)."""
+        """The training target the config resolves to: "all" or "last" ("auto": all unless custom or a
+        table's short windows)."""
         steps = self.config.train.loss_steps
         if steps == "auto":
-            return "last" if self.config.model.model == "custom" else "all"
+            return "last" if self.config.model.model == "custom" or short_windows(self.config.data) else "all"
+        if steps == "all" and short_windows(self.config.data):
+            raise ConfigError("--loss-steps all needs whole windows; a table's short windows train the last step "
+                              "(--loss-steps last)")
         return steps
 
-    def _build(self, input_size: int, output_size: int, n_targets: int, linear_window: int | None = None) -> torch.nn.Module:
+    def _sizes(self, input_size: int, output_size: int, n_targets: int) -> dict:
         m = self.config.model
-        if linear_window is None:
-            on = m.linear_skip == "yes" or (m.linear_skip == "auto" and self.config.data.source == "csv")
-            linear_window = self.config.data.seq_length if on and m.model == "recurrent" else 0
-        self._io = {"input_size": input_size, "output_size": output_size, "n_targets": n_targets,
-                    "linear_window": linear_window}
-        return build_model(m.model, m.cell, input_size, m.hidden_size, output_size, m.num_layers, m.dropout,
-                           m.residual, n_targets, linear_window)
+        on = m.linear_skip == "yes" or (m.linear_skip == "auto" and self.config.data.source == "csv")
+        linear_window = self.config.data.seq_length if on and m.model == "recurrent" else 0
+        return {"input_size": input_size, "output_size": output_size, "n_targets": n_targets,
+                "linear_window": linear_window}
+
+    def _build_model(self) -> torch.nn.Module:
+        m, io = self.config.model, self._io
+        return build_model(m.model, m.cell, io["input_size"], m.hidden_size, io["output_size"], m.num_layers,
+                           m.dropout, m.residual, io["n_targets"], io["linear_window"], m.relative, m.members)
 
     def _fitted(self) -> torch.nn.Module:
         if self.model is None:
@@ -193,10 +289,11 @@ class Forecaster:
     # ---- inference --------------------------------------------------------------------------
 
     @torch.no_grad()
-    def _forecast(self, x_scaled: torch.Tensor, horizon: int | None = None) -> np.ndarray:
+    def _forecast(self, x_scaled: torch.Tensor, horizon: int | None = None, model: torch.nn.Module | None = None
+                  ) -> np.ndarray:
         """Scaled forecasts (N, horizon, targets) after each scaled window x (N, S, F): one pass of the
         direct head (its first ``horizon`` steps), or one step at a time fed back (recursive)."""
-        model = self._fitted().eval()
+        model = (model or self._fitted()).eval()
         T = self._io["n_targets"]
         trained = self.config.data.horizon
         H = horizon or trained
@@ -215,36 +312,44 @@ class Forecaster:
             pred = torch.cat(steps, dim=1)  # (N, H, T)
         return pred.double().numpy()
 
-    def split(self) -> Split:
-        """The run's chronological split of its series."""
-        self._fitted()
-        d = self.config.data
-        return chronological_split(len(self.series.values), d.seq_length, d.horizon, d.train_ratio, d.val_ratio)
-
     def windows(self) -> Windows:
-        """The run's windows (scaled with the fitted scaler)."""
-        return split_windows(self.series.values, self.split(), self.scaler, self.series.n_targets)
+        """The test model's windows (scaled with its scalers)."""
+        self._fitted()
+        return self._windows(self.splits(), self.test_scalers)
 
-    def window_predictions(self, windows: TensorDataset) -> tuple[np.ndarray, np.ndarray]:
-        """(true, predicted) of scaled windows, each (N, horizon, targets), in original units."""
-        x, y = windows.tensors
-        pred = self._forecast(x, y.shape[1])
-        cols = list(range(y.shape[2]))  # target columns of the series (the first ones)
-        return self.scaler.inverse(y.double().numpy(), cols), self.scaler.inverse(pred, cols)
+    def window_predictions(self, windows: Windows, part: str = "test") -> tuple[np.ndarray, np.ndarray]:
+        """(true, predicted) of the test model on a part's scaled windows, each (N, horizon, targets), in
+        original units (a masked target's "true" value is meaningless)."""
+        x, y = getattr(windows, part).tensors[:2]
+        pred = self._forecast(x, y.shape[1], self.test_model)
+        true = y.double().numpy()
+        cols = list(range(y.shape[2]))
+        places = window_places(windows.splits, part)  # (W, 2): series, first target position
+        out_true, out_pred = np.empty_like(true), np.empty_like(pred)
+        for i in np.unique(places[:, 0]):
+            rows = np.flatnonzero(places[:, 0] == i)
+            at = _steps(places[rows, 1], y.shape[1])  # (W_i, H) positions of the targets
+            out_true[rows] = windows.scalers[i].inverse(true[rows], cols, at)
+            out_pred[rows] = windows.scalers[i].inverse(pred[rows], cols, at)
+        return out_true, out_pred
 
     def predictions(self, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
-        """(true, predicted) of every window of a split, each (N, horizon, targets), original units."""
+        """(true, predicted) of every window of a part of the test model's splits, each
+        (N, horizon, targets), original units."""
         if split not in SPLITS:
             raise ConfigError(f"unknown split {split!r} (use one of: {', '.join(SPLITS)})")
-        return self.window_predictions(getattr(self.windows(), split))
+        return self.window_predictions(self.windows(), split)
 
     def evaluate(self, split: str = "test", season: int | None = None, baselines: bool = False) -> dict:
-        """MSE, MAE, RMSE, sMAPE and MASE of a split (default: test), in the data's original units;
-        MASE's scale is the training part's seasonal-naive error (``season``, default: the run's).
-        baselines=True (test split only): also naive, seasonal naive and linear AR on the same windows,
-        under "baselines", with "season", "windows" and "horizon"."""
+        """MSE, MAE, RMSE, sMAPE and MASE of a split (default: test), in the data's original units, of the
+        test model; MASE's scale is each series' training part's seasonal-naive error (``season``,
+        default: the run's), averaged over the series. baselines=True (test split only): also naive,
+        seasonal naive and linear AR on the same windows, under "baselines", with "season", "windows"
+        and "horizon" (and, for a panel, "series": each series' metrics)."""
+        from .evaluate import metrics
+
         if split == "test":
-            out = report(self, self.split(), season, baselines)
+            out = report(self, self.splits(), season, baselines)
             return out if baselines else {k: out[k] for k in ("mse", "mae", "rmse", "smape", "mase")}
         if baselines:
             raise ConfigError("baselines are reported on the test split only")
@@ -255,9 +360,12 @@ class Forecaster:
         """Rolling-origin evaluation, one row per fold plus the mean: see :func:`rnnkit.evaluate.backtest`."""
         return run_backtest(self, folds, refit, fold_size, season, log)
 
-    def predict(self, x: Any, horizon: int | None = None) -> np.ndarray:
-        """Forecast after each window. x, original units: (seq_length,) one univariate window,
-        (N, seq_length) univariate windows, or (N, seq_length, features). Returns (N, horizon, targets)."""
+    def predict(self, x: Any, horizon: int | None = None, series: int = 0, at: Any = None) -> np.ndarray:
+        """Forecast after each window with the model that forecasts. x, original units: (seq_length,) one
+        univariate window, (N, seq_length) univariate windows, or (N, seq_length, features), of series
+        number ``series`` of the panel (its scaler). ``at``: the grid position of each window's first
+        forecast step (an int or (N,)), which a seasonal scaler needs (default: right after the
+        series' end). Returns (N, horizon, targets)."""
         self._fitted()
         a = np.asarray(x, dtype=np.float64)
         F = self._io["input_size"]
@@ -268,61 +376,119 @@ class Forecaster:
         if a.ndim != 3 or a.shape[2] != F or a.shape[1] < 1:
             raise ShapeError(f"predict expects windows of shape (N, seq_length, {F}) (or (N, seq_length) / "
                              f"(seq_length,) for one feature), got {np.shape(x)}")
-        z = torch.as_tensor(self.scaler.transform(a), dtype=torch.float32)  # (N, T, F)
-        pred = self._forecast(z, horizon)
-        return self.scaler.inverse(pred, list(range(pred.shape[2])))
+        at = np.broadcast_to(len(self.panel.series[series].values) if at is None else np.asarray(at), (len(a),))
+        return self._predict_windows(a, self.scalers[series], at.astype(np.int64), horizon)
 
-    def history_series(self, data: Any = None) -> TableSeries:
+    def _predict_windows(self, a: np.ndarray, scaler: Scaler, at: np.ndarray, horizon: int | None) -> np.ndarray:
+        """Forecasts (N, H, T) in original units after windows a (N, S, F) whose first forecast steps are
+        at grid positions ``at`` (N,)."""
+        S = a.shape[1]
+        z = np.stack([scaler.transform(w, int(p) - S) for w, p in zip(a, at)]) if scaler.seasonal is not None \
+            else scaler.transform(a)
+        pred = self._forecast(torch.as_tensor(z, dtype=torch.float32), horizon)  # (N, H, T)
+        return scaler.inverse(pred, list(range(pred.shape[2])), _steps(at, pred.shape[1]))
+
+    def history_series(self, data: Any = None) -> Panel:
         """A history to forecast from, read with the run's columns: None (the series trained on), a CSV
-        path, a DataFrame or an array; it may be longer than the training series."""
+        path, a DataFrame, a Series or an array; it may be longer than the training series."""
         self._fitted()
         d = self.config.data
         if data is None:
-            return self.series
-        if isinstance(data, TableSeries):
+            return self.panel
+        if isinstance(data, Panel):
             return data
+        if isinstance(data, TableSeries):
+            return Panel((data,))
         if isinstance(data, (str, Path)):
-            return read_csv(data, d.target, d.features, d.time_col, d.fill)
-        return frame_series(data, d.target, d.features, d.time_col, d.fill)
+            return read_csv(data, d.target, d.features, d.time_col, d.fill, d.id_col, d.date_format, d.sep)
+        return frame_panel(data, d.target, d.features, d.time_col, d.fill, id_col=d.id_col, date_format=d.date_format)
 
-    def forecast(self, data: Any = None, horizon: int | None = None):
-        """The ``horizon`` (default: the run's) steps after the end of a history (see
-        :meth:`history_series`), as a DataFrame: ``step`` 1..H, one column per target named as it, and
-        the time column's future dates when the history's time column has a regular frequency."""
+    def forecast(self, data: Any = None, horizon: int | None = None, log: Callable[[str], None] | None = None):
+        """The ``horizon`` (default: the run's) steps after the end of each series of a history (see
+        :meth:`history_series`), as a DataFrame: the id column (a panel), the time column (continued in
+        the history's own form: years after 1934 are 1935, ...; months stay "YYYY-MM"), ``step`` 1..H
+        and one column per target, named as it. A history's series are matched to the run's by id
+        (ids the run was not trained on are an error); ``log`` hears which of the run's ids the
+        history lacks."""
         import pandas as pd
 
         hist = self.history_series(data)
-        S = self.config.data.seq_length
-        if len(hist.values) < S:
-            raise DataError(f"the history has {len(hist.values)} rows; this run needs its last "
-                            f"seq_length={S} rows to forecast")
-        pred = self.predict(hist.values[None, -S:], horizon)[0]  # (H, T)
-        out = pd.DataFrame({"step": np.arange(1, len(pred) + 1)})
-        if hist.time is not None and hist.freq:
-            out[self.config.data.time_col] = pd.date_range(hist.time[-1], periods=len(pred) + 1, freq=hist.freq)[1:]
-        for j, name in enumerate(hist.columns[:hist.n_targets]):
-            out[name] = pred[:, j]
-        return out
+        d = self.config.data
+        index = self._match(hist, log)
+        parts = []
+        for i, s in enumerate(hist.series):
+            k = index[i]
+            n = len(s.values)
+            start = self._grid_offset(k, s)
+            at = np.array([start + n])  # the grid position of the first forecast step
+            window = _window(s.values, d.seq_length)
+            pred = self._predict_windows(window[None], self.scalers[k], at, horizon)[0]  # (H, T)
+            part = pd.DataFrame({"step": np.arange(1, len(pred) + 1)})
+            if s.time is not None:
+                part.insert(0, d.time_col, s.time.future(len(pred)))
+            if hist.ids is not None:
+                part.insert(0, d.id_col, [hist.ids[i]] * len(pred))
+            for j, name in enumerate(s.columns[:s.n_targets]):
+                part[name] = pred[:, j]
+            parts.append(part)
+        return pd.concat(parts, ignore_index=True)
+
+    def _match(self, hist: Panel, log) -> list[int]:
+        """For each series of a history, the index of the run's series it continues."""
+        run = self.panel
+        if hist.ids is None or run.ids is None:
+            if (hist.ids is None) != (run.ids is None) or len(hist) != len(run):
+                raise DataError("the history's series do not match the run's: give the same --id-col table form "
+                                "the run was trained on")
+            return list(range(len(hist)))
+        where = {v: k for k, v in enumerate(run.ids)}
+        unknown = [v for v in hist.ids if v not in where]
+        if unknown:
+            shown = ", ".join(map(repr, unknown[:5])) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+            raise DataError(f"ids {shown} are not in the run (it forecasts the series it was trained on); "
+                            f"train a run that includes them")
+        lacking = len(run) - len(set(hist.ids))
+        if lacking and log is not None:
+            log(f"note: the history has {len(hist)} of the run's {len(run)} ids; forecasting those")
+        return [where[v] for v in hist.ids]
+
+    def _grid_offset(self, k: int, s: TableSeries) -> int:
+        """The grid position, on run series k's grid, of history series s's first point (0 without times)."""
+        mine = self.panel.series[k].time
+        if mine is None or s.time is None:
+            return 0
+        return mine.position_of(s.time)
 
     # ---- persistence ------------------------------------------------------------------------
 
     def save(self, directory: str | Path) -> Path:
-        """Write the run directory: model.safetensors, config.json (config, scaler, sizes, version),
-        history.json, and series.csv for a CSV/DataFrame series."""
+        """Write the run directory: model.safetensors, config.json (config, scalers, sizes, version),
+        history.json, test_model.safetensors when the forecasting model was refit, and series.csv
+        for a table."""
         model = self._fitted()
+        directory = Path(directory)
         self._save_series(directory)
-        return save_run(directory, model.state_dict(), self._meta(), self.history)
+        meta = self._meta()
+        if self.test_model is not model:
+            save_weights(directory / TEST_WEIGHTS, self.test_model.state_dict(), meta)
+        return save_run(directory, model.state_dict(), meta, self.history)
 
     def _meta(self) -> dict:
         """The content of the run's config.json."""
-        return {"rnnkit_version": __version__, "config": self.config.to_dict(),
-                "scaler": self.scaler.to_dict(), "io": self._io,
-                "series": {"columns": list(self.series.columns), "n_targets": self.series.n_targets,
-                           "points": len(self.series.values), "freq": self.series.freq}}
+        p = self.panel
+        meta = {"rnnkit_version": __version__, "config": self.config.to_dict(),
+                "scalers": [s.to_dict() for s in self.test_scalers], "io": self._io,
+                "series": {"columns": list(p.columns), "n_targets": p.n_targets, "count": len(p),
+                           "points": sum(len(s.values) for s in p.series),
+                           "time": p.time.to_dict() if p.time is not None else None}}
+        if self.scalers is not self.test_scalers:
+            meta["final_scalers"] = [s.to_dict() for s in self.scalers]
+        return meta
 
     def _save_series(self, directory: str | Path) -> None:
         if self.config.data.source == "csv":
-            write_csv(self.series, Path(directory) / SERIES, self.config.data.time_col)
+            d = self.config.data
+            write_csv(self.panel, Path(directory) / SERIES, d.time_col, d.id_col)
 
     @classmethod
     def resume(cls, directory: str | Path, log: Callable[[str], None] | None = print,
@@ -331,34 +497,41 @@ class Forecaster:
         has none), with its saved settings and series, and save it there. The final weights are
         bitwise those of an uninterrupted run (CPU, the same number of processes)."""
         f = cls(read_config(directory))
-        f.series = f._run_series(directory)
-        d = f.config.data
-        f._train(chronological_split(len(f.series.values), d.seq_length, d.horizon, d.train_ratio, d.val_ratio),
-                 log, progress, run_dir=directory, resume=True, device=device)
+        f.panel = f._run_series(directory)
+        f._train(log, progress, run_dir=directory, resume=True, device=device)
         return f
 
     @classmethod
     def load(cls, directory: str | Path) -> "Forecaster":
         """Rebuild a saved run from its directory alone (no unpickling)."""
-        meta, state, history = load_run(directory)
+        meta, state, history, test_state = load_run(directory)
         try:
             f = cls(RunConfig.from_dict(meta["config"]))
-            f.scaler = Scaler.from_dict(meta["scaler"])
+            f.test_scalers = [Scaler.from_dict(s) for s in meta["scalers"]]
+            f.scalers = [Scaler.from_dict(s) for s in meta["final_scalers"]] if "final_scalers" in meta \
+                else f.test_scalers
             io = meta["io"]
-            f.model = f._build(int(io["input_size"]), int(io["output_size"]), int(io["n_targets"]),
-                               int(io.get("linear_window", 0)))
+            f._io = {k: int(io.get(k, 0)) for k in ("input_size", "output_size", "n_targets", "linear_window")}
+            f.model = f._build_model()
+            f.test_model = f._build_model() if test_state is not None else f.model
         except (ConfigError, KeyError, TypeError, ValueError) as e:
             raise RunError(f"{Path(directory) / 'config.json'} is not a valid rnnkit run config ({e}); "
                            f"retrain with `rnnkit train --out {directory}`") from None
-        try:
-            f.model.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()[0]
-            raise RunError(f"the weights in {directory} do not match its config.json ({first}); "
-                           f"retrain the run") from None
-        f.model.eval()
+        for model, weights in ((f.model, state), (f.test_model, test_state)):
+            if weights is None:
+                continue
+            try:
+                model.load_state_dict(weights, strict=True)
+            except RuntimeError as e:
+                first = str(e).strip().splitlines()[0]
+                raise RunError(f"the weights in {directory} do not match its config.json ({first}); "
+                               f"retrain the run") from None
+            model.eval()
         f.history = history
-        f.series = f._run_series(directory)
+        f.panel = f._run_series(directory)
+        if len(f.test_scalers) != len(f.panel) or len(f.scalers) != len(f.panel):
+            raise RunError(f"{Path(directory) / 'config.json'} has scalers for {len(f.test_scalers)} series but "
+                           f"{Path(directory) / SERIES} holds {len(f.panel)}; retrain the run")
         return f
 
     @classmethod
@@ -371,20 +544,51 @@ class Forecaster:
             raise RunError(f"{path} is a CustomRNN({model.input_size}, {model.hidden_size}, {model.output_size}); the "
                            f"seed's wave needs input and output size 1 (give the seed's rnn_custom_model.pth)")
         f = cls(preset="seed", hidden_size=model.hidden_size)
-        f.series = load_series(f.config.data)
-        f.config = dataclasses.replace(f.config, data=resolve_data(f.config.data, f.series))
-        f.scaler = Scaler.fit(f.series.values, f.config.data.scaling)  # "none": the seed does not scale
-        f.model = f._build(1, 1, 1)
+        f.panel = load_series(f.config.data)
+        f.config = dataclasses.replace(f.config, data=resolve_data(f.config.data, f.panel))
+        f.test_scalers = f.scalers = [Scaler.fit(f.series.values, f.config.data.scaling)]  # "none": the seed's
+        f._io = f._sizes(1, 1, 1)
+        f.model = f.test_model = f._build_model()
         f.model.load_state_dict(model.state_dict(), strict=True)
         f.model.eval()
         return f
 
-    def _run_series(self, directory: str | Path) -> TableSeries:
+    def _run_series(self, directory: str | Path) -> Panel:
         """The series a run was trained on: its series.csv copy, or the generated wave."""
         d = self.config.data
         if d.source == "csv":
             path = Path(directory) / SERIES
             if not path.exists():
                 raise RunError(f"{path} is missing; retrain with `rnnkit train --out {directory}`")
-            return read_csv(path, d.target, d.features, d.time_col)
+            return read_csv(path, d.target, d.features, d.time_col, "none", d.id_col, d.date_format)
         return load_series(d)
+
+
+def _steps(first: np.ndarray, horizon: int) -> np.ndarray:
+    """(N, horizon) grid positions of each forecast's steps from their first positions (N,)."""
+    return np.asarray(first, dtype=np.int64)[:, None] + np.arange(horizon)
+
+
+def _window(values: np.ndarray, length: int) -> np.ndarray:
+    """The last ``length`` rows of a series (N, F), the first row repeated before a shorter one."""
+    if len(values) >= length:
+        return values[-length:]
+    return np.concatenate([np.repeat(values[:1], length - len(values), axis=0), values])
+
+
+def _repeated(ds, least: int):
+    """A dataset's windows repeated until there are at least ``least`` of them."""
+    from torch.utils.data import TensorDataset
+
+    times = -(-least // max(len(ds), 1))
+    if times <= 1:
+        return ds
+    return TensorDataset(*(t.repeat(times, *[1] * (t.dim() - 1)) for t in ds.tensors))
+
+
+def _one_step(ds):
+    """A dataset's windows with their first target step only (recursive training)."""
+    from torch.utils.data import TensorDataset
+
+    x, y, *mask = ds.tensors
+    return TensorDataset(x, y[:, :1], *(m[:, :1] for m in mask))

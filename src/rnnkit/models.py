@@ -68,6 +68,9 @@ class RecurrentForecaster(nn.Module):
     The targets are the first ``n_targets`` input features; ``output_size`` = horizon * n_targets,
     laid out horizon-major as the data's y (horizon, targets). The residual form suits series that
     move little per step (the seed's waves, except at their jumps) and trains several times faster.
+    relative=True: the encoder and the linear skip read the target features minus their value at the
+    window's last step (the window's level), so a series is read the same at any level; with
+    residual=True the forecast is that level plus what they add (last step only).
 
     forward(x (B, T, I)) -> (B, O), the prediction after the last step (the seed's target);
     forward(x, every_step=True) -> (B, T, O), one prediction after every step.
@@ -75,14 +78,16 @@ class RecurrentForecaster(nn.Module):
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, output_size: int,
                  num_layers: int = 1, dropout: float = 0.0, residual: bool = False, n_targets: int = 1,
-                 engine: str = "auto", linear_window: int = 0) -> None:
+                 engine: str = "auto", linear_window: int = 0, relative: bool = False) -> None:
         super().__init__()
         if cell not in ENCODERS:
             raise ConfigError(f"unknown cell {cell!r} (use one of: {', '.join(ENCODERS)})")
         if residual and (n_targets > input_size or output_size % n_targets):
             raise ConfigError(f"residual=True needs the {n_targets} target(s) among the {input_size} input "
                               f"features and output_size a multiple of them (got {output_size})")
-        self.cell, self.residual, self.n_targets = cell, residual, n_targets
+        if relative and n_targets > input_size:
+            raise ConfigError(f"relative=True needs the {n_targets} target(s) among the {input_size} input features")
+        self.cell, self.residual, self.n_targets, self.relative = cell, residual, n_targets, relative
         self.encoder = ENCODERS[cell](input_size, hidden_size, num_layers, batch_first=True,
                                       dropout=dropout, engine=engine)
         self.head = nn.Linear(hidden_size, output_size)
@@ -92,6 +97,11 @@ class RecurrentForecaster(nn.Module):
         self.linear = nn.Conv1d(input_size, output_size, linear_window) if linear_window else None
 
     def forward(self, x: Tensor, every_step: bool = False) -> Tensor:
+        level = x[:, -1:, :self.n_targets]  # (B, 1, targets)
+        if self.relative:
+            if every_step:
+                raise ConfigError("relative=True forecasts from the window's last step only (loss_steps last)")
+            x = torch.cat([x[..., :self.n_targets] - level, x[..., self.n_targets:]], dim=2)
         out, _ = self.encoder(x)  # (B, T, H)
         skip = None
         if self.linear is not None:
@@ -105,9 +115,25 @@ class RecurrentForecaster(nn.Module):
         if skip is not None:
             pred = pred + skip
         if self.residual:
-            last = x[..., :self.n_targets]  # (B, [T,] targets)
+            last = level[:, 0] if self.relative else x[..., :self.n_targets]  # (B, [T,] targets)
             pred = pred + last.tile(pred.shape[-1] // self.n_targets)  # one copy per horizon step
         return pred
+
+
+class Ensemble(nn.Module):
+    """Networks trained side by side on the same batches, each from its own initial weights.
+
+    In training mode forward returns every member's output stacked, (members, B, ...), so that one
+    loss (their mean) trains each on its own gradient; in eval mode, the median over the members
+    (torch.median: the lower of the two middle values for an even number)."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: Tensor, every_step: bool = False) -> Tensor:
+        outs = torch.stack([m(x, every_step) for m in self.members])
+        return outs if self.training else outs.median(dim=0).values
 
 
 ENCODERS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
@@ -115,14 +141,28 @@ ENCODERS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
 
 def build_model(model: str, cell: str, input_size: int, hidden_size: int, output_size: int,
                 num_layers: int = 1, dropout: float = 0.0, residual: bool = False,
-                n_targets: int = 1, linear_window: int = 0) -> nn.Module:
-    """The network a ModelConfig names: ``"recurrent"`` (RecurrentForecaster) or ``"custom"`` (CustomRNN)."""
+                n_targets: int = 1, linear_window: int = 0, relative: bool = False, members: int = 1) -> nn.Module:
+    """The network a ModelConfig names: ``"recurrent"`` (RecurrentForecaster, or an Ensemble of
+    ``members`` of them, each from the generator's next random weights) or ``"custom"`` (CustomRNN)."""
     if model == "custom":
         return CustomRNN(input_size, hidden_size, output_size)
-    if model == "recurrent":
-        return RecurrentForecaster(cell, input_size, hidden_size, output_size, num_layers, dropout,
-                                   residual, n_targets, linear_window=linear_window)
-    raise ConfigError(f"unknown model {model!r} (use recurrent or custom)")
+    if model != "recurrent":
+        raise ConfigError(f"unknown model {model!r} (use recurrent or custom)")
+    nets = [RecurrentForecaster(cell, input_size, hidden_size, output_size, num_layers, dropout, residual,
+                                n_targets, linear_window=linear_window, relative=relative) for _ in range(members)]
+    if relative:  # from the forecast "no change" (the level), which the heads learn to correct
+        for net in nets:
+            zero_linear_parts(net)
+    return nets[0] if members == 1 else Ensemble(nets)
+
+
+@torch.no_grad()
+def zero_linear_parts(model: "RecurrentForecaster") -> None:
+    """Zero the head and the linear skip: the forecaster then starts as its residual baseline."""
+    for layer in (model.head, model.linear):
+        if layer is not None:
+            layer.weight.zero_()
+            layer.bias.zero_()
 
 
 @torch.no_grad()

@@ -1,12 +1,17 @@
 """The run directory: weights, config, checkpoint, history, metrics and plots, written atomically,
 loaded without pickle.
 
-    DIR/config.json             {"rnnkit_version", "config": RunConfig as a dict, "scaler": {...}, "io": {...}};
-                                written first, before training starts
+    DIR/config.json             {"rnnkit_version", "config": RunConfig as a dict, "scalers": [one per series],
+                                "final_scalers" (a refit's), "io": {...}, "series": {...}}; written first,
+                                before training starts
     DIR/checkpoint.safetensors  the latest resumable training state (see :mod:`rnnkit.train`): weights,
                                 optimizer, schedule and RNG states as tensors, the rest as JSON in the
                                 safetensors header; replaced after every ``checkpoint_every`` epochs
-    DIR/model.safetensors       the trained model's state_dict (safetensors: tensors only, nothing to unpickle)
+    DIR/model.safetensors       the trained model's state_dict (safetensors: tensors only, nothing to unpickle):
+                                the model that forecasts
+    DIR/test_model.safetensors  where that model was refit on every point: the model trained without the
+                                test part, which `rnnkit test`, `backtest` and the plots score
+    DIR/series.csv              a table's series (the long format for a panel), times as they came
     DIR/history.json            the training history (per-epoch losses, lr, time)
     DIR/metrics.json            written by `rnnkit test`
     DIR/*.png                   written by `rnnkit visualize`
@@ -17,7 +22,8 @@ mix of two epochs. The weights and the checkpoint record the SHA-256 of config.j
 config.json edited or replaced after training is refused instead of silently mismatching the weights.
 
 A run killed before it finished has no model.safetensors yet: loading it takes the weights training
-would keep if it ended at the last checkpoint (the best validation epoch so far, else the latest).
+would keep if it ended at the last checkpoint (the best validation epoch so far, else the latest), or
+the finished test model while its refit was under way.
 """
 
 from __future__ import annotations
@@ -33,13 +39,14 @@ from typing import Any
 from .errors import RunError
 
 WEIGHTS = "model.safetensors"
+TEST_WEIGHTS = "test_model.safetensors"
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.safetensors"
 HISTORY = "history.json"
 METRICS = "metrics.json"
 PLOTS = ("predictions_vs_true.png", "loss_curve.png")
 # What `train --force` removes from a run directory before starting over: the files of the old run.
-RUN_FILES = (CONFIG, CHECKPOINT, WEIGHTS, HISTORY, METRICS, "series.csv") + PLOTS  # series.csv: a CSV run's data
+RUN_FILES = (CONFIG, CHECKPOINT, WEIGHTS, TEST_WEIGHTS, HISTORY, METRICS, "series.csv", "backtest.json") + PLOTS
 
 
 def _file_mode() -> int:
@@ -96,7 +103,7 @@ def meta_digest(meta: dict) -> str:
 # ---- starting and checkpointing a training run ---------------------------------------------------
 
 def holds_run(directory: Path) -> bool:
-    return any((directory / name).exists() for name in (CONFIG, CHECKPOINT, WEIGHTS))
+    return any((directory / name).exists() for name in (CONFIG, CHECKPOINT, WEIGHTS, TEST_WEIGHTS))
 
 
 def check_new_run_dir(directory: str | Path, force: bool = False) -> None:
@@ -175,17 +182,34 @@ def remove_stale_temp_files(directory: str | Path) -> None:
 
 def save_run(directory: str | Path, state_dict: dict, meta: dict, history: dict | None = None) -> Path:
     """Write config.json (``meta``), the weights and history.json into ``directory``; returns it."""
-    from safetensors.torch import save
-
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise RunError(f"--out {directory} is a file, not a directory (choose another --out)")
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     write_json(directory / CONFIG, meta)
-    write_bytes(directory / WEIGHTS, save(tensors, metadata={"config_sha256": meta_digest(meta)}))
+    save_weights(directory / WEIGHTS, state_dict, meta)
     if history is not None:
         write_json(directory / HISTORY, history)
     return directory
+
+
+def save_weights(path: str | Path, state_dict: dict, meta: dict) -> None:
+    """A state_dict as safetensors, tagged with the SHA-256 of the run's config.json content."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    write_bytes(path, save(tensors, metadata={"config_sha256": meta_digest(meta)}))
+
+
+def load_weights(path: str | Path, meta: dict) -> dict:
+    """The state_dict in a weights file of the run whose config.json holds ``meta``; checked."""
+    path = Path(path)
+    state, header = _load_safetensors(path)
+    recorded = header.get("config_sha256")
+    if recorded is not None and recorded != meta_digest(meta):
+        raise RunError(f"the weights in {path.parent} do not match its config.json (it was edited or replaced "
+                       f"after training); restore it, or retrain with `rnnkit train --out {path.parent} --force`")
+    _check_finite(path.parent, state)
+    return state
 
 
 def read_meta(directory: str | Path) -> dict:
@@ -217,37 +241,42 @@ def read_config(directory: str | Path):
                        f"retrain with `rnnkit train --out {directory} --force`") from None
 
 
-def load_run(directory: str | Path) -> tuple[dict, dict, dict | None]:
-    """(meta from config.json, state_dict, history or None) of a run directory; nothing is unpickled.
+def load_run(directory: str | Path) -> tuple[dict, dict, dict | None, dict | None]:
+    """(meta from config.json, state_dict, history or None, the test model's state_dict or None) of a
+    run directory; nothing is unpickled. The test model's is None where the model that forecasts is
+    also the test model (no refit).
 
-    Without model.safetensors (training was stopped before the end) the weights come from the last
-    checkpoint: those training would keep if it ended there."""
+    Without model.safetensors (training was stopped before the end) the weights are the finished test
+    model's, else those the last checkpoint holds: what training would keep if it ended there."""
     directory = Path(directory)
     meta = read_meta(directory)
     history = read_json(directory / HISTORY) if (directory / HISTORY).exists() else None
+    test = load_weights(directory / TEST_WEIGHTS, meta) if (directory / TEST_WEIGHTS).exists() else None
     if (directory / WEIGHTS).exists():
-        state, header = _load_safetensors(directory / WEIGHTS)
-        recorded = header.get("config_sha256")
-        if recorded is not None and recorded != meta_digest(meta):
-            raise RunError(f"the weights in {directory} do not match its config.json (it was edited or replaced "
-                           f"after training); restore it, or retrain with `rnnkit train --out {directory} --force`")
-    else:
-        ckpt = load_checkpoint(directory, meta)
-        if ckpt is None:
-            raise RunError(f"{directory / WEIGHTS} is missing and there is no checkpoint (training stopped before "
-                           f"its first epoch ended); continue with `rnnkit train --resume {directory}`")
-        tensors, ck_state = ckpt
-        prefix = "best." if ck_state.get("has_best") else "model."
-        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-        history = history if history is not None else ck_state["history"]
+        return meta, load_weights(directory / WEIGHTS, meta), history, test
+    if test is not None:
+        return meta, test, history, None
+    ckpt = load_checkpoint(directory, meta)
+    if ckpt is None:
+        raise RunError(f"{directory / WEIGHTS} is missing and there is no checkpoint (training stopped before "
+                       f"its first epoch ended); continue with `rnnkit train --resume {directory}`")
+    tensors, ck_state = ckpt
+    prefix = "best." if ck_state.get("has_best") else "model."
+    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    history = history if history is not None else ck_state["history"]
     _check_finite(directory, state)
-    return meta, state, history
+    return meta, state, history, None
 
 
 def weights_source(directory: str | Path) -> str | None:
     """None for a finished run; else a note saying which checkpoint's weights load_run used."""
     directory = Path(directory)
-    if (directory / WEIGHTS).exists() or not (directory / CHECKPOINT).exists():
+    if (directory / WEIGHTS).exists():
+        return None
+    if (directory / TEST_WEIGHTS).exists():
+        return (f"note: {directory} has no {WEIGHTS} yet (its refit on every point did not finish); using its "
+                f"test model (finish it with `rnnkit train --resume {directory}`)")
+    if not (directory / CHECKPOINT).exists():
         return None
     _, state = load_checkpoint(directory)
     epoch = state["loop"]["epoch"]
@@ -277,21 +306,35 @@ def _check_meta(directory: Path, meta: dict) -> None:
     """The parts of config.json the config classes do not check: sizes and the scaler."""
     where = f"{directory / CONFIG}"
     try:
-        io, scaler = meta["io"], meta["scaler"]
+        io = meta["io"]
         for key in ("input_size", "output_size", "n_targets"):
             if not (isinstance(io[key], int) and not isinstance(io[key], bool) and io[key] >= 1):
                 raise ValueError(f"io.{key} must be a positive integer, got {io[key]!r}")
-        mean, std = scaler["mean"], scaler["std"]
-        if not (isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std) >= 1):
-            raise ValueError("scaler.mean and scaler.std must be lists of the same length")
-        for v in mean + std:
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ValueError(f"the scaler holds {v!r}, not a finite number")
-        if any(v <= 0 for v in std):
-            raise ValueError("scaler.std must be positive")
+        for key in ("scalers", "final_scalers"):
+            if key not in meta and key == "final_scalers":
+                continue
+            if not isinstance(meta[key], list) or not meta[key]:
+                raise ValueError(f"{key} must be a list of one scaler per series")
+            for scaler in meta[key]:
+                _check_scaler(scaler)
     except (KeyError, TypeError, ValueError) as e:
         raise RunError(f"{where} is not a valid rnnkit run config ({e}); retrain with "
                        f"`rnnkit train --out {directory} --force`") from None
+
+
+def _check_scaler(scaler: dict) -> None:
+    mean, std, seasonal = scaler["mean"], scaler["std"], scaler.get("seasonal", [])
+    if scaler["kind"] not in ("none", "standard", "log"):
+        raise ValueError(f"scaler kind {scaler['kind']!r} is not none, standard or log")
+    if not (isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std) >= 1):
+        raise ValueError("scaler.mean and scaler.std must be lists of the same length")
+    if not (isinstance(seasonal, list) and all(isinstance(r, list) and len(r) == len(mean) for r in seasonal)):
+        raise ValueError("scaler.seasonal must be a list of rows, one value per feature")
+    for v in mean + std + [x for r in seasonal for x in r]:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"the scaler holds {v!r}, not a finite number")
+    if any(v <= 0 for v in std):
+        raise ValueError("scaler.std must be positive")
 
 
 def _check_finite(directory: Path, state: dict) -> None:

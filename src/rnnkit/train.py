@@ -51,23 +51,50 @@ def next_step_targets(x: Tensor, y: Tensor, target_cols: tuple[int, ...] | None 
     return seq.unfold(1, H, 1).transpose(2, 3).reshape(B, S, -1)  # (B, S, H*T)
 
 
-def batch_loss(model: nn.Module, x: Tensor, y: Tensor, loss_steps: str) -> Tensor:
-    """MSE of the last step's forecast (the seed's loss), or of every step's forecast."""
+def batch_loss(model: nn.Module, x: Tensor, y: Tensor, loss_steps: str, kind: str = "mse",
+               mask: Tensor | None = None) -> Tensor:
+    """The loss ("mse" or "mae") of the last step's forecast (the seed's loss), or of every step's
+    forecast; the mean over the known targets (``mask`` (B, H, T): 1 where known) and, for an
+    ensemble in training mode (outputs (members, B, ...)), over its members."""
     if loss_steps == "all":
-        return nn.functional.mse_loss(model(x, every_step=True), next_step_targets(x, y))
-    return nn.functional.mse_loss(model(x).view_as(y), y)
+        pred, target = model(x, every_step=True), next_step_targets(x, y)
+    else:
+        pred, target = model(x), y
+        pred = pred.view(*pred.shape[:-1], *y.shape[1:])  # ([members,] B, H, T)
+    if mask is None and pred.shape == target.shape:  # (the seed's exact loss for mse)
+        loss = nn.functional.mse_loss if kind == "mse" else nn.functional.l1_loss
+        return loss(pred, target)
+    err = pred - target
+    err = err.square() if kind == "mse" else err.abs()
+    if mask is None:
+        return err.mean()
+    return (err * mask).sum() / (mask.sum() * (err.numel() // mask.numel())).clamp_min(1)
+
+
+def auto_epochs(windows: int, batch_size: int, steps: int = 600) -> int:
+    """Epochs of about ``steps`` optimizer steps over ``windows`` training windows (at least one)."""
+    per_epoch = max(1, math.ceil(windows / batch_size))
+    return max(1, round(steps / per_epoch))
 
 
 @torch.no_grad()
-def mean_loss(model: nn.Module, loader: DataLoader) -> float:
-    """Last-step MSE over every window of a loader (scaled units), on the model's device."""
+def mean_loss(model: nn.Module, loader: DataLoader, kind: str = "mse") -> float:
+    """Last-step loss ("mse" or "mae") over every known target of a loader's windows (scaled units),
+    on the model's device."""
     model.eval()
     device = next(model.parameters()).device
-    total, n = 0.0, 0
-    for x, y in loader:
+    total, n = 0.0, 0.0
+    for x, y, *mask in loader:
         x, y = x.to(device), y.to(device)
-        total += nn.functional.mse_loss(model(x).view_as(y), y, reduction="sum").item()
-        n += y.numel()
+        err = model(x).view_as(y) - y
+        err = err.square() if kind == "mse" else err.abs()
+        if mask:
+            m = mask[0].to(device)
+            total += float((err * m).sum())
+            n += float(m.sum())
+        else:
+            total += err.sum().item()
+            n += y.numel()
     return total / max(n, 1)
 
 
@@ -118,6 +145,8 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | Non
         hist, loop, best_state = _restore(resume, model, opt, sched, shuffle)
     hist.update(device=device.type, processes=distributed.world_size())
     net = distributed.wrap(model)  # what trains: the model, or DDP around it
+    # What clipping bounds: each member's gradient on its own (an ensemble's), else the model's.
+    groups = [[p for p in m.parameters() if p.requires_grad] for m in getattr(model, "members", [model])]
     done = loop["epoch"] >= cfg.epochs or hist["stopped_early"]
     bar = tqdm(total=cfg.epochs, initial=loop["epoch"], desc="train", unit="epoch", leave=False,
                disable=(not progress) if progress is not None else None)
@@ -125,8 +154,8 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | Non
         for epoch in range(loop["epoch"] + 1, cfg.epochs + 1) if not done else ():
             t0 = time.perf_counter()
             distributed.reseed(cfg.seed, epoch)
-            train_loss = _train_epoch(net, train_loader, opt, cfg, epoch)
-            val_loss = distributed.from_main(lambda: mean_loss(model, val_loader), device) \
+            train_loss = _train_epoch(net, train_loader, opt, cfg, epoch, groups)
+            val_loss = distributed.from_main(lambda: mean_loss(model, val_loader, cfg.loss), device) \
                 if val_loader is not None else None
             lr = opt.param_groups[0]["lr"]
             watched = val_loss if val_loss is not None else train_loss
@@ -175,29 +204,28 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | Non
 
 
 def _train_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer, cfg: TrainConfig,
-                 epoch: int) -> float:
+                 epoch: int, groups: list[list[Tensor]]) -> float:
     """One pass over the training windows; the mean batch loss. Stops on a NaN/inf loss or gradient.
 
     Under DDP each rank trains on its slice of every global batch, and the batch losses are the global
     ones. The checks come after backward, whose all-reduce spreads a NaN to every rank's gradient, so
     every rank stops at the same step."""
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    device = params[0].device
+    device = groups[0][0].device
     losses = []
-    for x, y in loader:
-        x, y, share = distributed.shard(x, y)
+    for batch in loader:
+        (x, y, *mask), share = distributed.shard(*batch)
         x, y = x.to(device), y.to(device)
-        loss = batch_loss(model, x, y, cfg.loss_steps)
+        mask = mask[0].to(device) if mask else None
+        loss = batch_loss(model, x, y, cfg.loss_steps, cfg.loss, mask)
         opt.zero_grad()
         distributed.for_backward(loss, share).backward()
         if not torch.isfinite(loss):
             raise TrainingError(f"the training loss became {loss.item()} at epoch {epoch} (lower --lr, now "
                                 f"{cfg.lr}, or keep gradient clipping on, e.g. --clip-grad-norm 1)")
-        if cfg.clip_grad_norm:
-            norm = nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm)
-        else:
-            norm = nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        norms = [nn.utils.clip_grad_norm_(g, cfg.clip_grad_norm) if cfg.clip_grad_norm else
+                 nn.utils.get_total_norm([p.grad for p in g if p.grad is not None]) for g in groups]
+        norm = norms[0] if len(norms) == 1 else torch.stack(norms).max()
         if not torch.isfinite(norm) or norm > EXPLODING_GRAD_NORM:
             raise TrainingError(f"the gradient norm exploded to {norm.item():.3g} at epoch {epoch} (lower --lr, "
                                 f"now {cfg.lr}, or clip gradients, e.g. --clip-grad-norm 1)")

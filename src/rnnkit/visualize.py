@@ -62,24 +62,36 @@ def plot_loss_curve(history: dict, path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def plot_forecast(history, forecast, path: str | Path, last: int = 240) -> Path:
-    """The end of a history (a TableSeries: its last ``last`` points) and the forecast after it (a
-    DataFrame from Forecaster.forecast: step, [time column,] one column per target), one panel per
-    target, against time when the history has dates, else against the row number."""
+def plot_forecast(history, forecast, path: str | Path, data, last: int = 240, most: int = 4) -> Path:
+    """The end of a history (a Panel: each series' last ``last`` points) and the forecast after it (a
+    DataFrame from Forecaster.forecast), one panel per target of each of the first ``most`` series,
+    against the time column where there is one, else against the row number. ``data``: the run's
+    DataConfig (the column names)."""
     T = history.n_targets
-    values = history.values[-last:, :T]  # (n, T)
-    n, N = len(values), len(history.values)
-    dated = history.time is not None and len(forecast.columns) > T + 1
-    x_hist = history.time[-last:] if dated else np.arange(N - n, N) + 1
-    x_next = forecast.iloc[:, 1].to_numpy() if dated else N + forecast["step"].to_numpy()
-    fig = _figure(10, 3.2 * T)
-    for j, name in enumerate(history.columns[:T]):
-        ax = fig.add_subplot(T, 1, j + 1)
-        ax.plot(x_hist, values[:, j], label="history", linewidth=1.5)
-        # The forecast line starts at the last known point so the two read as one series.
-        ax.plot(np.concatenate([x_hist[-1:], x_next]), np.concatenate([values[-1:, j], forecast[name].to_numpy()]),
-                label=f"forecast ({len(forecast)} steps)", linewidth=2, linestyle="--", marker=".")
-        ax.set(title=name, xlabel="time" if dated else "row", ylabel=name)
-        ax.legend()
-        ax.grid(alpha=0.3)
+    shown = list(range(min(len(history), most)))
+    fig = _figure(10, 3.2 * T * len(shown))
+    k = 0
+    for i in shown:
+        s = history.series[i]
+        rows = forecast if history.ids is None else forecast[forecast[data.id_col] == history.ids[i]]
+        N, H = len(s.values), len(rows)
+        n = min(last, N)
+        if s.time is not None:
+            x_hist, x_next = s.time.plot_points(N - n, N), s.time.plot_points(N, N + H)
+        else:
+            x_hist, x_next = np.arange(N - n, N) + 1, N + rows["step"].to_numpy()
+        for j, name in enumerate(s.columns[:T]):
+            k += 1
+            ax = fig.add_subplot(T * len(shown), 1, k)
+            values = s.values[N - n:, j]
+            ax.plot(x_hist, values, label="history", linewidth=1.5)
+            # The forecast line starts at the last known point so the two read as one series.
+            ax.plot(np.concatenate([x_hist[-1:], x_next]), np.concatenate([values[-1:], rows[name].to_numpy()]),
+                    label=f"forecast ({H} steps)", linewidth=2, linestyle="--", marker=".")
+            title = name if history.ids is None else f"{name}, {data.id_col} {history.ids[i]}"
+            ax.set(title=title, xlabel=data.time_col or "row", ylabel=name)
+            ax.legend()
+            ax.grid(alpha=0.3)
+    if len(history) > most:
+        fig.suptitle(f"the first {most} of {len(history)} series")
     return _save(fig, path)
