@@ -13,6 +13,7 @@ on first use (~45 s); later runs load them.
     .venv/bin/python benchmarks/ab.py HEAD~1                          # B32 T50 H32, every cell
     .venv/bin/python benchmarks/ab.py 0a42bb2 --sizes 32x50x256 --cells lstm --rounds 5
     .venv/bin/python benchmarks/ab.py HEAD~1 --infer --sizes 64x200x128   # a forward under no_grad
+    .venv/bin/python benchmarks/ab.py HEAD~1 --clock cpu    # CPU time on one thread: a busy machine moves it less
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 
 import torch
 
@@ -65,13 +67,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("rev", help="the git revision to compare this tree with (e.g. HEAD~1)")
     parser.add_argument("--infer", action="store_true", help="time inference (a forward under no_grad) instead")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="cpu: the main thread's CPU time, torch on one thread (as rnnkit bench --clock cpu)")
     args = parse_script_arguments(parser)
+    clock = time.perf_counter
+    if args.clock == "cpu":
+        torch.set_num_threads(1)
+        clock = time.thread_time
     sys.path.insert(0, str(export(args.rev)))
     other = importlib.import_module(f"{NAME}.layers")
     importlib.import_module(f"{NAME}.kernels").precompile()  # ~45 s the first time, then loaded
     layers = {"rnn": other.RNN, "gru": other.GRU, "lstm": other.LSTM}
     what = "inference" if args.infer else "train step"
-    print(f"{torch.get_num_threads()} threads; {what} in ms, median of {args.rounds} interleaved rounds; "
+    print(f"{torch.get_num_threads()} threads, {args.clock} clock; {what} in ms, median of {args.rounds} interleaved rounds; "
           f"'{args.rev}' against this tree")
     print(f"{'cell':<5} {'B':>4} {'T':>4} {'H':>4} {'rev':>8} {'tree':>8} {'torch':>8}  {'x torch rev':>11} "
           f"{'x torch tree':>12} {'tree/rev':>8}")
@@ -84,7 +92,7 @@ def main() -> None:
             models["rev"].load_state_dict(models["tree"].state_dict())
             models["torch"] = _build(cell, "torch", H, models["tree"])
             jobs = _infer_jobs(models, x) if args.infer else _train_jobs(models, x, y)
-            ms = {k: v * 1e3 for k, v in _time_interleaved(jobs, args.rounds, 0.06, alternate=True).items()}
+            ms = {k: v * 1e3 for k, v in _time_interleaved(jobs, args.rounds, 0.06, clock, alternate=True).items()}
             print(f"{cell:<5} {B:>4} {T:>4} {H:>4} {ms['rev']:>8.3f} {ms['tree']:>8.3f} {ms['torch']:>8.3f}  "
                   f"{ms['torch'] / ms['rev']:>11.2f} {ms['torch'] / ms['tree']:>12.2f} "
                   f"{ms['tree'] / ms['rev']:>8.3f}", flush=True)

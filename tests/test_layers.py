@@ -432,3 +432,45 @@ def test_repr_matches_torch(kind, kwargs):
         assert ", nonlinearity='relu'" in got
         got = got.replace(", nonlinearity='relu'", "")
     assert got == repr(torch_cls(I, H, **extra, **kwargs))
+
+
+# ---- LSTM projections (proj_size) -----------------------------------------------------------------
+
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+@pytest.mark.parametrize("given_hx", [False, True], ids=["no_hx", "hx"])
+@pytest.mark.parametrize("engine", ["auto", "torch", "reference"])  # the fused engine has none
+def test_lstm_projection_matches_torch(engine, given_hx, packed):
+    P = 3
+    torch.manual_seed(0)
+    ref = nn.LSTM(I, H, num_layers=2, bidirectional=True, proj_size=P, dtype=DOUBLE)
+    ours = rnnkit.LSTM(I, H, num_layers=2, bidirectional=True, proj_size=P, dtype=DOUBLE, engine=engine)
+    assert [(k, v.shape) for k, v in ours.state_dict().items()] == [(k, v.shape) for k, v in ref.state_dict().items()]
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    ours.engine = "auto"  # (the repr names any other engine)
+    assert repr(ours) == repr(ref)
+    ours.engine = engine
+    torch.manual_seed(2)
+    x = torch.randn(T, B, I, dtype=DOUBLE)
+    hx = (torch.randn(4, B, P, dtype=DOUBLE), torch.randn(4, B, H, dtype=DOUBLE)) if given_hx else None
+    pack = (torch.tensor([5, 3, 1]), True) if packed else None
+    got, want = run(ours, x, hx, pack), run(ref, x, hx, pack)
+    assert got["state0"].shape == (4, B, P) and got["state1"].shape == (4, B, H)
+    assert_same_results(got, want)
+
+
+def test_lstm_projection_errors():
+    with raises_user_error(r"proj_size must be an integer in \[0, hidden_size=6\)"):
+        rnnkit.LSTM(I, H, proj_size=H)
+    with raises_user_error("engine='fused' does not run LSTM with proj_size"):
+        rnnkit.LSTM(I, H, proj_size=2, engine="fused")(torch.randn(T, B, I))
+    with raises_user_error(r"h_0 of shape \(1, 3, 2\) \(num_layers\*num_directions, batch, proj_size\)"):
+        rnnkit.LSTM(I, H, proj_size=2)(torch.randn(T, B, I), (torch.zeros(1, B, H), torch.zeros(1, B, H)))
+
+
+def test_engine_errors_name_the_callers_shape():
+    """The layer runs batch-first inside; its errors speak of the input as the caller gave it."""
+    layer = rnnkit.GRU(I, H, engine="fused", dtype=torch.float16)
+    with raises_user_error(rf"torch.float16 on cpu, input of shape \({T}, {B}, {I}\)"):
+        layer(torch.randn(T, B, I, dtype=torch.float16))
+    with raises_user_error(rf"input of shape \({T}, {I + 1}\) has {I + 1} features"):
+        rnnkit.GRU(I, H)(torch.randn(T, I + 1))

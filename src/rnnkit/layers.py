@@ -88,6 +88,11 @@ def special_mode(x: Tensor) -> str | None:
     return None
 
 
+def _shape(shape) -> str:
+    """A shape as the errors show it: (3, 5, 2), or what else describes the input."""
+    return str(tuple(shape)) if isinstance(shape, tuple) else str(shape)
+
+
 def _in_onnx_export() -> bool:
     """torch.onnx.is_in_onnx_export(), also where torch.compile's tracer reads it as False (the
     exporter's capture with torch.export(strict=True)) but the exporter's own flag is set."""
@@ -99,11 +104,11 @@ def _in_onnx_export() -> bool:
 
 
 def choose_engine(engine: str, x: Tensor, lengths: Tensor | None, torch_serves: bool,
-                  shape: tuple | None = None, fused_serves: bool = True) -> str:
+                  shape: tuple | str | None = None, fused_serves: bool = True) -> str:
     """"fused", "torch" or "reference": the engine that runs this call. ``torch_serves``: whether
     torch's op runs this layer (not GRU reset_after=False, nor CustomRNN); ``fused_serves``: whether
     the fused engine runs its configuration (not LSTM with proj_size); ``shape``: the caller's input
-    shape, for the errors."""
+    shape (or a description of a PackedSequence), for the errors."""
     if kernels.op.TRANSLATED and fused_serves and torch.compiler.is_compiling() and kernels.supports(x, lengths):
         return "fused"  # whatever the engine: rnnkit.export translates the fused operator to ONNX's
     if engine == "reference":
@@ -124,7 +129,7 @@ def choose_engine(engine: str, x: Tensor, lengths: Tensor | None, torch_serves: 
         if not fused:
             raise ConfigError(
                 f"engine='fused' runs non-empty float32/float64 CPU tensors with int64 CPU lengths; got "
-                f"{x.dtype} on {x.device}, input shape {tuple(x.shape) if shape is None else shape} "
+                f"{x.dtype} on {x.device}, input of shape {_shape(x.shape if shape is None else shape)} "
                 f"(use engine='auto' to fall back)")
         raise ConfigError(f"engine='fused' cannot run under {mode}, whose gradients or graph need "
                           f"torch's own ops (use engine='auto', which takes them there)")
@@ -218,7 +223,7 @@ class RNNBase(nn.Module):
     def _torch_op(self) -> str | None:
         """The name of torch's op that runs this layer (torch._VF), or None where torch has none."""
         if self.kind == "rnn":
-            return f"rnn_{self.nonlinearity}"
+            return "rnn_tanh" if self.nonlinearity == "tanh" else "rnn_relu"
         return self.kind if self.reset_after else None
 
     @staticmethod
@@ -361,14 +366,14 @@ class RNNBase(nn.Module):
                     f"(batch, seq_len, input_size) with batch_first=True, or unbatched "
                     f"(seq_len, input_size); got {shape}"
                 )
-            shape = tuple(input.shape)
+            shape = input.shape  # (for the errors: the caller's shape)
             batched = input.dim() == 3
             features, dtype = input.shape[-1], input.dtype
             B = input.shape[0 if self.batch_first else 1] if batched else 1
         if features != self.input_size:
             raise ShapeError(
                 f"{type(self).__name__} was built for input_size={self.input_size}, but the input "
-                f"of shape {shape} has {features} features"
+                f"of shape {_shape(shape)} has {features} features"
             )
         weights = [self.layer_weights(layer, d) for layer in range(self.num_layers)
                    for d in range(self.num_directions)]
