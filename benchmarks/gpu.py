@@ -23,7 +23,8 @@ import time
 
 import torch
 
-from rnnkit.bench import CELLS, _build, _infer_jobs, _time_interleaved, _train_jobs, parse_cells, parse_sizes
+from rnnkit.bench import (CELLS, RNNKIT_LAYERS, _build, _infer_jobs, _Model, _time_interleaved, _train_jobs,
+                          parse_cells, parse_sizes)
 
 IMPLS = ("torch-engine", "reference", "torch.nn")
 ENGINE = {"torch-engine": "torch", "reference": "reference"}
@@ -33,8 +34,11 @@ QUICK_SIZES = "8x10x16"
 
 def _models(cell: str, hidden: int, device: torch.device) -> dict:
     torch.manual_seed(0)
-    nn_model = _build(cell, "torch", hidden, None)
-    models = {impl: _build(cell, ENGINE[impl], hidden, nn_model) for impl in ENGINE}
+    nn_model = _build(cell, "torch", hidden, None)  # (bench's "torch" is torch.nn)
+    models = {}
+    for impl, engine in ENGINE.items():
+        models[impl] = _Model(RNNKIT_LAYERS[cell](1, hidden, batch_first=True, engine=engine), hidden)
+        models[impl].load_state_dict(nn_model.state_dict())
     models["torch.nn"] = nn_model
     return {k: m.to(device) for k, m in models.items()}
 

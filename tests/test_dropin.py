@@ -146,3 +146,24 @@ def test_compile_with_inductor_keeps_the_fused_layer_one_node():
     for b, t in ((4, 7), (4, 7), (6, 9)):
         x = torch.randn(b, t, 3)
         assert_all_close(outputs_and_grads(compiled, x), outputs_and_grads(ref, x), 1e-5)
+
+
+def test_gpu_benchmark_runs_on_the_cpu(tmp_path):
+    """benchmarks/gpu.py, which a lent GPU runs, in its CPU mode: the torch engine bit for bit
+    torch.nn's, the reference loop close, every time positive."""
+    import json
+    import pathlib
+    import subprocess
+    import sys
+
+    script = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "gpu.py"
+    done = subprocess.run([sys.executable, str(script), "--device", "cpu", "--quick", "--sizes", "4x5x8",
+                           "--cells", "gru,lstm", "--json", str(tmp_path / "gpu.json")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads((tmp_path / "gpu.json").read_text())["rows"]
+    assert [(r["cell"], r["impl"]) for r in rows] == [(c, i) for c in ("gru", "lstm")
+                                                     for i in ("torch-engine", "reference", "torch.nn")]
+    for r in rows:
+        assert r["train_ms"] > 0 and r["infer_ms"] > 0
+        assert r["bitwise"] if r["impl"] == "torch-engine" else r["max_abs_diff"] < 1e-5

@@ -194,6 +194,9 @@ class RNNBase(nn.Module):
         self.bidirectional = bidirectional
         self.nonlinearity = nonlinearity
         self.reset_after = bool(reset_after)
+        # torch's op (torch._VF) that runs this layer, None where torch has none
+        self._torch_op = (("rnn_tanh" if nonlinearity == "tanh" else "rnn_relu") if self.kind == "rnn"
+                          else self.kind if self.reset_after else None)
         self.proj_size = proj_size  # LSTM only: h = W_hr (o ⊙ tanh(c)), proj_size wide
         self.engine = engine
         factory = {"device": device, "dtype": dtype}
@@ -218,13 +221,6 @@ class RNNBase(nn.Module):
     @property
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
-
-    @property
-    def _torch_op(self) -> str | None:
-        """The name of torch's op that runs this layer (torch._VF), or None where torch has none."""
-        if self.kind == "rnn":
-            return "rnn_tanh" if self.nonlinearity == "tanh" else "rnn_relu"
-        return self.kind if self.reset_after else None
 
     @staticmethod
     def _names(layer: int, direction: int) -> tuple[str, str, str, str, str]:
@@ -378,8 +374,8 @@ class RNNBase(nn.Module):
         weights = [self.layer_weights(layer, d) for layer in range(self.num_layers)
                    for d in range(self.num_directions)]
         first = weights[0][0]
-        device_type = (input.data if packed else input).device.type
-        autocast = torch._C._is_any_autocast_enabled() and torch.is_autocast_enabled(device_type)
+        autocast = torch._C._is_any_autocast_enabled() and torch.is_autocast_enabled(
+            (input.data if packed else input).device.type)
         if dtype != first.dtype and not autocast:
             raise ShapeError(
                 f"input dtype {dtype} does not match the parameters' {first.dtype} "
@@ -401,6 +397,7 @@ class RNNBase(nn.Module):
                 return self._forward_torch(op, input, hx, weights, packed, batched)
             output, h_n = self._run_layers(engine, x, lengths, hx, weights)
         else:  # as torch.nn: the recurrence in the dtype torch's op gives under this autocast
+            device_type = x.device.type
             cast = autocast_dtype(op or "gru", device_type, torch.get_autocast_dtype(device_type), first.dtype)
             if self.engine == "fused" and cast not in kernels.DTYPES:
                 raise ConfigError(f"engine='fused' runs float32/float64, and under this autocast torch.nn "
