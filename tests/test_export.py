@@ -1,6 +1,6 @@
 """Export: rnnkit.export.to_onnx against PyTorch with onnxruntime at several batch sizes and lengths,
-ONNX's own recurrent operators in the graph; torch.export and torch.onnx.export of modules holding
-rnnkit layers, at least as well as of the same modules holding torch.nn's."""
+ONNX's own recurrent operators in the graph; torch.export with a dynamic length; jit tracing and the
+TorchScript ONNX exporter. (torch.onnx.export's own path, per cell and engine: tests/test_dropin.py.)"""
 
 import warnings
 
@@ -100,18 +100,32 @@ def test_torch_export_captures_one_operator_a_layer_with_dynamic_batch_and_lengt
         torch.testing.assert_close(got[1], want[1], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["rnnkit", "torch.nn"])
-def test_torch_onnx_export_takes_a_module_as_it_takes_torch_nns(tmp_path, kind):
-    """torch.onnx.export itself, without rnnkit's translation: rnnkit's GRU exports as torch.nn's
-    does (as torch's op, which the exporter maps to ONNX's GRU), with a dynamic batch."""
+def test_jit_trace_and_the_torchscript_onnx_exporter_take_torchs_op(tmp_path):
+    """Under torch.jit.trace a layer runs torch's op: the trace saves, loads and runs at other
+    shapes, and torch.onnx.export(dynamo=False) maps it to ONNX's LSTM with a dynamic batch and
+    length, as torch.nn's."""
+    import io
+
     torch.manual_seed(0)
-    layer = (rnnkit.GRU if kind == "rnnkit" else nn.GRU)(I, H, batch_first=True)
-    model = Head(layer, H).eval()
+    ours = rnnkit.LSTM(I, H, num_layers=2, batch_first=True)
+    ref = nn.LSTM(I, H, num_layers=2, batch_first=True)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(3, 7, I)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (the shape checks, constant in any trace, and jit's deprecation)
+        traced = torch.jit.trace(ours, (x,))
+    saved = io.BytesIO()
+    torch.jit.save(traced, saved)
+    saved.seek(0)
+    loaded = torch.jit.load(saved)
+    other = torch.randn(5, 11, I)
+    torch.testing.assert_close(loaded(other)[0], ref(other)[0], atol=0, rtol=0)
+    path = tmp_path / "ts.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(model, (torch.randn(3, 7, I),), dynamo=True, input_names=["x"],
-                                    dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
-    path = tmp_path / "m.onnx"
-    program.save(str(path))
-    assert "GRU" in onnx_ops(path)
-    assert verify(model, path, I, sizes=((1, 7), (5, 7)))
+        torch.onnx.export(ours, (x,), str(path), dynamo=False, input_names=["x"],
+                          dynamic_axes={"x": {0: "batch", 1: "length"}})
+    assert "LSTM" in onnx_ops(path)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"x": other.numpy()})[0]
+    torch.testing.assert_close(torch.from_numpy(got), ref(other)[0].detach(), atol=1e-5, rtol=1e-5)

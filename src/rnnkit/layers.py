@@ -119,14 +119,13 @@ def choose_engine(engine: str, x: Tensor, lengths: Tensor | None, torch_serves: 
                               "reset_after=True); use engine='auto' or 'reference' for this one")
         return "torch"
     mode = special_mode(x)
-    fused = fused_serves and kernels.supports(x, lengths)
-    if fused and mode in (None, "compile"):
+    if mode in (None, "compile") and fused_serves and kernels.supports(x, lengths):
         return "fused"
     if engine == "fused":
         if not fused_serves:
             raise ConfigError("engine='fused' does not run LSTM with proj_size (use engine='auto', "
                               "'torch' or 'reference')")
-        if not fused:
+        if not kernels.supports(x, lengths):
             raise ConfigError(
                 f"engine='fused' runs non-empty float32/float64 CPU tensors with int64 CPU lengths; got "
                 f"{x.dtype} on {x.device}, input of shape {_shape(x.shape if shape is None else shape)} "
