@@ -510,13 +510,21 @@ def test_double_backward_is_torch_nns(engine):
 
 
 def test_a_functorch_transform_gets_torch_nns_answer_or_a_clear_error():
-    """auto runs torch's op under a functorch transform; an explicit fused engine says it cannot."""
+    """auto runs the reference loop under a functorch transform (vmap too, which torch.nn's GRU has
+    no batching rule for); an explicit fused engine says it cannot."""
     ours = rnnkit.GRU(I, H, dtype=torch.float64)
     ref = torch.nn.GRU(I, H, dtype=torch.float64)
     ref.load_state_dict(ours.state_dict())
     x = torch.randn(T, B, I, dtype=torch.float64)
-    assert torch.equal(torch.func.grad(lambda inp: ours(inp)[0].sum())(x),
-                       torch.func.grad(lambda inp: ref(inp)[0].sum())(x))
+    torch.testing.assert_close(torch.func.grad(lambda inp: ours(inp)[0].sum())(x),
+                               torch.func.grad(lambda inp: ref(inp)[0].sum())(x), atol=1e-12, rtol=0)
+    xs = torch.randn(2, T, B, I, dtype=torch.float64)
+    torch.testing.assert_close(torch.func.vmap(lambda inp: ours(inp)[0])(xs),
+                               torch.stack([ref(inp)[0] for inp in xs]), atol=1e-12, rtol=0)
+    tangent = torch.randn_like(x)
+    for got, want in zip(torch.func.jvp(lambda inp: ours(inp)[0], (x,), (tangent,)),
+                         torch.func.jvp(lambda inp: ref(inp)[0], (x,), (tangent,))):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
     ours.engine = "fused"
     with pytest.raises(ConfigError, match="engine='fused' cannot run under torch.func"):
         torch.func.grad(lambda inp: ours(inp)[0].sum())(x)

@@ -73,8 +73,9 @@ def special_mode(x: Tensor) -> str | None:
     """What this call runs under beyond eager autograd, as far as it decides the engine: None, or
     "compile" (torch.compile, torch.export, fake tensors: the fused engine as one torch operator,
     :mod:`rnnkit.kernels.op`), "onnx" (torch.onnx.export, where no rnnkit translation is in use: the
-    aten ops that the exporter maps), "torch.func" (functorch transforms, forward AD), "jit trace"
-    or "autocast" (where torch's op decides the dtype, as torch.nn's does)."""
+    aten ops that the exporter maps), "torch.func" (functorch transforms, forward AD: the
+    reference loop's plain ops), "jit trace" or "autocast" (where torch's op decides the dtype, as
+    torch.nn's does)."""
     if torch.compiler.is_compiling() or type(x) is not Tensor:
         if _in_onnx_export() and not kernels.op.TRANSLATED:
             return "onnx"
@@ -132,6 +133,8 @@ def choose_engine(engine: str, x: Tensor, lengths: Tensor | None, torch_serves: 
                 f"(use engine='auto' to fall back)")
         raise ConfigError(f"engine='fused' cannot run under {mode}, whose gradients or graph need "
                           f"torch's own ops (use engine='auto', which takes them there)")
+    if mode == "torch.func":  # plain ops: torch's RNN ops have no batching rule for vmap
+        return "reference"
     return "torch" if torch_serves else "reference"
 
 
