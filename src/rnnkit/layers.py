@@ -2,9 +2,10 @@
 
 :class:`RNN`, :class:`LSTM` and :class:`GRU` are drop-in replacements of the torch.nn layers: the same
 constructor, forward signature, input/output shapes (batched, unbatched, PackedSequence) and parameter
-names, so ``state_dict`` moves between them unchanged. Each layer and direction is run by an *engine*,
-a function with the signature of :func:`run_reference`; this module holds the reference engine (a plain
-loop over :mod:`rnnkit.cells`) and picks the engine for each call.
+names, so ``state_dict`` moves between them unchanged. Each call is run by an *engine*: the fused
+engine or the reference loop (a plain loop over :mod:`rnnkit.cells`, held here), each one layer and
+direction at a time with the signature of :func:`run_reference`, or torch's own op for the whole
+stack (``engine="torch"``); :func:`choose_engine` picks it for each call.
 """
 
 from __future__ import annotations
@@ -131,6 +132,9 @@ def choose_engine(engine: str, x: Tensor, lengths: Tensor | None, torch_serves: 
                 f"engine='fused' runs non-empty float32/float64 CPU tensors with int64 CPU lengths; got "
                 f"{x.dtype} on {x.device}, input of shape {_shape(x.shape if shape is None else shape)} "
                 f"(use engine='auto' to fall back)")
+        if mode == "onnx":
+            raise ConfigError("engine='fused' cannot run inside torch.onnx.export, which has no translation "
+                              "of its operator (use rnnkit.export.to_onnx, or engine='auto')")
         raise ConfigError(f"engine='fused' cannot run under {mode}, whose gradients or graph need "
                           f"torch's own ops (use engine='auto', which takes them there)")
     if mode == "torch.func":  # plain ops: torch's RNN ops have no batching rule for vmap
