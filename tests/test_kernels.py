@@ -509,6 +509,16 @@ def test_double_backward_is_torch_nns(engine):
         torch.testing.assert_close(got, want, atol=1e-10, rtol=0)
 
 
+def test_double_backward_after_an_input_changed_in_place_raises():
+    layer = rnnkit.GRU(I, H, engine="fused", dtype=torch.float64)
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    out = layer(x)[0]
+    with torch.no_grad():
+        layer.bias_hh_l0.add_(1.0)  # (not read by the first-order backward, but by its recomputation)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        torch.autograd.grad(out.sum(), x, create_graph=True)
+
+
 def test_a_functorch_transform_gets_torch_nns_answer_or_a_clear_error():
     """auto runs the reference loop under a functorch transform (vmap too, which torch.nn's GRU has
     no batching rule for); an explicit fused engine says it cannot."""

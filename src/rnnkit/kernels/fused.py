@@ -229,12 +229,16 @@ class FusedLayer(torch.autograd.Function):
         ctx.save_for_backward(x3, xp, hs, cs, acts, W_ih, W)
         ctx.set_materialize_grads(False)  # an unused output's gradient comes as None, not new zeros
         ctx.config = (code, reverse, lens, plan)  # the backward splits the work the same way
-        ctx.inputs = (lengths, x, h0, c0, W_ih, W_hh, b_ih, b_hh)
+        ctx.inputs = inputs = (lengths, x, h0, c0, W_ih, W_hh, b_ih, b_hh)
+        ctx.versions = tuple(t._version for t in inputs if t is not None)  # (as saved tensors' are checked)
         return out, h_n, c_n
 
     @staticmethod
     def backward(ctx, dout: Tensor, dh_n: Tensor, dc_n: Tensor | None):
         if torch.is_grad_enabled():  # create_graph=True
+            if tuple(t._version for t in ctx.inputs if t is not None) != ctx.versions:
+                raise RuntimeError("one of the variables needed for gradient computation has been modified "
+                                   "by an inplace operation (an input of an rnnkit fused layer)")
             return (None, None, *_recomputed_grads(ctx.config[:2], ctx.inputs, ctx.needs_input_grad[2:],
                                                    (dout, dh_n, dc_n)))
         return (None, None, None, *_backward(ctx.config, ctx.saved_tensors, dout, dh_n, dc_n,
