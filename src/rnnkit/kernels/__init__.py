@@ -1,4 +1,6 @@
-"""Fused engines: hoisted input GEMM, hand-written BPTT, compiled time loop (see fused.py).
+"""Fused engines: hoisted input GEMM, hand-written BPTT, compiled time loop (see fused.py), also as
+the torch operators ``torch.ops.rnnkit.fused_layer`` and ``fused_layer_backward`` (op.py), registered
+on import, for torch.compile and torch.export.
 
 :func:`supports` is plain torch; ``run_fused`` is imported on first use, so ``import rnnkit`` does not
 pay for numba (~0.6 s) until a fused layer runs.
