@@ -377,16 +377,17 @@ class Forecaster:
             raise ShapeError(f"predict expects windows of shape (N, seq_length, {F}) (or (N, seq_length) / "
                              f"(seq_length,) for one feature), got {np.shape(x)}")
         at = np.broadcast_to(len(self.panel.series[series].values) if at is None else np.asarray(at), (len(a),))
-        return self._predict_windows(a, self.scalers[series], at.astype(np.int64), horizon)
+        return self._predict_windows(a, [self.scalers[series]] * len(a), at.astype(np.int64), horizon)
 
-    def _predict_windows(self, a: np.ndarray, scaler: Scaler, at: np.ndarray, horizon: int | None) -> np.ndarray:
-        """Forecasts (N, H, T) in original units after windows a (N, S, F) whose first forecast steps are
-        at grid positions ``at`` (N,)."""
+    def _predict_windows(self, a: np.ndarray, scalers: list[Scaler], at: np.ndarray, horizon: int | None
+                         ) -> np.ndarray:
+        """Forecasts (N, H, T) in original units after windows a (N, S, F), each scaled by its scaler, whose
+        first forecast steps are at grid positions ``at`` (N,)."""
         S = a.shape[1]
-        z = np.stack([scaler.transform(w, int(p) - S) for w, p in zip(a, at)]) if scaler.seasonal is not None \
-            else scaler.transform(a)
+        z = np.stack([sc.transform(w, int(p) - S) for w, sc, p in zip(a, scalers, at)])
         pred = self._forecast(torch.as_tensor(z, dtype=torch.float32), horizon)  # (N, H, T)
-        return scaler.inverse(pred, list(range(pred.shape[2])), _steps(at, pred.shape[1]))
+        steps, cols = _steps(at, pred.shape[1]), list(range(pred.shape[2]))
+        return np.stack([sc.inverse(p, cols, q) for p, sc, q in zip(pred, scalers, steps)])
 
     def history_series(self, data: Any = None) -> Panel:
         """A history to forecast from, read with the run's columns: None (the series trained on), a CSV
@@ -415,23 +416,20 @@ class Forecaster:
         hist = self.history_series(data)
         d = self.config.data
         index = self._match(hist, log)
-        parts = []
-        for i, s in enumerate(hist.series):
-            k = index[i]
-            n = len(s.values)
-            start = self._grid_offset(k, s)
-            at = np.array([start + n])  # the grid position of the first forecast step
-            window = _window(s.values, d.seq_length)
-            pred = self._predict_windows(window[None], self.scalers[k], at, horizon)[0]  # (H, T)
-            part = pd.DataFrame({"step": np.arange(1, len(pred) + 1)})
-            if s.time is not None:
-                part.insert(0, d.time_col, s.time.future(len(pred)))
-            if hist.ids is not None:
-                part.insert(0, d.id_col, [hist.ids[i]] * len(pred))
-            for j, name in enumerate(s.columns[:s.n_targets]):
-                part[name] = pred[:, j]
-            parts.append(part)
-        return pd.concat(parts, ignore_index=True)
+        windows = np.stack([_window(s.values, d.seq_length) for s in hist.series])  # (N, S, F)
+        # the grid position of each series' first forecast step, on the run's grid of that series
+        at = np.array([self._grid_offset(k, s) + len(s.values) for k, s in zip(index, hist.series)])
+        pred = self._predict_windows(windows, [self.scalers[k] for k in index], at, horizon)  # (N, H, T)
+        N, H = pred.shape[:2]
+        out = pd.DataFrame({"step": np.tile(np.arange(1, H + 1), N)})
+        if hist.time is not None:
+            times = [s.time.future(H) for s in hist.series]
+            out.insert(0, d.time_col, times[0].append(times[1:]) if N > 1 else times[0])
+        if hist.ids is not None:
+            out.insert(0, d.id_col, np.repeat(np.asarray(hist.ids, dtype=object), H))
+        for j, name in enumerate(hist.columns[:hist.n_targets]):
+            out[name] = pred[:, :, j].ravel()
+        return out
 
     def _match(self, hist: Panel, log) -> list[int]:
         """For each series of a history, the index of the run's series it continues."""
