@@ -64,7 +64,7 @@ def _one_buffer(model) -> bool:
     return len({p.untyped_storage().data_ptr() for p in model.rnn.parameters()}) == 1
 
 
-def main() -> int:
+def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="cuda (default; ROCm's too), cuda:N or cpu")
     parser.add_argument("--sizes", default=None, help=f"BATCHxSTEPSxHIDDEN[,...] (default: {SIZES})")
@@ -72,7 +72,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help=f"sizes {QUICK_SIZES}, 3 short rounds")
     parser.add_argument("--json", help="also write the results to this JSON file")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("error: no CUDA device (use --device cpu for the CPU)", file=sys.stderr)
