@@ -80,6 +80,12 @@ def test_to_onnx_mistakes_are_one_line_errors(tmp_path):
         to_onnx(rnnkit.GRU(I, H), tmp_path / "g.onnx", 0)
     with pytest.raises(ConfigError, match="nn.Module"):
         to_onnx(lambda x: x, tmp_path / "f.onnx", I)
+    class DataDependent(nn.Module):  # a branch on a value: no graph holds it
+        def forward(self, x):
+            return x if x.sum() > 0 else -x
+
+    with pytest.raises(ConfigError, match="torch.onnx.export could not export this module: .+"):
+        to_onnx(DataDependent(), tmp_path / "d.onnx", I)
     assert not list(tmp_path.iterdir())  # nothing written
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import pathlib
+import re
 import tempfile
 import warnings
 
@@ -88,8 +89,13 @@ def to_onnx(module: nn.Module, path, input_size: int, *, batch_first: bool = Tru
             pathlib.Path(tmp.name).replace(path)  # whole or not at all
         finally:
             pathlib.Path(tmp.name).unlink(missing_ok=True)
-    except torch.onnx.errors.OnnxExporterError as e:  # (the exporter's own, with its reason)
-        raise ConfigError(f"torch.onnx.export could not export this module: {str(e).splitlines()[0]}") from e
+    except torch.onnx.errors.OnnxExporterError as e:  # (the exporter's own: its first cause says why)
+        cause = e
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        reason = re.sub(r"\x1b\[[0-9;]*m", "", (str(cause).strip().splitlines() or [""])[0])
+        raise ConfigError(f"torch.onnx.export could not export this module: {type(cause).__name__}: "
+                          f"{reason}") from e
     finally:
         module.train(training)
     return path
