@@ -658,3 +658,33 @@ def test_unused_outputs_get_no_gradient_tensors(name, used, path, monkeypatch):
         torch.set_num_threads(threads)
     for a, b in zip(*results):
         torch.testing.assert_close(b, a, atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["rnn", "lstm", "gru", "gru-reset-before"])
+def test_the_operator_passes_opcheck_and_gives_the_functions_gradients(name):
+    """torch.ops.rnnkit.fused_layer (what torch.compile and torch.export run): its schema, fake
+    implementation and autograd registration as torch.library.opcheck checks them, and its outputs
+    and gradients the autograd.Function's (the same loops)."""
+    from rnnkit.kernels import op
+
+    kind, reset_after = ("gru", False) if name == "gru-reset-before" else (name, True)
+    code = kind_code(kind, reset_after=reset_after)
+    G = {"rnn": 1, "lstm": 4, "gru": 3}[kind]
+    torch.manual_seed(0)
+
+    def leaf(*shape):
+        return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+
+    x, h0, W_ih, W_hh, b_ih, b_hh = leaf(B, T, I), leaf(B, H), leaf(G * H, I), leaf(G * H, H), leaf(G * H), leaf(G * H)
+    c0 = leaf(B, H) if kind == "lstm" else None
+    inputs = [t for t in (x, h0, c0, W_ih, W_hh, b_ih, b_hh) if t is not None]
+    for lengths in (None, LENGTHS):
+        args = (x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, code, True)
+        assert set(torch.library.opcheck(op.fused_layer, args).values()) == {"SUCCESS"}
+        results = []
+        for outputs in (op.fused_layer(*args)[:3], FusedLayer.apply(code, True, lengths, x, h0, c0, W_ih, W_hh, b_ih, b_hh)):
+            outputs = [o for o in outputs if o is not None and o.numel()]
+            loss = sum((o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype).view(o.shape)).sum() for o in outputs)
+            results.append([o.detach() for o in outputs] + list(torch.autograd.grad(loss, inputs)))
+        for got, want in zip(*results):
+            torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
