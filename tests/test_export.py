@@ -135,3 +135,28 @@ def test_jit_trace_and_the_torchscript_onnx_exporter_take_torchs_op(tmp_path):
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {"x": other.numpy()})[0]
     torch.testing.assert_close(torch.from_numpy(got), ref(other)[0].detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_a_fresh_process_exports_and_another_loads_the_program(tmp_path):
+    """torch.export as a process's first use of a layer (the compiled loops must not load while
+    the tracer runs), torch.export.save there, and load and run here (rnnkit.kernels registers the
+    operator)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch, rnnkit\n"
+        "torch.manual_seed(0)\n"
+        "m = rnnkit.GRU(3, 8, batch_first=True)\n"
+        "dims = ({0: torch.export.Dim('b'), 1: torch.export.Dim('t')},)\n"
+        "torch.export.save(torch.export.export(m, (torch.randn(2, 5, 3),), dynamic_shapes=dims), sys.argv[1])\n"
+        "torch.save(m.state_dict(), sys.argv[2])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "gru.pt2"), str(tmp_path / "gru.pt")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    program = torch.export.load(str(tmp_path / "gru.pt2"))
+    layer = rnnkit.GRU(3, 8, batch_first=True)
+    layer.load_state_dict(torch.load(tmp_path / "gru.pt", weights_only=True))
+    x = torch.randn(4, 9, 3)
+    torch.testing.assert_close(program.module()(x)[0], layer(x)[0], atol=1e-6, rtol=1e-6)

@@ -107,12 +107,13 @@ def _in_onnx_export() -> bool:
 
 def choose_engine(engine: str, x: Tensor, lengths: Tensor | None, torch_serves: bool,
                   shape: tuple | str | None = None, fused_serves: bool = True) -> str:
-    """"fused", "torch" or "reference": the engine that runs this call. ``torch_serves``: whether
+    """"fused", "op" (the fused engine as a torch operator, where a tracer or compiler runs the
+    layer), "torch" or "reference": the engine that runs this call. ``torch_serves``: whether
     torch's op runs this layer (not GRU reset_after=False, nor CustomRNN); ``fused_serves``: whether
     the fused engine runs its configuration (not LSTM with proj_size); ``shape``: the caller's input
     shape (or a description of a PackedSequence), for the errors."""
     if kernels.op.TRANSLATED and fused_serves and torch.compiler.is_compiling() and kernels.supports(x, lengths):
-        return "fused"  # whatever the engine: rnnkit.export translates the fused operator to ONNX's
+        return "op"  # whatever the engine: rnnkit.export translates the fused operator to ONNX's
     if engine == "reference":
         return "reference"
     if engine == "torch":
@@ -122,7 +123,7 @@ def choose_engine(engine: str, x: Tensor, lengths: Tensor | None, torch_serves: 
         return "torch"
     mode = special_mode(x)
     if mode in (None, "compile") and fused_serves and kernels.supports(x, lengths):
-        return "fused"
+        return "fused" if mode is None else "op"
     if engine == "fused":
         if not fused_serves:
             raise ConfigError("engine='fused' does not run LSTM with proj_size (use engine='auto', "
@@ -145,9 +146,11 @@ def choose_engine(engine: str, x: Tensor, lengths: Tensor | None, torch_serves: 
 def pick_engine(engine: str, kind: str, x: Tensor, lengths: Tensor | None) -> Callable:
     """The function that runs one layer-direction of a layer torch has no op for (CustomRNN), with
     the signature of :func:`run_reference`."""
-    if choose_engine(engine, x, lengths, torch_serves=False) == "fused":
-        return kernels.run_fused
-    return run_reference
+    return _RUN[choose_engine(engine, x, lengths, torch_serves=False)]()
+
+
+# engine -> its function of one layer-direction (looked up when called: run_fused loads numba)
+_RUN = {"fused": lambda: kernels.run_fused, "op": lambda: kernels.op.run_op, "reference": lambda: run_reference}
 
 
 def check_engine(engine: str) -> None:
@@ -427,7 +430,7 @@ class RNNBase(nn.Module):
                     weights: list) -> tuple[Tensor, tuple]:
         """The stack of layers over x (B, T, I), one layer-direction at a time: the output (B, T, D*H)
         and the final states, each (L*D, B, ·)."""
-        run = kernels.run_fused if engine == "fused" else run_reference
+        run = _RUN[engine]()
         states = self._initial_state(hx, x.shape[0], x)
         finals: list[State] = []
         layer_input = x

@@ -13,9 +13,29 @@ import functools
 import torch
 from torch import Tensor
 
-from . import op  # noqa: F401 - registers torch.ops.rnnkit (the loops load on first use)
-
 DTYPES = (torch.float32, torch.float64)
+
+# The loops' cell codes, and the extra storage per time step each stores (in units of H; see
+# rnnkit.kernels.loops), here where no numba is imported: a layer traced by torch.export or
+# torch.compile goes through the operators (op.py), whose fake implementations need them, without
+# loading the compiled loops while the tracer runs.
+RNN_TANH, RNN_RELU, LSTM, GRU, GRU_RESET_BEFORE = range(5)
+ACTS = {RNN_TANH: 0, RNN_RELU: 0, LSTM: 1, GRU: 1, GRU_RESET_BEFORE: 1}
+# code -> (kind, nonlinearity, reset_after): the cell a code runs, as rnnkit.layers names it
+KINDS = {RNN_TANH: ("rnn", "tanh", True), RNN_RELU: ("rnn", "relu", True), LSTM: ("lstm", "tanh", True),
+         GRU: ("gru", "tanh", True), GRU_RESET_BEFORE: ("gru", "tanh", False)}
+
+
+def kind_code(kind: str, nonlinearity: str = "tanh", reset_after: bool = True) -> int:
+    """The loops' code of a cell (see :data:`KINDS`)."""
+    if kind == "rnn":
+        return RNN_TANH if nonlinearity == "tanh" else RNN_RELU
+    if kind == "lstm":
+        return LSTM
+    return GRU if reset_after else GRU_RESET_BEFORE
+
+
+from . import op  # noqa: E402 - registers torch.ops.rnnkit (the loops load on first use)
 
 
 def supports(x: Tensor, lengths: Tensor | None) -> bool:
@@ -67,4 +87,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["op", "precompile", "run_fused", "supports", "zeros"]
+__all__ = ["ACTS", "KINDS", "kind_code", "op", "precompile", "run_fused", "supports", "zeros"]

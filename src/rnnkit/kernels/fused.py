@@ -17,8 +17,8 @@ the team block that points at them (:func:`rnnkit.kernels.buffers.work`); a bigg
 a megabyte and more are kept one by one (:func:`rnnkit.kernels.buffers.empty`).
 
 A double backward (``create_graph=True``) goes through the reference loop (:class:`FusedLayer`).
-Under torch.compile, torch.export or fake tensors the layer is the torch operator
-``rnnkit::fused_layer`` instead (:mod:`rnnkit.kernels.op`), the same loops behind it.
+Under torch.compile, torch.export or fake tensors the layers run the torch operator
+``rnnkit::fused_layer`` instead (:func:`rnnkit.kernels.op.run_op`), the same loops behind it.
 """
 
 from __future__ import annotations
@@ -28,22 +28,7 @@ import functools
 import torch
 from torch import Tensor
 
-from . import blas, buffers, loops, op, team, zeros
-
-def kind_code(kind: str, nonlinearity: str = "tanh", reset_after: bool = True) -> int:
-    """The loops' code of a cell (see :data:`KINDS`)."""
-    if kind == "rnn":
-        return loops.RNN_TANH if nonlinearity == "tanh" else loops.RNN_RELU
-    if kind == "lstm":
-        return loops.LSTM
-    return loops.GRU if reset_after else loops.GRU_RESET_BEFORE
-
-
-# code -> (kind, nonlinearity, reset_after): the cell a loops' code runs, as rnnkit.layers names it
-KINDS = {loops.RNN_TANH: ("rnn", "tanh", True), loops.RNN_RELU: ("rnn", "relu", True),
-         loops.LSTM: ("lstm", "tanh", True), loops.GRU: ("gru", "tanh", True),
-         loops.GRU_RESET_BEFORE: ("gru", "tanh", False)}
-
+from . import KINDS, blas, buffers, kind_code, loops, team, zeros
 
 @functools.lru_cache(maxsize=16)
 def _full_lengths(B: int, T: int) -> Tensor:
@@ -352,9 +337,6 @@ def run_fused(kind: str, x: Tensor, state: tuple, weights: tuple, lengths: Tenso
     W_ih, W_hh, b_ih, b_hh = weights
     code = kind_code(kind, nonlinearity, reset_after)
     c0 = state[1] if code == loops.LSTM else None
-    if torch.compiler.is_compiling() or type(x) is not Tensor:  # one graph node, fake tensors welcome
-        out, h_n, c_n = op.fused_layer(x, state[0], c0, W_ih, W_hh, b_ih, b_hh, lengths, code, reverse)[:3]
-        return out, ((h_n, c_n) if code == loops.LSTM else (h_n,))
     args = (code, reverse, lengths, x, state[0], c0, W_ih, W_hh, b_ih, b_hh)
     if torch.is_grad_enabled() and (W_ih.requires_grad or W_hh.requires_grad or x.requires_grad
                                     or any(t is not None and t.requires_grad for t in (b_ih, b_hh, *state))):

@@ -52,10 +52,9 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-RNN_TANH, RNN_RELU, LSTM, GRU, GRU_RESET_BEFORE = range(5)
-
-# Extra storage per time step, in units of H (see the module docstring).
-ACTS = {RNN_TANH: 0, RNN_RELU: 0, LSTM: 1, GRU: 1, GRU_RESET_BEFORE: 1}
+# The cell codes and the extra storage per time step, in units of H (see the module docstring),
+# defined where no numba is imported; constants in the compiled code.
+from . import ACTS, GRU, GRU_RESET_BEFORE, LSTM, RNN_RELU, RNN_TANH  # noqa: E402, F401
 
 _JIT = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 

@@ -6,7 +6,7 @@ as its registered autograd formula, and both have fake implementations (shapes o
 kept symbolic), so torch.compile keeps a layer as one node of its graph (and its backward as another),
 and torch.export captures it with a dynamic batch and length. An eager call takes the
 autograd.Function instead (:func:`rnnkit.kernels.run_fused`): the same loops, without the
-dispatcher's cost per call.
+dispatcher's cost per call. :func:`run_op` is the engine function over them.
 
 The operators' outputs are new tensors (an operator's outputs may not share memory): the forward's
 results and the activations its backward reads, which are outputs too so that a compiled graph
@@ -41,7 +41,7 @@ def fused_layer(x: Tensor, h0: Tensor, c0: Tensor | None, W_ih: Tensor, W_hh: Te
 
 @fused_layer.register_fake
 def _(x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, code, reverse):
-    from .loops import ACTS
+    from . import ACTS
 
     B, T, _ = x.shape
     GH, H = W_hh.shape
@@ -57,12 +57,12 @@ def fused_layer_backward(dout: Tensor, dh_n: Tensor, dc_n: Tensor, x: Tensor, xp
                          code: int, reverse: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The BPTT of :func:`fused_layer`: from the outputs' gradients (dc_n empty but for LSTM) and its
     activations, (dx, dh0, dc0 (empty but for LSTM), dW_ih, dW_hh, db_ih, db_hh)."""
-    from . import blas
-    from .fused import _backward, _lengths, loops
+    from . import LSTM, blas
+    from .fused import _backward, _lengths
 
     B, T, _ = x.shape
     GH, H = W_hh.shape
-    lstm = code == loops.LSTM
+    lstm = code == LSTM
     config = (code, reverse, _lengths(lengths, B, T), blas.plan(B, H, GH))
     grads = _backward(config, (x.contiguous(), xp, hs, cs, acts, W_ih, W_hh.contiguous()), dout,
                       dh_n, dc_n if lstm else None, (True, True, lstm, True, True, True, True))
@@ -73,7 +73,7 @@ def fused_layer_backward(dout: Tensor, dh_n: Tensor, dc_n: Tensor, x: Tensor, xp
 
 @fused_layer_backward.register_fake
 def _(dout, dh_n, dc_n, x, xp, hs, cs, acts, W_ih, W_hh, lengths, code, reverse):
-    from .loops import LSTM
+    from . import LSTM
 
     B, H = dh_n.shape
     return (torch.empty_like(x), dh_n.new_empty(B, H), dh_n.new_empty(B, H) if code == LSTM else dh_n.new_empty(0),
@@ -99,3 +99,16 @@ def _autograd(ctx, dout, dh_n, dc_n, *_activations):
 
 
 fused_layer.register_autograd(_autograd, setup_context=_setup_context)
+
+
+def run_op(kind: str, x: Tensor, state: tuple, weights: tuple, lengths: Tensor | None = None,
+           reverse: bool = False, nonlinearity: str = "tanh", reset_after: bool = True) -> tuple[Tensor, tuple]:
+    """The fused engine as :func:`fused_layer`, with the signature and results of
+    :func:`rnnkit.layers.run_reference`: what a traced or compiled layer runs (one graph node; fake
+    tensors welcome; the compiled loops load when the graph first runs, not while it is traced)."""
+    from . import LSTM, kind_code
+
+    code = kind_code(kind, nonlinearity, reset_after)
+    c0 = state[1] if code == LSTM else None
+    out, h_n, c_n = fused_layer(x, state[0], c0, *weights, lengths, code, reverse)[:3]
+    return out, ((h_n, c_n) if code == LSTM else (h_n,))
