@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 RUN    ?= runs/default
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench anchors clean
 
 install: $(VENV)/.installed
 
@@ -24,6 +24,15 @@ test: install
 
 bench: install
 	$(BIN)/rnnkit bench
+
+# Accuracy against statsforecast's AutoETS/AutoARIMA/AutoTheta/seasonal naive on public series
+# (benchmarks/forecast_anchors.py; the `anchors` extra is for this alone). ANCHORS_ARGS='--only austa --no-panel'
+anchors: $(VENV)/.anchors
+	$(BIN)/python benchmarks/forecast_anchors.py $(ANCHORS_ARGS)
+
+$(VENV)/.anchors: $(VENV)/.installed pyproject.toml constraints.txt
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[anchors]'
+	touch $@
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info
