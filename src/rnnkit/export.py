@@ -41,7 +41,8 @@ def to_onnx(module: nn.Module, path, input_size: int, *, batch_first: bool = Tru
     input_size) with ``batch_first=False`` — of ``dtype``. Its outputs (a tensor, or a tuple or
     list of tensors, nested as the module returns them) become the model's outputs in order.
     The ONNX model's input is named ``x``, with the batch and length dimensions named ``batch``
-    and ``length``; its outputs ``y`` (one output) or ``y0``, ``y1``, ... . It is exported in eval mode (dropout off); the module's own mode is restored.
+    and ``length``; its outputs ``y`` (one output) or ``y0``, ``y1``, ... . It is exported in eval
+    mode (dropout off); the module's own mode is restored.
     check: run the model with onnxruntime, where it is installed, at two batch sizes and lengths
     other than the traced one, and raise an RnnkitError unless it agrees with the module (atol
     and rtol 1e-4 in float32).
@@ -113,10 +114,15 @@ def verify(module: nn.Module, path, input_size: int, *, batch_first: bool = True
         return False
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     gen = torch.Generator().manual_seed(0)
-    for batch, length in sizes:
-        x = _example(input_size, batch_first, dtype, batch, length, gen)
+    inputs = [_example(input_size, batch_first, dtype, batch, length, gen) for batch, length in sizes]
+    training = module.training
+    module.eval()
+    try:
         with torch.no_grad():
-            want = [t.numpy() for t in _flatten(module(x))]
+            wants = [[t.numpy() for t in _flatten(module(x))] for x in inputs]
+    finally:
+        module.train(training)
+    for (batch, length), x, want in zip(sizes, inputs, wants):
         got = session.run(None, {"x": x.numpy()})
         if len(got) != len(want):
             raise ConfigError(f"the ONNX model at {path} gives {len(got)} outputs, the module {len(want)}")
