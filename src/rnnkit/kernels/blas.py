@@ -195,8 +195,17 @@ def _executor(workers: int) -> ThreadPoolExecutor:
 
 
 @functools.cache
-def _sched_yield() -> int:
-    return _address(ctypes.CDLL(None).sched_yield)
+def _libc() -> tuple[int, int]:
+    """The addresses of libc's sched_yield and time, which the loops' waits call."""
+    libc = ctypes.CDLL(None)
+    return _address(libc.sched_yield), _address(libc.time)
+
+
+# The tasks-done count of a call whose waits all return at once (rnnkit.kernels.loops._wait), and
+# the seconds a wait polls without seeing a task done before it gives up (module attributes: the
+# tests shorten it)
+ABORTED = 1 << 62
+WAIT_LIMIT_S = 60
 
 
 _ALONE = np.zeros(2, np.int64)  # the sync of a loop without parties (never read)
@@ -227,16 +236,39 @@ def _openmp() -> Team | None:
 
 def team_sync(p: Plan) -> np.ndarray:
     """The shared state of one unit-sharded call (see rnnkit.kernels.loops, above ``_wait``): tasks
-    done, sched_yield, each shard's next unclaimed phase, the shards' unit edges."""
+    done, sched_yield, each shard's next unclaimed phase, the shards' unit edges, time, the waits'
+    bound in seconds."""
     edges = [j0 for _, _, j0, _ in p.shards] + [p.shards[-1][3]]
-    return np.array([0, _sched_yield()] + [0] * p.parties + edges, np.int64)
+    sched_yield, time = _libc()
+    return np.array([0, sched_yield] + [0] * p.parties + edges + [time, WAIT_LIMIT_S], np.int64)
 
 
 def _open_waits(sync: np.ndarray) -> None:
-    """After a party failed, perhaps in the middle of a task: every wait of the call passes at once,
-    so the other parties finish (with garbage) instead of waiting for that task."""
+    """After a party failed, perhaps in the middle of a task: every wait of the call returns at once,
+    so the other parties stop instead of waiting for that task."""
     if sync is not _ALONE:  # row shards never wait
-        sync[0] = 1 << 62
+        sync[0] = ABORTED
+
+
+class WorkerError(RuntimeError):
+    """A thread of the fused engine failed (or waited past its bound for another): the call's
+    results are not written."""
+
+
+def check_team(block: np.ndarray) -> None:
+    """Raise :class:`WorkerError` where a team (rnnkit.kernels.team) reported a failure in its block."""
+    status = block[team_status_slot()]
+    if status:
+        what = {1: "raised an exception", 2: "waited past its bound for another thread's step"}.get(
+            int(status), f"failed ({int(status)})")
+        raise WorkerError(f"a thread of rnnkit's fused engine {what}; the layer's results were not computed")
+
+
+@functools.cache
+def team_status_slot() -> int:
+    from . import team
+
+    return team.STATUS
 
 
 def _party(loop: Callable, args: tuple, shard: tuple) -> None:
@@ -319,6 +351,7 @@ def run_sharded(loop: Callable, args: tuple, p: Plan) -> None:
         found = team_block(loop, args, p, team_body(loop, args[2].dtype), sync)
         if found is not None:
             start(found[2], found[1], p)
+            check_team(found[0])
             return
     b = blas()
     setter = b.set_threads
@@ -330,6 +363,9 @@ def run_sharded(loop: Callable, args: tuple, p: Plan) -> None:
         else:  # a party the pool starts late (busy with another call) finds its tasks done
             _run_pool(loop, args, [(b0, b1, np.uint64(j0), np.uint64(j1), sync, p.parties)
                                    for b0, b1, j0, j1 in p.shards])
+            if sync[0] >= ABORTED:  # (no party raised: a wait gave up)
+                raise WorkerError("a thread of rnnkit's fused engine waited past its bound for another "
+                                  "thread's step; the layer's results were not computed")
     finally:
         if setter is not None:
             setter(old)

@@ -28,7 +28,8 @@ import functools
 import torch
 from torch import Tensor
 
-from . import KINDS, blas, buffers, kind_code, loops, team, zeros
+from ..errors import ShapeError
+from . import DTYPES, KINDS, blas, buffers, kind_code, loops, team, zeros
 
 @functools.lru_cache(maxsize=16)
 def _full_lengths(B: int, T: int) -> Tensor:
@@ -74,11 +75,14 @@ def _launch(work: buffers.Work, loop, kind: int, reverse: bool, plan: blas.Plan,
         gemm = blas.blas().gemm[buffers._numpy_dtype(arrays[0].dtype)]
         blas.run_sharded(loop, _loop_args(kind, gemm, reverse, arrays, split), plan)
     else:
-        _, address, body, slots = work.extra
+        block, address, body, slots = work.extra
         sync, sync_address = blas.sync_address(plan)  # (held until the team is done)
         team.point(slots, [sync_address, *[a.data_ptr() for a in arrays]])
+        block[team.STATUS] = 0
         blas.start(body, address, plan)
         buffers.done(work)  # (a call not kept: its block to the next call of the same shapes)
+        if block[team.STATUS]:
+            blas.check_team(block)
 
 
 @functools.lru_cache(maxsize=256)
@@ -139,6 +143,10 @@ def _forward(code: int, reverse: bool, lengths: Tensor | None, x: Tensor, h0: Te
     # (No detach: autograd is off here, and compiled code reads the tensors by address.)
     x3 = x.contiguous()  # (B, T, I), read by the loop
     W_ih = W_ih.contiguous()
+    if b_ih is not None:
+        b_ih = b_ih.contiguous()
+    if b_hh is not None:
+        b_hh = b_hh.contiguous()
     W = W_hh.contiguous()
     lens = _lengths(lengths, B, T)
     # (H,), read by GRU (reset after) only
@@ -330,10 +338,78 @@ def _backward(config: tuple, saved: tuple, dout: Tensor | None, dh_n: Tensor | N
 _apply = super(torch.autograd.Function, FusedLayer).apply  # (torch._C._FunctionBase.apply)
 
 
+_GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+
+
+def _fits(G: int, lstm: bool, x, state, weights, lengths) -> bool:
+    """Whether the arguments of :func:`run_fused` are what the loops read (see :func:`check_call`)."""
+    try:
+        W_ih, W_hh, b_ih, b_hh = weights
+        B, T, I = x.shape
+        GH, H = W_hh.shape
+        dtype = x.dtype
+        tensors = (x, W_ih, W_hh, *state) + ((b_ih,) if b_ih is not None else ()) + ((b_hh,) if b_hh is not None else ())
+        return (B > 0 and T > 0 and H > 0 and GH == G * H and W_ih.shape == (GH, I) and len(state) == 1 + lstm
+                and all(s.shape == (B, H) for s in state) and (b_ih is None or b_ih.shape == (GH,))
+                and (b_hh is None or b_hh.shape == (GH,)) and dtype in DTYPES
+                and all(t.dtype == dtype and t.is_cpu for t in tensors)
+                and (lengths is None or (lengths.shape == (B,) and lengths.dtype == torch.int64 and lengths.is_cpu)))
+    except (AttributeError, TypeError, ValueError):
+        return False
+
+
+def check_call(kind: str, x, state, weights, lengths) -> None:
+    """Raise a ShapeError naming the first argument of a :func:`run_fused` call that the loops cannot
+    read, in the caller's terms: x (B, T, I) float32/float64 on the CPU, non-empty; state (h0,) or,
+    for LSTM, (h0, c0), each (B, H); weights (W_ih (G*H, I), W_hh (G*H, H), b_ih, b_hh (G*H,) or
+    None) with G gate blocks (RNN 1, LSTM 4, GRU 3), all of x's dtype; lengths None or (B,) int64 on
+    the CPU. (Contiguity is the engine's: it copies what is not.)"""
+    G = _GATES.get(kind)
+    if G is None:
+        raise ShapeError(f"rnnkit's fused engine runs the cells rnn, lstm, gru; got {kind!r}")
+    if _fits(G, kind == "lstm", x, state, weights, lengths):
+        return
+    name = f"rnnkit's fused {kind.upper()} layer"
+
+    def shape(t):
+        return tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+
+    if not isinstance(x, Tensor) or x.dim() != 3 or 0 in x.shape:
+        raise ShapeError(f"{name} expects input of shape (batch, seq_len, input_size), non-empty; got {shape(x)}")
+    if x.dtype not in DTYPES or not x.is_cpu:
+        raise ShapeError(f"{name} runs float32/float64 CPU tensors; got input {x.dtype} on {x.device}")
+    B, T, I = x.shape
+    if not isinstance(weights, (tuple, list)) or len(weights) != 4:
+        raise ShapeError(f"{name} expects weights (W_ih, W_hh, b_ih, b_hh); got {len(weights)} of them"
+                         if isinstance(weights, (tuple, list)) else f"{name} expects a tuple of weights")
+    W_ih, W_hh, b_ih, b_hh = weights
+    if not isinstance(W_hh, Tensor) or W_hh.dim() != 2 or W_hh.shape[1] == 0 or W_hh.shape[0] != G * W_hh.shape[1]:
+        raise ShapeError(f"{name} expects W_hh of shape ({G}*hidden_size, hidden_size); got {shape(W_hh)}")
+    GH, H = W_hh.shape
+    wanted = [("W_ih", W_ih, (GH, I)), ("b_ih", b_ih, (GH,)), ("b_hh", b_hh, (GH,))]
+    names = ("h0", "c0") if kind == "lstm" else ("h0",)
+    if not isinstance(state, (tuple, list)) or len(state) != len(names):
+        raise ShapeError(f"{name} expects the state as a tuple ({', '.join(names)})")
+    wanted += [(n, s, (B, H)) for n, s in zip(names, state)]
+    for n, t, want in wanted:
+        if t is None and n.startswith("b_"):
+            continue
+        if not isinstance(t, Tensor) or tuple(t.shape) != want:
+            raise ShapeError(f"{name} with input of shape {tuple(x.shape)} and W_hh of shape {tuple(W_hh.shape)} "
+                             f"(hidden size {H}) expects {n} of shape {want}; got {shape(t)}")
+        if t.dtype != x.dtype or not t.is_cpu:
+            raise ShapeError(f"{name} expects {n} of the input's dtype {x.dtype} on the CPU; got {t.dtype} on {t.device}")
+    raise ShapeError(f"{name} expects lengths None or of shape ({B},), int64 on the CPU; got "
+                     f"{shape(lengths)}{'' if not isinstance(lengths, Tensor) else f' {lengths.dtype} on {lengths.device}'}")
+
+
 def run_fused(kind: str, x: Tensor, state: tuple, weights: tuple, lengths: Tensor | None = None,
               reverse: bool = False, nonlinearity: str = "tanh",
               reset_after: bool = True) -> tuple[Tensor, tuple]:
-    """The fused engine, with the signature and results of :func:`rnnkit.layers.run_reference`."""
+    """The fused engine, with the signature and results of :func:`rnnkit.layers.run_reference`. The
+    arguments are checked first (:func:`check_call`): a wrong shape or dtype raises a ShapeError
+    instead of reaching the loops, which read arrays by address."""
+    check_call(kind, x, state, weights, lengths)
     W_ih, W_hh, b_ih, b_hh = weights
     code = kind_code(kind, nonlinearity, reset_after)
     c0 = state[1] if code == loops.LSTM else None

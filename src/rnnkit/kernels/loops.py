@@ -46,6 +46,8 @@ activations (so the caller's GEMMs over them add exact zeros) and passes its gra
 
 from __future__ import annotations
 
+import platform
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
@@ -392,6 +394,18 @@ def _atomic_load(typingctx, addr):
 
 
 @intrinsic
+def _atomic_store(typingctx, addr, value):
+    """Atomically set the int64 at address ``addr`` to ``value`` (release order)."""
+
+    def codegen(context, builder, sig, args):
+        ptr = builder.inttoptr(args[0], ir.IntType(64).as_pointer())
+        builder.store_atomic(args[1], ptr, "release", 8)
+        return context.get_dummy_value()
+
+    return types.void(types.int64, types.int64), codegen
+
+
+@intrinsic
 def _call_void(typingctx, fn):
     """Call the function at address ``fn`` without arguments (``sched_yield``), ignoring its result."""
 
@@ -419,24 +433,82 @@ def _compare_swap(typingctx, addr, expected, value):
 # A call split by hidden units runs as tasks: in each phase (a step, or a part of one that needs
 # every unit of the last), one task per unit shard. ``sync`` (int64) is shared by the parties:
 # [tasks done, address of sched_yield, the next unclaimed phase of each shard (parties), the shards'
-# unit edges (parties + 1)]. A thread waits until every task of the previous phase is done, runs its
-# own shard's task and then any other shard's task of the phase that nobody has claimed yet: a party
+# unit edges (parties + 1), address of time, the waits' bound in seconds]. A thread waits until every
+# task of the previous phase is done, runs its own shard's task and then any other shard's task of the phase that nobody has claimed yet: a party
 # that lost its core (or never started) holds the others up for at most the task it is in, instead
 # of at every step. A task's arithmetic does not depend on the thread that runs it, so the results
 # do not either. One thread alone passes parties = 1 and its own units (sync is not read).
 
+# The waits are bounded: a party that fails sets the tasks-done counter to ABORTED, and every wait
+# of the call then returns true, so that the others stop at their next step instead of waiting for
+# a task that will never be done (or computing the rest of the sequence from garbage); and a wait
+# that has seen no task done for the bound in sync (seconds of its own polling) gives up the same
+# way (time spent with the process stopped, between two polls, does not count).
+from .blas import ABORTED  # noqa: E402
+WAIT_SPINS = 2000  # polls with a pause instruction before each further one yields the core
+
+
+@intrinsic
+def _pause(typingctx):
+    """The spin-wait hint (x86's ``pause``: the core does not flood the memory system with loads,
+    and a sibling hyperthread gets the core); nothing on other machines."""
+
+    def codegen(context, builder, sig, args):
+        if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                                "llvm.x86.sse2.pause")
+            builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+@intrinsic
+def _call_int64(typingctx, fn):
+    """The int64 result of the function at address ``fn`` called with one null pointer argument
+    (libc's ``time(NULL)``: seconds)."""
+
+    def codegen(context, builder, sig, args):
+        ptr = ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(ir.IntType(64), [ptr])
+        return builder.call(builder.inttoptr(args[0], fnty.as_pointer()), [ir.Constant(ptr, None)])
+
+    return types.int64(types.int64), codegen
+
+
 @njit(**_JIT, inline="always")
 def _wait(sync, parties, phase):
-    """Spin until every task of the phases before this one is done, calling sched_yield once spun
-    for a while (a party may be off its core)."""
+    """Wait until every task of the phases before this one is done: polls with a pause, then with
+    sched_yield (a party may be off its core). Returns true where the call was aborted (see
+    ABORTED): the caller returns at once."""
     if parties == 1:
-        return
+        return False
     counter = _address(sync)
+    clock, limit = sync[sync.shape[0] - 2], sync[sync.shape[0] - 1]  # (see rnnkit.kernels.blas.team_sync)
     spins = 0
-    while _atomic_load(counter) < parties * phase:
-        spins += 1
-        if spins > 2000:
-            _call_void(sync[1])
+    seen = np.int64(-1)
+    last = np.int64(0)
+    waited = np.int64(0)
+    while True:
+        done = _atomic_load(counter)
+        if done >= ABORTED:
+            return True
+        if done >= parties * phase:
+            return False
+        if spins < WAIT_SPINS:
+            spins += 1
+            _pause()
+            continue
+        _call_void(sync[1])
+        now = _call_int64(clock)
+        if done != seen:  # progress: the bound starts again
+            seen, waited = done, np.int64(0)
+        elif now - last <= 1:  # (a longer gap: the process was stopped, not waiting)
+            waited += now - last
+        last = now
+        if waited > limit:
+            _atomic_store(counter, ABORTED)
+            return True
 
 
 @njit(**_JIT, inline="always")
@@ -524,7 +596,7 @@ def forward(kind, gemm, xp, hs, cs, acts, W_hh, b_hn, lengths, x, W_ih, b_ih, b_
     ws = _workspace(xp.dtype)
     blocks = 2 if kind == GRU_RESET_BEFORE else GH // H  # gate blocks of the first product
     phases = 2 if kind == GRU_RESET_BEFORE else 1
-    units = H if parties == 1 else np.int64(np.max(np.diff(sync[2 + parties:])))  # the largest shard
+    units = H if parties == 1 else np.int64(np.max(np.diff(sync[2 + parties:3 + 2 * parties])))  # the largest shard
     scratch = np.empty(nb * blocks * units, xp.dtype)  # the first product, h W^T, of a task's units
     me = _own_shard(sync, parties, j0)
     shared = np.empty(H, xp.dtype)  # a row's term shared by two loops (see below)
@@ -565,7 +637,8 @@ def forward(kind, gemm, xp, hs, cs, acts, W_hh, b_hn, lengths, x, W_ih, b_ih, b_
         tx = t if TX == T else 0  # xp's step: t, or its one step where it has one
         xrow = x0 + (b0 * TX + tx) * GH * isz  # xp[b0, tx]
         hrow = h0 + (b0 * (T + 1) + p) * H * isz  # hs[b0, p]
-        _wait(sync, parties, e)  # every unit of the last phase written
+        if _wait(sync, parties, e):  # every unit of the last phase written (or a party failed)
+            return
         for i in range(parties):
             mine, u0, u1 = _task(sync, parties, me, i, e, j0, j1)
             if not mine:
@@ -812,7 +885,8 @@ def backward(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reverse, d
         t = step if reverse else T - 1 - step  # this step's time (step T: none)
         last = t - 1 if reverse else t + 1  # the last step's time
         p, q = (t + 1, t) if reverse else (t, t + 1)
-        _wait(sync, parties, e)  # every unit of the last phase written
+        if _wait(sync, parties, e):  # every unit of the last phase written (or a party failed)
+            return
         for i in range(parties):
             mine, u0, u1 = _task(sync, parties, me, i, e, j0, j1)
             if not mine:

@@ -31,8 +31,10 @@ def fused_layer(x: Tensor, h0: Tensor, c0: Tensor | None, W_ih: Tensor, W_hh: Te
     torch-layout weights, lengths (B,) int64 or None; ``code`` the loops' cell code. Returns the
     output (B, T, H), h_n, c_n (B, H; empty but for LSTM), and the activations for the backward:
     xp (B, T, G*H), hs (B, T+1, H), cs (B, T+1 or 0, H), acts."""
-    from .fused import _forward
+    from . import KINDS
+    from .fused import _forward, check_call
 
+    check_call(KINDS[code][0], x, (h0,) if c0 is None else (h0, c0), (W_ih, W_hh, b_ih, b_hh), lengths)
     out, h_n, c_n, (_, xp, hs, cs, acts, _, _, _) = _forward(code, reverse, lengths, x, h0, c0, W_ih, W_hh,
                                                             b_ih, b_hh, store=True)
     c_n = h0.new_empty(0) if c_n is None else c_n.clone()

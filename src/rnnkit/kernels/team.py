@@ -26,10 +26,16 @@ from numba.extending import intrinsic
 from . import loops
 from .loops import _JIT, _address
 
-# Block layout: [length, kind, gemm, reverse, parties, shards, thread_num, sync address, num_threads,
-# set_threads, sync length], then (address, 3 dims) for each array, then (b0, b1, j0, j1) per shard
-# (the sync address 4 slots before the first array's: see slots).
-_HEAD = 11
+# Block layout: [length, kind, gemm, reverse, parties, shards, thread_num, -, num_threads,
+# set_threads, sync length, sync address, status, fail, -], then (address, 3 dims) for each array,
+# then (b0, b1, j0, j1) per shard (the sync address 4 slots before the first array's: see slots).
+# status: 0, or what went wrong in a thread (1: an exception, 2: a wait past its bound), which the
+# caller raises (rnnkit.kernels.blas.check_team); fail: the shard whose thread raises at its start
+# (tests; -1 for none).
+_HEAD = 15
+_SYNC = 11
+STATUS = 12
+FAIL = 13
 _FORWARD_ARRAYS = 13  # xp, hs, cs, acts, W_hh, b_hn, lengths, x, W_ih, b_ih, b_hh, h_init, c_init
 # dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, dG, grec, dan, drh, h_prev, x, sums, dh_n, dc_n, slot
 _BACKWARD_ARRAYS = 19
@@ -99,7 +105,8 @@ def _head(n_arrays, kind, gemm, reverse, shards, sync, parties, calls):
     block = np.empty(_HEAD + 4 * n_arrays + 4 * n, np.int64)
     block[0], block[1], block[2], block[3], block[4], block[5] = len(block), kind, gemm, reverse, parties, n
     block[6], block[8], block[9] = calls[0], calls[1], calls[2]
-    block[7], block[10] = _address(sync), len(sync)
+    block[_SYNC], block[10] = _address(sync), len(sync)
+    block[STATUS], block[FAIL] = 0, -1
     block[len(block) - 4 * n:] = shards.ravel()
     return block
 
@@ -151,7 +158,7 @@ def backward_block(kind, gemm, dy, dh, dc, hs, cs, xp, acts, W_hh, lengths, reve
 
 def slots(block: np.ndarray) -> np.ndarray:
     """The view of a block that :func:`point` writes: the sync array's address, then each array's."""
-    return block[7:len(block) - 4 * block[5]:4]  # 7, then every 4th: each array's address from _HEAD
+    return block[_SYNC:len(block) - 4 * block[5]:4]  # _SYNC, then every 4th: each array's address from _HEAD
 
 
 def point(slots_view: np.ndarray, addresses: list) -> None:
@@ -186,12 +193,15 @@ def _backward_shard(block, like, b0, b1, j0, j1):
 
 @njit(**_JIT, inline="always")
 def _sync(block):
-    return carray(_pointer(block[7], np.int64(0)), (block[10],))
+    return carray(_pointer(block[_SYNC], np.int64(0)), (block[10],))
 
 
 @njit(nogil=True, error_model="numpy")  # not cached itself: see _source_stamp
 def _body(data, like, backward):
-    """One team thread: its shards (k, k + n, ...), with a one-thread MKL."""
+    """One team thread: its shards (k, k + n, ...), with a one-thread MKL. An exception in a shard
+    (which a team body cannot raise: numba would print it as unraisable and return) is written to
+    the block's status, and every wait of the call returns (loops.ABORTED), so that the other
+    threads stop at their next step and the caller raises."""
     block = carray(data, (carray(data, (1,), np.int64)[0],), np.int64)
     me, team = _call_int(block[6]), _call_int(block[8])
     old = _call_int_int(block[9], 1)
@@ -199,10 +209,20 @@ def _body(data, like, backward):
     shards = block[len(block) - 4 * n:].reshape((n, 4))
     for s in range(me, n, team):
         b0, b1, j0, j1 = shards[s, 0], shards[s, 1], np.uint64(shards[s, 2]), np.uint64(shards[s, 3])
-        if backward:
-            _backward_shard(block, like, b0, b1, j0, j1)
-        else:
-            _forward_shard(block, like, b0, b1, j0, j1)
+        try:
+            if block[FAIL] == s:
+                raise RuntimeError("injected")
+            if backward:
+                _backward_shard(block, like, b0, b1, j0, j1)
+            else:
+                _forward_shard(block, like, b0, b1, j0, j1)
+        except Exception:
+            block[STATUS] = 1
+            if block[4] > 1:  # (row shards never wait)
+                loops._atomic_store(block[_SYNC], loops.ABORTED)
+            break
+    if block[4] > 1 and block[STATUS] == 0 and loops._atomic_load(block[_SYNC]) >= loops.ABORTED:
+        block[STATUS] = 2  # a wait past its bound (loops._wait)
     _call_int_int(block[9], old)
 
 
