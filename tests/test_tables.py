@@ -146,7 +146,7 @@ class Crash(Exception):
 @pytest.mark.parametrize("phase", ["test", "final"])
 def test_a_table_run_resumes_bitwise_in_either_training(tmp_path, phase):
     df = monthly(40)
-    settings = dict(horizon=2, hidden_size=4, members=2, epochs=4, log_every=1)
+    settings = dict(horizon=2, hidden_size=4, members=2, epochs=4, log_every=1, val_ratio=0.0)  # 4 epochs each
     fit = dict(target="y", time_col="month", progress=False)
     rnnkit.Forecaster(**settings).fit(df, log=None, run_dir=tmp_path / "a", **fit)
     seen = []

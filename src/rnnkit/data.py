@@ -322,12 +322,16 @@ def seasonal_indices(v: np.ndarray, season: int) -> np.ndarray | None:
 
 
 def fit_scaler(values: np.ndarray, split: Split, kind: str, season: int, n_targets: int) -> Scaler:
-    """A series' scaler, fit on the points its split's training may see. ``kind`` "auto" (tables):
-    log where the series is positive, else standard, the targets' seasonal indices removed where
-    the series shows its season, in units of its mean absolute change; the other kinds as named."""
+    """A series' scaler, fit on the points its split's training may see. ``kind`` "auto" (tables): log
+    where the series is positive and its logs show its season (seasonal swings that grow with the
+    level; a trend is not made exponential where there is no season), else standard; the targets'
+    seasonal indices removed where the series shows its season; in units of its mean absolute
+    change. The other kinds as named."""
     part = values[:split.fit_end]
     if kind == "auto":
-        kind = "log" if np.all(part > 0) and np.all(values > 0) else "standard"
+        positive = np.all(part > 0) and np.all(values > 0)
+        seasonal = positive and seasonal_indices(np.log(part[:, 0]), season) is not None
+        kind = "log" if seasonal else "standard"
         return Scaler.fit(part, kind, season, n_targets, unit="change")
     return Scaler.fit(part, kind)
 

@@ -18,7 +18,7 @@ penalty picked on the validation windows).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -77,12 +77,28 @@ def seasonal_naive(values: np.ndarray, starts: np.ndarray, horizon: int, season:
     return values[idx]
 
 
+def ridge_path(x: np.ndarray, y: np.ndarray, alphas: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Ridge least squares of one output y (n,) on x (n, p) with an unpenalised intercept, for each
+    penalty a in ``alphas`` (the penalty is a * n * |w|^2): weights (A, p + 1), the intercept last,
+    and each fit's generalised cross-validation error (A,), from one SVD of the centred x."""
+    n = len(x)
+    xm, ym = x.mean(axis=0), y.mean()
+    u, sv, vt = np.linalg.svd(x - xm, full_matrices=False)
+    uy = u.T @ (y - ym)
+    out, gcv = [], []
+    for a in alphas:
+        shrink = sv ** 2 / (sv ** 2 + a * n)
+        w = vt.T @ (np.divide(shrink, sv, out=np.zeros_like(sv), where=sv > 0) * uy)
+        out.append(np.append(w, ym - xm @ w))
+        resid = (y - ym) - u @ (shrink * uy)
+        dof = 1 + shrink.sum()  # the intercept, then the shrunk directions
+        gcv.append(np.mean(resid ** 2) / max(1 - dof / n, 1e-9) ** 2)
+    return np.array(out), np.array(gcv)
+
+
 def ridge_fit(x: np.ndarray, y: np.ndarray, alpha: float) -> np.ndarray:
     """Weights (features + 1, outputs) of ridge least squares with an unpenalised intercept (the last row)."""
-    xm, ym = x.mean(axis=0), y.mean(axis=0)
-    xc = x - xm
-    w = np.linalg.solve(xc.T @ xc + alpha * len(x) * np.eye(x.shape[1]), xc.T @ (y - ym))
-    return np.vstack([w, ym - xm @ w])
+    return np.stack([ridge_path(x, y[:, o], [alpha])[0][0] for o in range(y.shape[1])], axis=1)
 
 
 def ridge_predict(w: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -91,28 +107,38 @@ def ridge_predict(w: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 def ridge_ar(train: Any, val: Any, residual: bool = False) -> tuple[np.ndarray, float]:
     """Ridge autoregression on flattened windows: train/val are datasets of scaled windows (x (N, S, F),
-    y (N, H, T)[, mask]; windows with a masked target are left out). The penalty with the lowest
-    validation MSE (1e-2 without validation windows). residual=True fits y minus the window's last
-    target values (the recurrent head's residual form).
+    y (N, H, T)[, mask]); each output is fit on the windows where its target is known. The penalty
+    (one of RIDGE_ALPHAS) with the lowest validation MSE, or without validation windows the lowest
+    generalised cross-validation error. residual=True fits y minus the window's last target values
+    (the recurrent head's residual form).
     -> (weights (S*F + 1, H*T), the last row the intercept; alpha)."""
     def xy(ds):
         x, y, *mask = (t.double().numpy() for t in ds.tensors)
-        if mask:
-            whole = mask[0].reshape(len(x), -1).min(axis=1) > 0
-            x, y = x[whole], y[whole]
         if residual:
             y = y - x[:, -1:, :y.shape[2]]
-        return x.reshape(len(x), -1), y.reshape(len(y), -1)
+        known = mask[0] > 0 if mask else np.ones(y.shape, dtype=bool)
+        return x.reshape(len(x), -1), y.reshape(len(y), -1), known.reshape(len(y), -1)
 
-    (xt, yt) = xy(train)
+    xt, yt, kt = xy(train)
     if len(xt) == 0:
-        raise DataError("no training window holds a whole horizon, too few for the linear AR")
-    alpha = 1e-2
+        raise DataError("there are no training windows to fit the linear AR on")
+    p = xt.shape[1]
+    paths, scores = [], np.zeros(len(RIDGE_ALPHAS))
+    for o in range(yt.shape[1]):
+        rows = kt[:, o]
+        if rows.sum() < 2:  # too few known targets for a fit: the zero forecast (the last value)
+            paths.append(np.zeros((len(RIDGE_ALPHAS), p + 1)))
+            continue
+        w, gcv = ridge_path(xt[rows], yt[rows, o], RIDGE_ALPHAS)
+        paths.append(w)
+        scores += gcv
     if len(val):
-        xv, yv = xy(val)
-        errors = [np.mean((ridge_predict(ridge_fit(xt, yt, a), xv) - yv) ** 2) for a in RIDGE_ALPHAS]
-        alpha = RIDGE_ALPHAS[int(np.argmin(errors))]
-    return ridge_fit(xt, yt, alpha), alpha
+        xv, yv, kv = xy(val)
+        scores = np.array([np.mean([np.mean((ridge_predict(path[a], xv[kv[:, o]]) - yv[kv[:, o], o]) ** 2)
+                                    for o, path in enumerate(paths) if kv[:, o].any()])
+                           for a in range(len(RIDGE_ALPHAS))])
+    best = int(np.argmin(scores))
+    return np.stack([path[best] for path in paths], axis=1), RIDGE_ALPHAS[best]
 
 
 def _mean_over_series(rows: list[dict], key: str) -> float:

@@ -178,7 +178,8 @@ class Forecaster:
         checkpoint)."""
         cfg = self.config
         device = distributed.resolve_device(device)
-        main = distributed.is_main()  # under DDP only rank 0 writes the run directory
+        main = distributed.is_main()  # under DDP only rank 0 writes the run directory and speaks
+        log = log if main else None
         windows = self._windows(splits or self.splits())
         final = self._windows(self.splits(whole=True)) if self.refits() else None
         self.test_scalers = list(windows.scalers)
@@ -193,7 +194,7 @@ class Forecaster:
         elif run_dir is not None and resume and meta_digest(meta) != meta_digest(read_meta(run_dir)):
             raise RunError(f"{Path(run_dir) / 'config.json'} no longer matches what its settings and data give "
                            f"(edited, or another rnnkit version); retrain with --force")
-        if log is not None and short_windows(cfg.data) and not len(windows.val):
+        if log is not None and short_windows(cfg.data) and cfg.data.val_ratio and not len(windows.val):
             log(f"note: the series are too short to hold out validation windows; training for a fixed budget "
                 f"of epochs, without early stopping")
         done = run_dir is not None and resume and (Path(run_dir) / TEST_WEIGHTS).exists()

@@ -69,8 +69,10 @@ class RecurrentForecaster(nn.Module):
     laid out horizon-major as the data's y (horizon, targets). The residual form suits series that
     move little per step (the seed's waves, except at their jumps) and trains several times faster.
     relative=True: the encoder and the linear skip read the target features minus their value at the
-    window's last step (the window's level), so a series is read the same at any level; with
-    residual=True the forecast is that level plus what they add (last step only).
+    window's last step (the window's level), so a series is read the same at any level, and what the
+    head and the skip output for horizon step h (1-based) is multiplied by h: the mean change per
+    step up to it, which a trend keeps the same at every step; with residual=True the forecast is the
+    level plus that (last step only).
 
     forward(x (B, T, I)) -> (B, O), the prediction after the last step (the seed's target);
     forward(x, every_step=True) -> (B, T, O), one prediction after every step.
@@ -95,6 +97,9 @@ class RecurrentForecaster(nn.Module):
         # `linear_window` inputs, so each step's forecast adds a linear AR of its own past.
         self.linear_window = linear_window
         self.linear = nn.Conv1d(input_size, output_size, linear_window) if linear_window else None
+        # (relative) each output's horizon step, 1-based, in the output's horizon-major layout
+        steps = torch.arange(output_size) // n_targets + 1.0
+        self.register_buffer("steps", steps, persistent=False)
 
     def forward(self, x: Tensor, every_step: bool = False) -> Tensor:
         level = x[:, -1:, :self.n_targets]  # (B, 1, targets)
@@ -114,6 +119,8 @@ class RecurrentForecaster(nn.Module):
         pred = self.head(out)  # (B, [T,] O)
         if skip is not None:
             pred = pred + skip
+        if self.relative:
+            pred = pred * self.steps
         if self.residual:
             last = level[:, 0] if self.relative else x[..., :self.n_targets]  # (B, [T,] targets)
             pred = pred + last.tile(pred.shape[-1] // self.n_targets)  # one copy per horizon step

@@ -71,7 +71,7 @@ def batch_loss(model: nn.Module, x: Tensor, y: Tensor, loss_steps: str, kind: st
     return (err * mask).sum() / (mask.sum() * (err.numel() // mask.numel())).clamp_min(1)
 
 
-def auto_epochs(windows: int, batch_size: int, steps: int = 600) -> int:
+def auto_epochs(windows: int, batch_size: int, steps: int = 300) -> int:
     """Epochs of about ``steps`` optimizer steps over ``windows`` training windows (at least one)."""
     per_epoch = max(1, math.ceil(windows / batch_size))
     return max(1, round(steps / per_epoch))
