@@ -139,6 +139,29 @@ def test_the_forecasting_model_saw_every_point_and_the_test_model_did_not(tmp_pa
     assert g.evaluate() == f.evaluate()
 
 
+def test_a_run_exports_its_forecasting_model_to_onnx(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    monthly(48).to_csv(tmp_path / "m.csv", index=False)
+    rnnkit_cli("train", "--data", "m.csv", "--target", "y", "--time-col", "month", "--horizon", "3",
+               "--hidden-size", "6", "--members", "3", "--epochs", "2", "--quiet", "--out", "r", cwd=tmp_path)
+    proc = rnnkit_cli("export", "--run", "r", "--out", "m.onnx", cwd=tmp_path)
+    assert "wrote m.onnx" in proc.stdout and proc.stderr == ""
+    import onnx
+
+    graph = onnx.load(str(tmp_path / "m.onnx"))
+    assert sum(n.op_type == "GRU" for n in graph.graph.node) == 3  # each member's recurrence, as ONNX's GRU
+    props = {p.key: p.value for p in graph.metadata_props}
+    f = rnnkit.Forecaster.load(tmp_path / "r")
+    assert json.loads(props["rnnkit.scalers"]) == [s.to_dict() for s in f.scalers]
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    x = f.windows().train.tensors[0]  # scaled windows, as the model reads them
+    for batch, length in ((1, x.shape[1]), (7, x.shape[1]), (5, x.shape[1] + 4)):
+        xs = x[:batch] if length == x.shape[1] else torch.cat([x[:batch, :4], x[:batch]], dim=1)
+        (y,) = session.run(None, {"x": xs.numpy()})
+        with torch.no_grad():
+            np.testing.assert_allclose(y, f.model.eval()(xs).numpy(), atol=1e-4, rtol=1e-4)
+
+
 class Crash(Exception):
     pass
 

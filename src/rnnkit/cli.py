@@ -212,6 +212,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="FILE.png", help="also draw the history and the forecast")
     p.set_defaults(handler=cmd_predict)
 
+    p = sub.add_parser("export", help="write a run's forecasting model as ONNX",
+                       description="Write the run's model that forecasts as an ONNX file, with ONNX's own "
+                                   "GRU/LSTM/RNN operators and any batch size and window length, checked with "
+                                   "onnxruntime. Input x (batch, length, features): windows scaled as the run "
+                                   "scales them; output y (batch, horizon * targets): the forecasts in the same "
+                                   "units. The scalers are in the model's metadata (rnnkit.scalers).")
+    p.add_argument("--run", default=DEFAULT_RUN, metavar="DIR", help=f"run directory (default {DEFAULT_RUN})")
+    p.add_argument("--out", required=True, metavar="FILE.onnx", help="where to write the model")
+    p.set_defaults(handler=cmd_export)
+
     p = sub.add_parser("visualize", help="plot a run's test predictions and loss curve",
                        description="Write DIR/predictions_vs_true.png (the whole test split) and "
                                    "DIR/loss_curve.png.")
@@ -408,6 +418,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
         from .visualize import plot_forecast
 
         print(f"wrote {plot_forecast(history, fc, args.plot, f.config.data)}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import logging
+
+    from .forecaster import Forecaster
+
+    for name in ("onnxscript", "torch.onnx"):  # the exporters' notes (optional packages, folding) are not the user's
+        logging.getLogger(name).setLevel(logging.ERROR)
+    f = Forecaster.load(args.run)
+    print(f"wrote {f.export(args.out)} (input x: (batch, length, {f._io['input_size']}) scaled windows; "
+          f"output y: (batch, {f._io['output_size']}); checked with onnxruntime)")
     return 0
 
 

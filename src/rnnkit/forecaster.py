@@ -26,7 +26,10 @@ the epochs that validation chose (``refit``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -458,6 +461,33 @@ class Forecaster:
             return 0
         return mine.position_of(s.time)
 
+    def export(self, path: str | Path, check: bool = True) -> Path:
+        """Write the model that forecasts to ``path`` as ONNX (:func:`rnnkit.export.to_onnx`: ONNX's
+        own GRU/LSTM/RNN operators, any batch and window length), checked with onnxruntime where
+        ``check``. Its input ``x`` (batch, length, features) is windows scaled as the run scales
+        them, its output ``y`` (batch, horizon * targets, horizon-major) the forecasts in the same
+        units; the model's metadata holds what scaling needs: "rnnkit.scalers" (one per series, as
+        :class:`rnnkit.data.Scaler` reads them), "rnnkit.config" and "rnnkit.series" (JSON)."""
+        import json
+
+        import onnx
+
+        from .export import to_onnx
+        from .runs import write_bytes
+
+        model = self._fitted()
+        path = Path(path)
+        with _scratch(path) as tmp:
+            to_onnx(model, tmp, self._io["input_size"], check=check)
+            graph = onnx.load(str(tmp))
+        meta = self._meta()
+        onnx.helper.set_model_props(graph, {"rnnkit.version": __version__,
+                                            "rnnkit.scalers": json.dumps([sc.to_dict() for sc in self.scalers]),
+                                            "rnnkit.config": json.dumps(meta["config"]),
+                                            "rnnkit.series": json.dumps(meta["series"])})
+        write_bytes(path, graph.SerializeToString())
+        return path
+
     # ---- persistence ------------------------------------------------------------------------
 
     def save(self, directory: str | Path) -> Path:
@@ -561,6 +591,17 @@ class Forecaster:
                 raise RunError(f"{path} is missing; retrain with `rnnkit train --out {directory}`")
             return read_csv(path, d.target, d.features, d.time_col, "none", d.id_col, d.date_format)
         return load_series(d)
+
+
+@contextlib.contextmanager
+def _scratch(beside: Path):
+    """A temporary file path in ``beside``'s directory, removed afterwards."""
+    fd, name = tempfile.mkstemp(dir=beside.parent if beside.parent.exists() else None, suffix=".onnx")
+    os.close(fd)
+    try:
+        yield Path(name)
+    finally:
+        Path(name).unlink(missing_ok=True)
 
 
 def _steps(first: np.ndarray, horizon: int) -> np.ndarray:

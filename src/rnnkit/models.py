@@ -132,7 +132,8 @@ class Ensemble(nn.Module):
 
     In training mode forward returns every member's output stacked, (members, B, ...), so that one
     loss (their mean) trains each on its own gradient; in eval mode, the median over the members
-    (torch.median: the lower of the two middle values for an even number)."""
+    (the lower of the two middle values for an even number, as torch.median; taken from a sort,
+    which ONNX has, unlike a median)."""
 
     def __init__(self, members: list[nn.Module]) -> None:
         super().__init__()
@@ -140,7 +141,7 @@ class Ensemble(nn.Module):
 
     def forward(self, x: Tensor, every_step: bool = False) -> Tensor:
         outs = torch.stack([m(x, every_step) for m in self.members])
-        return outs if self.training else outs.median(dim=0).values
+        return outs if self.training else outs.sort(dim=0).values[(len(self.members) - 1) // 2]
 
 
 ENCODERS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
