@@ -207,27 +207,30 @@ def split_panel(panel: Panel, cfg: DataConfig, whole: bool = False) -> list[Spli
 # ---- scaling -------------------------------------------------------------------------------------
 
 class Scaler:
-    """One series' scaling, per feature: z = (g(v) - seasonal[phase] - mean) / std.
+    """One series' scaling, per feature: z_t = (g(v_t) - a_t - mean) / std at grid position t.
 
     kind "standard": g(v) = v; "log": g(v) = log v (positive series whose swings grow with their
-    level); "none": the identity. ``seasonal`` (m, F): the seasonal indices of g(v) by phase
-    (position mod m), zero for features and for series that are not seasonal; fit with
-    ``unit="change"``, std is the mean absolute change of the adjusted training part, not its
-    standard deviation (the forecaster reads windows relative to their last value, so a step's change
-    is what its inputs measure).
+    level); "none": the identity. The adjustment a_t = seasonal[t mod m] + drift * t: ``seasonal``
+    (m, F), the seasonal indices of g(v) by phase, and ``drift`` (F,), its mean change per step; zero
+    for features and where not fit. Fit with ``unit="change"``, the targets' drift is removed and std
+    is the mean absolute change of the adjusted training part, not its standard deviation (the
+    forecaster reads windows relative to their last value, so a step's change is what its inputs
+    measure, and the zero forecast is then the last value plus the drift: a random walk with drift).
     """
 
-    def __init__(self, kind: str = "none", mean=None, std=None, seasonal=None) -> None:
+    def __init__(self, kind: str = "none", mean=None, std=None, seasonal=None, drift=None) -> None:
         self.kind = kind
         self.mean = np.zeros(1) if mean is None else np.asarray(mean, dtype=np.float64)
         self.std = np.ones(1) if std is None else np.asarray(std, dtype=np.float64)
         self.seasonal = None if seasonal is None or len(seasonal) == 0 else np.asarray(seasonal, dtype=np.float64)
+        self.drift = None if drift is None else np.asarray(drift, dtype=np.float64)
 
     @classmethod
     def fit(cls, train_part: np.ndarray, kind: str, season: int = 1, n_targets: int = 0,
             unit: str = "std") -> "Scaler":
-        """Fit on the training part only (N_train, F). ``season`` > 1 and ``n_targets``: remove the
-        targets' seasonal indices where the ACF test finds them (:func:`seasonal_indices`)."""
+        """Fit on the training part only (N_train, F), at grid positions 0, 1, ... ``season`` > 1 and
+        ``n_targets``: remove the targets' seasonal indices where the ACF test finds them
+        (:func:`seasonal_indices`); ``unit="change"``: also their drift (see the class)."""
         if kind == "none":
             F = train_part.shape[1]
             return cls(kind, np.zeros(F), np.ones(F))
@@ -235,23 +238,29 @@ class Scaler:
             raise DataError("the training part of the series contains NaN or inf values")
         if kind == "log":
             train_part = cls._log(train_part)
-        seasonal = None
+        F, t = train_part.shape[1], np.arange(len(train_part))
+        seasonal = drift = None
         if season > 1 and n_targets:
             idx = [seasonal_indices(train_part[:, j], season) for j in range(n_targets)]
             if any(i is not None for i in idx):
-                seasonal = np.zeros((season, train_part.shape[1]))
+                seasonal = np.zeros((season, F))
                 for j, i in enumerate(idx):
                     if i is not None:
                         seasonal[:, j] = i
-                train_part = train_part - seasonal[np.arange(len(train_part)) % season]
-        if unit == "change":
-            std = np.abs(np.diff(train_part, axis=0)).mean(axis=0) if len(train_part) > 1 else np.zeros(train_part.shape[1])
-            fallback = np.abs(train_part).mean(axis=0)  # a constant series: its size, or 1
-            std = np.where(std > 0, std, np.where(fallback > 0, fallback, 1.0))
-        else:
+                train_part = train_part - seasonal[t % season]
+        if unit != "change":
             std = train_part.std(axis=0)
-            std = np.where(std > 0, std, 1.0)
-        return cls(kind, train_part.mean(axis=0), std, seasonal)
+            return cls(kind, train_part.mean(axis=0), np.where(std > 0, std, 1.0), seasonal)
+        steps = np.diff(train_part, axis=0)
+        if n_targets and len(train_part) > 1:
+            drift = np.zeros(F)
+            drift[:n_targets] = steps[:, :n_targets].mean(axis=0)
+            train_part, steps = train_part - np.outer(t, drift), steps - drift
+        std = np.abs(steps).mean(axis=0) if len(steps) else np.zeros(F)
+        # (a straight line's adjusted changes are all 0: then its drift, its size, or 1)
+        for fallback in (np.abs(drift) if drift is not None else np.zeros(F), np.abs(train_part).mean(axis=0)):
+            std = np.where(std > 0, std, fallback)
+        return cls(kind, train_part.mean(axis=0), np.where(std > 0, std, 1.0), seasonal, drift)
 
     @staticmethod
     def _log(v: np.ndarray) -> np.ndarray:
@@ -260,40 +269,53 @@ class Scaler:
                             "use --scaling standard")
         return np.log(v)
 
-    def _season(self, positions, cols) -> np.ndarray | float:
-        if self.seasonal is None:
-            return 0.0
-        s = self.seasonal if cols is None else self.seasonal[:, cols]
-        return s[np.asarray(positions) % len(s)]
+    def _adjustment(self, positions, cols) -> np.ndarray | float:
+        """a_t at grid positions (any shape), with a last axis of features (``cols``: those)."""
+        a = 0.0
+        positions = np.asarray(positions)
+        if self.seasonal is not None:
+            s = self.seasonal if cols is None else self.seasonal[:, cols]
+            a = a + s[positions % len(s)]
+        if self.drift is not None:
+            d = self.drift if cols is None else self.drift[cols]
+            a = a + positions[..., None] * d
+        return a
+
+    @property
+    def positional(self) -> bool:
+        """Whether scaling depends on the grid position (seasonal indices or a drift)."""
+        return self.seasonal is not None or self.drift is not None
 
     def transform(self, v: np.ndarray, start: int = 0) -> np.ndarray:
         """Scaled values of rows v (N, F) at grid positions start, start+1, ..."""
         g = self._log(v) if self.kind == "log" else v
-        if self.seasonal is not None:
-            g = g - self._season(start + np.arange(len(v)), None)
+        if self.positional:
+            g = g - self._adjustment(start + np.arange(len(v)), None)
         return (g - self.mean) / self.std
 
     def inverse(self, z: np.ndarray, cols=None, positions=None) -> np.ndarray:
         """Back to original units; ``cols`` picks the features z holds (default: all); ``positions``
-        (broadcastable to z without its last axis): the grid position of each row, for the seasonal
-        indices (needed when the scaler has them)."""
+        (broadcastable to z without its last axis): the grid position of each row, which a positional
+        scaler needs."""
         mean, std = (self.mean, self.std) if cols is None else (self.mean[cols], self.std[cols])
         v = z * std + mean
-        if self.seasonal is not None:
+        if self.positional:
             if positions is None:
-                raise ValueError("a seasonal scaler needs the positions of the values it inverts")
-            v = v + self._season(positions, cols)
+                raise ValueError("a seasonal or drifting scaler needs the positions of the values it inverts")
+            v = v + self._adjustment(positions, cols)
         return np.exp(v) if self.kind == "log" else v
 
     def to_dict(self) -> dict:
         d = {"kind": self.kind, "mean": self.mean.tolist(), "std": self.std.tolist()}
         if self.seasonal is not None:
             d["seasonal"] = self.seasonal.tolist()
+        if self.drift is not None:
+            d["drift"] = self.drift.tolist()
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Scaler":
-        return cls(d["kind"], d["mean"], d["std"], d.get("seasonal"))
+        return cls(d["kind"], d["mean"], d["std"], d.get("seasonal"), d.get("drift"))
 
 
 def seasonal_indices(v: np.ndarray, season: int) -> np.ndarray | None:

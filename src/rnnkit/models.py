@@ -68,6 +68,8 @@ class RecurrentForecaster(nn.Module):
     The targets are the first ``n_targets`` input features; ``output_size`` = horizon * n_targets,
     laid out horizon-major as the data's y (horizon, targets). The residual form suits series that
     move little per step (the seed's waves, except at their jumps) and trains several times faster.
+    lookback > 0: the model reads only the last ``lookback`` steps of its window (an ensemble's members
+    read different spans of the same window).
     relative=True: the encoder and the linear skip read the target features minus their value at the
     window's last step (the window's level), so a series is read the same at any level, and what the
     head and the skip output for horizon step h (1-based) is multiplied by h: the mean change per
@@ -80,7 +82,7 @@ class RecurrentForecaster(nn.Module):
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, output_size: int,
                  num_layers: int = 1, dropout: float = 0.0, residual: bool = False, n_targets: int = 1,
-                 engine: str = "auto", linear_window: int = 0, relative: bool = False) -> None:
+                 engine: str = "auto", linear_window: int = 0, relative: bool = False, lookback: int = 0) -> None:
         super().__init__()
         if cell not in ENCODERS:
             raise ConfigError(f"unknown cell {cell!r} (use one of: {', '.join(ENCODERS)})")
@@ -90,6 +92,7 @@ class RecurrentForecaster(nn.Module):
         if relative and n_targets > input_size:
             raise ConfigError(f"relative=True needs the {n_targets} target(s) among the {input_size} input features")
         self.cell, self.residual, self.n_targets, self.relative = cell, residual, n_targets, relative
+        self.lookback = lookback  # read only the window's last `lookback` steps (0: all of it)
         self.encoder = ENCODERS[cell](input_size, hidden_size, num_layers, batch_first=True,
                                       dropout=dropout, engine=engine)
         self.head = nn.Linear(hidden_size, output_size)
@@ -102,6 +105,8 @@ class RecurrentForecaster(nn.Module):
         self.register_buffer("steps", steps, persistent=False)
 
     def forward(self, x: Tensor, every_step: bool = False) -> Tensor:
+        if self.lookback and not every_step:
+            x = x[:, -self.lookback:]  # (B, lookback, I)
         level = x[:, -1:, :self.n_targets]  # (B, 1, targets)
         if self.relative:
             if every_step:
@@ -145,19 +150,26 @@ class Ensemble(nn.Module):
 
 
 ENCODERS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
+LOOKBACKS = (1.0, 0.5, 0.75)  # the spans of its window an ensemble's members read, in turn (see build_model)
 
 
 def build_model(model: str, cell: str, input_size: int, hidden_size: int, output_size: int,
                 num_layers: int = 1, dropout: float = 0.0, residual: bool = False,
                 n_targets: int = 1, linear_window: int = 0, relative: bool = False, members: int = 1) -> nn.Module:
     """The network a ModelConfig names: ``"recurrent"`` (RecurrentForecaster, or an Ensemble of
-    ``members`` of them, each from the generator's next random weights) or ``"custom"`` (CustomRNN)."""
+    ``members`` of them, each from the generator's next random weights) or ``"custom"`` (CustomRNN).
+    An ensemble with a linear window L reads spans of it in turn: the last L, L/2, 3L/4, L, ... steps
+    (LOOKBACKS), so that its members differ in more than their initial weights."""
     if model == "custom":
         return CustomRNN(input_size, hidden_size, output_size)
     if model != "recurrent":
         raise ConfigError(f"unknown model {model!r} (use recurrent or custom)")
-    nets = [RecurrentForecaster(cell, input_size, hidden_size, output_size, num_layers, dropout, residual,
-                                n_targets, linear_window=linear_window, relative=relative) for _ in range(members)]
+    nets = []
+    for k in range(members):
+        span = max(2, round(LOOKBACKS[k % len(LOOKBACKS)] * linear_window)) if members > 1 and linear_window else 0
+        nets.append(RecurrentForecaster(cell, input_size, hidden_size, output_size, num_layers, dropout, residual,
+                                        n_targets, linear_window=span or linear_window, relative=relative,
+                                        lookback=span))
     if relative:  # from the forecast "no change" (the level), which the heads learn to correct
         for net in nets:
             zero_linear_parts(net)
