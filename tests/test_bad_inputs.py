@@ -96,6 +96,8 @@ CASES = [
      "has 2 points; a series needs at least 3"),
     ("csv-bad-separator", ["train", "--data", "semicolons.csv", "--target", "y", "--out", "good", "--force"],
      "pass --sep ';'"),
+    ("csv-recursive-features", ["train", "--data", "two.csv", "--target", "y", "--features", "x", "--strategy",
+                                "recursive", "--out", "good", "--force"], "drop --features or use --strategy direct"),
     ("csv-missing-dates", ["train", "--data", "holes.csv", "--target", "y", "--time-col", "t", "--out", "good",
                            "--force"], "misses 2 times of its daily grid: 2000-01-05, 2000-01-06"),
     ("csv-ambiguous-dates", ["train", "--data", "ambiguous.csv", "--target", "y", "--time-col", "t", "--out",
@@ -187,6 +189,7 @@ def make_corpus(root: Path) -> None:
     (root / "inf.csv").write_text("y\n" + "".join(f"{v}\n" for v in range(30)) + "inf\n")
     (root / "short.csv").write_text("y\n1\n2\n")
     (root / "semicolons.csv").write_text("t;y\n1;2\n2;3\n3;4\n")
+    (root / "two.csv").write_text("y,x\n" + "".join(f"{v},{v % 3}\n" for v in range(30)))
     (root / "holes.csv").write_text("t,y\n" + "".join(f"2000-01-{d:02d},{d}\n" for d in range(1, 20) if d not in (5, 6)))
     (root / "ambiguous.csv").write_text("t,y\n" + "".join(f"01/{m:02d}/2000,{m}\n" for m in range(1, 10)))
     (root / "panel_dup.csv").write_text("id,t,y\na,1,1\na,2,2\nb,1,3\na,2,4\nb,2,5\nb,3,6\na,3,7\n")

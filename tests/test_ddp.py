@@ -233,7 +233,7 @@ def test_auto_is_cuda_when_present_and_rank_r_takes_device_r(monkeypatch):
     assert distributed.resolve_device("cpu") == torch.device("cpu")
     if not torch.cuda.is_available():
         assert distributed.resolve_device("auto") == torch.device("cpu")
-        with pytest.raises(ConfigError, match="--device cuda, but torch sees no CUDA device"):
+        with pytest.raises(ConfigError, match="device='cuda', but torch sees no CUDA device"):
             distributed.resolve_device("cuda")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

@@ -144,12 +144,12 @@ def test_compare_on_tiny_epochs(tmp_path, capsys):
 
 @pytest.mark.parametrize("call, message", [
     (lambda: run_adding("transformer", T=10, steps=1), "unknown cell 'transformer'"),
-    (lambda: run_adding("rnn", T=1, steps=1), "--T must be an integer >= 2"),
-    (lambda: run_adding("rnn", T=10, steps=0), "--steps must be an integer >= 1"),
-    (lambda: run_adding("rnn", T=10, steps=-3), "--steps must be an integer >= 1"),
-    (lambda: run_adding("rnn", T=10, steps=1, lr=0), "--lr must be a positive number"),
+    (lambda: run_adding("rnn", T=1, steps=1), "T must be an integer >= 2"),
+    (lambda: run_adding("rnn", T=10, steps=0), "steps must be an integer >= 1"),
+    (lambda: run_adding("rnn", T=10, steps=-3), "steps must be an integer >= 1"),
+    (lambda: run_adding("rnn", T=10, steps=1, lr=0), "lr must be a positive number"),
     (lambda: run_gradients(["rnn", "elman"], T=10, steps=1), "unknown cell 'elman'"),
-    (lambda: run_gradients([], T=10, steps=1), "--cells needs at least one cell"),
+    (lambda: run_gradients([], T=10, steps=1), "cells needs at least one cell"),
     (lambda: run_compare(["gru", "lstmm"]), "unknown cell 'lstmm'"),
 ])
 def test_user_errors(call, message, tmp_path):

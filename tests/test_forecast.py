@@ -44,13 +44,13 @@ def test_csv_columns_targets_first_and_monthly_season(tmp_path):
 
 def test_gaps_are_named_by_file_line_unless_filled(tmp_path):
     (tmp_path / "g.csv").write_text("t,y\n1,1.0\n2,\n3,3.0\n4,5.0\n5,\n")
-    with pytest.raises(DataError, match=r"missing values in 'y' at lines 3, 6; .*--fill"):
+    with pytest.raises(DataError, match=r"missing values in 'y' at lines 3, 6; .*fill='interpolate'"):
         read_csv(tmp_path / "g.csv", target="y")
     np.testing.assert_allclose(read_csv(tmp_path / "g.csv", "y", fill="interpolate").series[0].values[:, 0],
                                [1, 2, 3, 5, 5])
     np.testing.assert_allclose(read_csv(tmp_path / "g.csv", "y", fill="ffill").series[0].values[:, 0], [1, 1, 3, 5, 5])
     (tmp_path / "h.csv").write_text("t,y\n1,\n2,2\n")
-    with pytest.raises(DataError, match="ffill cannot fill the first rows"):
+    with pytest.raises(DataError, match="fill='ffill' cannot fill the first rows"):
         read_csv(tmp_path / "h.csv", "y", fill="ffill")
 
 
@@ -175,7 +175,7 @@ def test_recursive_feeds_back_and_forecasts_any_horizon():
 def test_direct_cannot_forecast_past_its_horizon(monthly):
     f, _ = monthly
     assert f.forecast(horizon=2).shape[0] == 2
-    with pytest.raises(ConfigError, match="--horizon <= 4"):
+    with pytest.raises(ConfigError, match="horizon <= 4"):
         f.forecast(horizon=5)
 
 
@@ -201,7 +201,7 @@ def test_backtest_rows_and_mean(monthly):
     o1, o2 = (r["origin"] for r in bt["folds"])
     assert o2 - o1 == bt["fold_size"] and o2 + bt["fold_size"] == 120
     assert bt["mean"]["mase"] == pytest.approx(np.mean([r["mase"] for r in bt["folds"]]))
-    with pytest.raises(ConfigError, match="--refit"):
+    with pytest.raises(ConfigError, match="use refit=True"):
         f.backtest(folds=20, fold_size=10)
     refit = f.backtest(folds=2, refit=True, fold_size=8)
     assert [r["origin"] for r in refit["folds"]] == [104, 112]

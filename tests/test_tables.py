@@ -68,7 +68,7 @@ def test_dataframe_times_keep_their_types():
 
 def test_missing_times_are_named_or_filled(tmp_path):
     (tmp_path / "m.csv").write_text("month,y\n2001-01,1\n2001-02,2\n2001-05,5\n2001-06,6\n")
-    with pytest.raises(DataError, match=r"misses 2 times of its monthly grid: 2001-03, 2001-04; .*--fill"):
+    with pytest.raises(DataError, match=r"misses 2 times of its monthly grid: 2001-03, 2001-04; .*fill='interpolate'"):
         read_csv(tmp_path / "m.csv", target="y", time_col="month")
     s = read_csv(tmp_path / "m.csv", target="y", time_col="month", fill="interpolate").series[0]
     np.testing.assert_allclose(s.values[:, 0], [1, 2, 3, 4, 5, 6])

@@ -69,7 +69,7 @@ def test_a_nan_loss_is_a_training_error():
     model = RecurrentForecaster("gru", 1, 8, 1)
     with torch.no_grad():
         model.head.bias.fill_(math.nan)
-    with pytest.raises(TrainingError, match="lower --lr"):
+    with pytest.raises(TrainingError, match="lower lr"):
         fit(model, loaders.train, loaders.val, TrainConfig(epochs=1), log=None, progress=False)
 
 
@@ -94,7 +94,7 @@ def test_precedence_defaults_preset_toml_flags(tmp_path):
 @pytest.mark.parametrize("text, match", [
     ("[model]\nhiden_size = 7\n", "unknown key.*hiden_size"),
     ("[modle]\n", "unknown config section"),
-    ('[train]\nepochs = "ten"\n', "train.epochs must be int"),
+    ('[train]\nepochs = "ten"\n', "epochs must be int"),
     ("[data]\nval_ratio = 1.5\n", "val_ratio"),
     ("[model\n", "not valid TOML"),
 ])
@@ -106,7 +106,7 @@ def test_bad_toml_is_a_config_error(tmp_path, text, match):
 
 
 def test_custom_model_cannot_train_every_step():
-    with pytest.raises(ConfigError, match="loss-steps last"):
+    with pytest.raises(ConfigError, match="loss_steps='last'"):
         resolve(model="custom", loss_steps="all")
     with pytest.raises(ConfigError, match="unknown setting"):
         resolve(hidden=3)

@@ -1,22 +1,25 @@
 """The `rnnkit` command: train, test, backtest, predict, visualize (and bench), a thin layer over
 :class:`rnnkit.Forecaster`.
 
-Any :class:`~rnnkit.errors.RnnkitError` (a mistake the user can fix) and any argparse error becomes one
-line ``error: <message>`` on stderr and exit code 2; any other exception is a bug and keeps its
-traceback. Ctrl-C exits 130 (during training, after saving the epoch it finishes). Under torchrun
-(``rnnkit train --nproc N``) rank 0 says what one process would say; see :mod:`rnnkit.distributed`.
+Any :class:`~rnnkit.errors.RnnkitError` (a mistake the user can fix, said with these flags, which
+:func:`as_arguments` turns into the Python API's words) and any argparse error becomes one line
+``error: <message>`` on stderr and exit code 2; any other exception is a bug and keeps its traceback.
+Ctrl-C exits 130 (during training, after saving the epoch it finishes). Under torchrun (``rnnkit
+train --nproc N``) rank 0 says what one process would say; see :mod:`rnnkit.distributed`.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
+import re
 import sys
 from pathlib import Path
 
 from . import distributed
 from .config import CSV_PRESET, CELLS, DEVICES, FILLS, LOSS_STEPS, LOSSES, MODELS, SCALINGS, SCHEDULES, STRATEGIES
-from .errors import ConfigError, Interrupted, RnnkitError
+from .errors import ConfigError, Interrupted, RnnkitError, on_the_command_line
 
 DEFAULT_RUN = "runs/default"
 
@@ -463,7 +466,78 @@ def cmd_bench(args: argparse.Namespace, rest: list[str]) -> int:
     return bench.run(parser.parse_args(rest))
 
 
+# How the Python API names what a flag sets, where that is not the flag's dest: `rnnkit train --data`
+# is Forecaster.fit(data), its --out is fit(run_dir).
+API_NAMES = {"source": "data", "out": "run_dir"}
+_FLAG = re.compile(r"(?<![\w-])--([A-Za-z][A-Za-z0-9-]*)(?: ('[^']*'|[A-Z][A-Z_]*(?:\[,[A-Z_]+\]|\.[a-z]+)?|"
+                   r"-?\d+(?:\.\d+)?(?:e-?\d+)?|[a-z][a-z0-9_]*))?")
+
+
+def as_arguments(text: str) -> str:
+    """A message written with this CLI's flags, in the words of the Python API (see
+    :mod:`rnnkit.errors`): ``--fill interpolate`` -> ``fill='interpolate'``, ``--horizon 12`` ->
+    ``horizon=12``, ``--relative yes`` -> ``relative=True``, ``--force`` -> ``force=True``, a flag
+    without its value -> its argument's name (``a shorter --seq-length`` -> ``a shorter seq_length``).
+    A word after a flag is its value only where the flag takes it (a number of a numeric flag, one of
+    its choices, a quoted string or a PLACEHOLDER); flags this CLI does not have and commands in
+    backticks are left as they are."""
+    parts = text.split("`")
+    parts[::2] = [_FLAG.sub(_as_argument, part) for part in parts[::2]]
+    return "`".join(parts)
+
+
+def _as_argument(match: re.Match) -> str:
+    flag, token = match.group(1), match.group(2)
+    actions = _flags().get(flag)
+    if actions is None:
+        return match.group(0)
+    name = API_NAMES.get(actions[0].dest, actions[0].dest)
+    value = next((v for v in (_value(a, token) for a in actions if token is not None) if v is not None), None)
+    if value is not None:
+        return f"{name}={value}"
+    rest = "" if token is None else f" {token}"
+    switch = any(a.nargs == 0 and a.const is True for a in actions)
+    return f"{name}=True{rest}" if switch else f"{name}{rest}"
+
+
+def _value(action: argparse.Action, token: str) -> str | None:
+    """``token`` as a Python literal of ``action``'s value, or None if it is not one of its values."""
+    if action.nargs == 0:
+        return None
+    if action.type is _yes_no:
+        return {"yes": "True", "no": "False"}.get(token)
+    if action.choices is not None:
+        return repr(token) if token in action.choices else None
+    if action.type in (int, float):
+        try:
+            action.type(token)
+        except ValueError:
+            return None
+        return token
+    return token if token[0] == "'" or token[0].isupper() else None
+
+
+@functools.lru_cache(maxsize=1)
+def _flags() -> dict[str, list[argparse.Action]]:
+    """Every flag of every subcommand (without its dashes) -> its actions, in the order found."""
+    found: dict[str, list[argparse.Action]] = {}
+    parsers = [build_parser()]
+    while parsers:
+        for action in parsers.pop()._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+            for option in action.option_strings:
+                if option.startswith("--") and action.dest != "help":
+                    found.setdefault(option[2:], []).append(action)
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
+    with on_the_command_line():  # errors say the flags
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)  # the rest of the line is bench's to parse
     if rest and args.handler is not cmd_bench:
@@ -479,9 +553,10 @@ def main(argv: list[str] | None = None) -> int:
         return int((args.handler(args, rest) if args.handler is cmd_bench else args.handler(args)) or 0)
     except RnnkitError as e:
         # Under torchrun every rank meets the same user error: rank 0 says it, each rank records it.
+        line = f"error: {e}"
         if distributed.speaks():
-            print(f"error: {e}", file=sys.stderr)
-        distributed.record(f"error: {e}")
+            print(line, file=sys.stderr)
+        distributed.record(line)
         return 2
     except KeyboardInterrupt:
         if distributed.speaks():

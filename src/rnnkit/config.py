@@ -47,6 +47,10 @@ class DataConfig:
     csv: str = ""                 # source "csv": the file read at training (the run keeps its own copy)
     target: str = ""              # source "csv": target column(s), comma-separated; also inputs
     features: str = ""            # source "csv": extra input column(s), comma-separated
+    future_features: str = ""     # source "csv": input column(s) whose values are known ahead (prices, promotions,
+                                  # holidays): the forecast reads their values at the forecast steps
+    calendar: bool = False        # source "csv": add the time column's calendar (hour, day of week, time of year;
+                                  # sine and cosine) as features known ahead
     time_col: str = ""            # source "csv": time column (dates, quarters or numbers, increasing), optional
     date_format: str = ""         # source "csv": strftime format of the time column's dates where the form is
                                   # ambiguous (e.g. "%d/%m/%Y"); "" = detected
@@ -84,11 +88,11 @@ class DataConfig:
         if self.source == "csv" and not self.target.strip():
             raise ConfigError("a CSV series needs its target column(s): --target COL[,COL]")
         if len(self.sep) != 1 and self.sep != "\\t":
-            raise ConfigError(f"data.sep must be one character, got {self.sep!r}")
+            raise _invalid("data.sep", f"must be one character, got {self.sep!r}")
         if not 0 < self.train_ratio < 1:
-            raise ConfigError(f"data.train_ratio must be between 0 and 1 (exclusive), got {self.train_ratio}")
+            raise _invalid("data.train_ratio", f"must be between 0 and 1 (exclusive), got {self.train_ratio}")
         if not 0 <= self.val_ratio < 1:
-            raise ConfigError(f"data.val_ratio must be in [0, 1), got {self.val_ratio}")
+            raise _invalid("data.val_ratio", f"must be in [0, 1), got {self.val_ratio}")
 
 
 @dataclass
@@ -117,7 +121,7 @@ class ModelConfig:
         _at_least("model.num_layers", self.num_layers, 1)
         _at_least("model.members", self.members, 1)
         if not 0 <= self.dropout < 1:
-            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+            raise _invalid("model.dropout", f"must be in [0, 1), got {self.dropout}")
         if self.model == "custom" and (self.num_layers != 1 or self.dropout or self.relative or self.members > 1):
             raise ConfigError("model 'custom' (the seed's CustomRNN) is one network of one layer, without dropout "
                               "or relative inputs; drop --num-layers/--dropout/--relative/--members or use the "
@@ -153,9 +157,10 @@ class TrainConfig:
         _at_least("train.checkpoint_every", self.checkpoint_every, 1)
         _at_least("train.patience", self.patience, 0)
         if not self.lr > 0:
-            raise ConfigError(f"train.lr must be positive, got {self.lr}")
-        if self.weight_decay < 0 or self.clip_grad_norm < 0:
-            raise ConfigError("train.weight_decay and train.clip_grad_norm must be >= 0")
+            raise _invalid("train.lr", f"must be positive, got {self.lr}")
+        for name in ("weight_decay", "clip_grad_norm"):
+            if getattr(self, name) < 0:
+                raise _invalid(f"train.{name}", f"must be >= 0, got {getattr(self, name)}")
         _choice("train.schedule", self.schedule, SCHEDULES)
         _choice("train.loss_steps", self.loss_steps, LOSS_STEPS)
         _choice("train.loss", self.loss, LOSSES)
@@ -176,7 +181,7 @@ class RunConfig:
             for f in fields(part):
                 value = getattr(part, f.name)
                 if isinstance(value, float) and not math.isfinite(value):
-                    raise ConfigError(f"{section}.{f.name} must be a finite number, got {value}")
+                    raise _invalid(f"{section}.{f.name}", f"must be a finite number, got {value}")
         self.data.validate()
         self.model.validate()
         self.train.validate()
@@ -303,14 +308,20 @@ def _coerce(name: str, value: Any, kind: type) -> Any:
         return float(value)
     if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
         return value
-    raise ConfigError(f"{name} must be {kind.__name__}, got {value!r}")
+    raise _invalid(name, f"must be {kind.__name__}, got {value!r}")
 
 
 def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
     if value not in options:
-        raise ConfigError(f"{name} must be one of {', '.join(options)}; got {value!r}")
+        raise _invalid(name, f"must be one of {', '.join(options)}; got {value!r}")
 
 
 def _at_least(name: str, value: int, low: int) -> None:
     if value < low:
-        raise ConfigError(f"{name} must be >= {low}, got {value}")
+        raise _invalid(name, f"must be >= {low}, got {value}")
+
+
+def _invalid(key: str, problem: str) -> ConfigError:
+    """A bad value of config key ``key`` ("data.horizon"): the CLI names the key as a TOML file does
+    (the value may come from a flag or a file), the Python API as Forecaster's setting ("horizon")."""
+    return ConfigError(f"{key} {problem}", api=f"{key.split('.', 1)[1]} {problem}")
