@@ -33,7 +33,8 @@ _GATE_ORDER = {"LSTM": (0, 3, 1, 2), "GRU": (1, 0, 2), "RNN": (0,)}
 
 
 def to_onnx(module: nn.Module, path, input_size: int, *, batch_first: bool = True,
-            dtype: torch.dtype = torch.float32, check: bool = True, opset_version: int = 18) -> pathlib.Path:
+            dtype: torch.dtype = torch.float32, check: bool = True, opset_version: int = 18,
+            min_length: int = 1) -> pathlib.Path:
     """Write ``module`` to ``path`` as an ONNX model whose input is a sequence batch of any size.
 
     module: an nn.Module on the CPU holding rnnkit layers (and anything torch.onnx exports), called
@@ -41,18 +42,20 @@ def to_onnx(module: nn.Module, path, input_size: int, *, batch_first: bool = Tru
     input_size) with ``batch_first=False`` — of ``dtype``. Its outputs (a tensor, or a tuple or
     list of tensors, nested as the module returns them) become the model's outputs in order.
     The ONNX model's input is named ``x``, with the batch and length dimensions named ``batch``
-    and ``length``; its outputs ``y`` (one output) or ``y0``, ``y1``, ... . It is exported in eval
-    mode (dropout off); the module's own mode is restored.
+    and ``length`` (at least ``min_length``: a module that reads a fixed number of its last steps,
+    ``x[:, -k:]``, needs ``min_length >= k``); its outputs ``y`` (one output) or ``y0``, ``y1``, ... .
+    It is exported in eval mode (dropout off); the module's own mode is restored.
     check: run the model with onnxruntime, where it is installed, at two batch sizes and lengths
-    other than the traced one, and raise an RnnkitError unless it agrees with the module (atol
-    and rtol 1e-4 in float32).
+    (from ``min_length``) other than the traced one, and raise an RnnkitError unless it agrees with
+    the module (atol and rtol 1e-4 in float32).
     Returns the path written. Raises ConfigError for an argument it cannot export, or when
     torch's exporter fails (with its reason).
     """
     if not isinstance(module, nn.Module):
         raise ConfigError(f"to_onnx exports an nn.Module, got {type(module).__name__}")
-    if not isinstance(input_size, int) or isinstance(input_size, bool) or input_size < 1:
-        raise ConfigError(f"input_size must be a positive integer, got {input_size!r}")
+    for name, value in (("input_size", input_size), ("min_length", min_length)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     if any(p.device.type != "cpu" for p in module.parameters()):
         raise ConfigError("to_onnx exports a module on the CPU (call module.cpu() first)")
     from .layers import LSTM
@@ -65,9 +68,9 @@ def to_onnx(module: nn.Module, path, input_size: int, *, batch_first: bool = Tru
     except ImportError as e:
         raise ConfigError("ONNX export needs the onnx and onnxscript packages "
                           "(pip install -c constraints.txt -e '.[dev]')") from e
-    example = _example(input_size, batch_first, dtype, batch=3, length=7)
+    example = _example(input_size, batch_first, dtype, batch=3, length=min_length + 6)
     batch_dim, length_dim = (0, 1) if batch_first else (1, 0)
-    dynamic = ({batch_dim: torch.export.Dim("batch", min=1), length_dim: torch.export.Dim("length", min=1)},)
+    dynamic = ({batch_dim: torch.export.Dim("batch", min=1), length_dim: torch.export.Dim("length", min=min_length)},)
     training = module.training
     module.eval()
     try:
@@ -86,7 +89,8 @@ def to_onnx(module: nn.Module, path, input_size: int, *, batch_first: bool = Tru
         try:
             program.save(tmp.name)
             if check:
-                verify(module, tmp.name, input_size, batch_first=batch_first, dtype=dtype)
+                verify(module, tmp.name, input_size, batch_first=batch_first, dtype=dtype,
+                       sizes=((1, min_length), (5, min_length + 11)))
             pathlib.Path(tmp.name).replace(path)  # whole or not at all
         finally:
             pathlib.Path(tmp.name).unlink(missing_ok=True)
