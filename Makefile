@@ -14,9 +14,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -c 'import rnnkit.kernels; rnnkit.kernels.precompile()'  # numba's loops, once
 	touch $@
 
-# Train with the defaults on the seed's combined wave, test, and write the plots into $(RUN).
+# Train with the defaults on the seed's combined wave, test, and write the plots into $(RUN). One torch
+# thread (the CLI's default): a second gains little on these small models and loses many times that
+# when another process takes a core (README, "Threads").
 run: install
-	$(BIN)/rnnkit train --force --threads 2 --test --visualize --out $(RUN)
+	$(BIN)/rnnkit train --force --test --visualize --out $(RUN)
 	@echo "Run directory: $(RUN) (model.safetensors, config.json, metrics.json, *.png)"
 
 test: install

@@ -19,3 +19,17 @@ def png_is_not_blank(path) -> bool:
 
     img = imread(path)
     return img.ndim == 3 and img.shape[0] > 100 and float(img[..., :3].std()) > 0.05
+
+
+def bands(*targets: str, levels=(80, 95)) -> list[str]:
+    """The interval columns of a forecast after each target's, in the order forecast() writes them."""
+    return [c for name in targets for c in [name] + [f"{name}_{side}{lv}" for lv in levels for side in ("lo", "hi")]]
+
+
+def intervals_hold(fc, name: str, levels=(80, 95)) -> bool:
+    """Each level's interval holds the point forecast, and a wider level's holds a narrower one's."""
+    lo = [fc[f"{name}_lo{lv}"].to_numpy() for lv in levels]
+    hi = [fc[f"{name}_hi{lv}"].to_numpy() for lv in levels]
+    point = fc[name].to_numpy()
+    return bool((lo[0] <= point).all() and (point <= hi[0]).all()
+                and all((a >= b).all() for a, b in zip(lo, lo[1:])) and all((a <= b).all() for a, b in zip(hi, hi[1:])))

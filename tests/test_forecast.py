@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import rnnkit
-from helpers import rnnkit_cli
+from helpers import bands, intervals_hold, rnnkit_cli
 from rnnkit.csvdata import frame_series, read_csv
 from rnnkit.data import Split, chronological_split, fold_split, split_windows
 from rnnkit.errors import ConfigError, DataError
@@ -184,7 +184,8 @@ def test_forecast_on_a_longer_history_and_round_trip(monthly, tmp_path):
     longer = pd.concat([df, seasonal_series(130, seed=1).iloc[120:]], ignore_index=True)
     longer["month"] = pd.date_range("2000-01-01", periods=130, freq="MS").strftime("%Y-%m")
     fc = f.forecast(longer)
-    assert list(fc.columns) == ["month", "step", "sales"] and fc["step"].tolist() == [1, 2, 3, 4]
+    assert list(fc.columns) == ["month", "step", *bands("sales")] and fc["step"].tolist() == [1, 2, 3, 4]
+    assert intervals_hold(fc, "sales")
     assert fc["month"].iloc[0] == "2010-11"  # the month after row 130, written as the input writes months
     window = longer[["sales", "price"]].to_numpy()[-24:]
     np.testing.assert_allclose(fc["sales"].to_numpy(), f.predict(window[None], at=130)[0, :, 0])
@@ -233,7 +234,8 @@ def test_cli_multivariate_csv_train_test_backtest_predict(tmp_path):
     df2.to_csv(tmp_path / "longer.csv", index=False)
     rnnkit_cli("predict", "--run", "r", "--data", "longer.csv", "--out", "fc.csv", "--plot", "fc.png", cwd=tmp_path)
     fc = pd.read_csv(tmp_path / "fc.csv")
-    assert list(fc.columns) == ["month", "step", "sales"] and fc["step"].tolist() == [1, 2, 3]
+    assert list(fc.columns) == ["month", "step", *bands("sales")] and fc["step"].tolist() == [1, 2, 3]
+    assert intervals_hold(fc, "sales")
     assert fc["month"].iloc[0].startswith("2008-05")  # the month after the 100th row
     assert (tmp_path / "fc.png").stat().st_size > 10_000
     proc = rnnkit_cli("predict", "--run", "r", "--data", "longer.csv", "--horizon", "5", "--out", "x.csv",

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import rnnkit
-from helpers import png_is_not_blank, rnnkit_cli
+from helpers import bands, intervals_hold, png_is_not_blank, rnnkit_cli
 from rnnkit.csvdata import frame_panel, read_csv
 from rnnkit.errors import DataError
 from rnnkit.runs import TEST_WEIGHTS, WEIGHTS
@@ -208,7 +208,8 @@ def test_a_panel_trains_one_model_and_forecasts_every_series():
     assert f.panel.ids == ("id2", "id0", "id1") and len(f.scalers) == 3  # in the order they first appear
     assert f.scalers[0].mean[0] > f.scalers[1].mean[0]  # each series scaled on its own (log levels)
     fc = f.forecast()
-    assert list(fc.columns) == ["series", "year", "step", "y"] and len(fc) == 12
+    assert list(fc.columns) == ["series", "year", "step", *bands("y")] and len(fc) == 12
+    assert intervals_hold(fc, "y")
     assert fc.groupby("series")["year"].first().to_dict() == {"id0": 2030, "id1": 2030, "id2": 2030}
     r = f.evaluate(baselines=True)
     assert [s["id"] for s in r["series"]] == ["id2", "id0", "id1"]
@@ -237,7 +238,8 @@ def test_a_panel_from_the_cli(tmp_path):
     proc = rnnkit_cli("predict", "--run", "r", "--out", "fc.csv", "--plot", "fc.png", cwd=tmp_path)
     assert "each of the 3 series" in proc.stdout
     fc = pd.read_csv(tmp_path / "fc.csv")
-    assert list(fc.columns) == ["series", "year", "step", "y"] and fc["year"].tolist() == [2030, 2031, 2032] * 3
+    assert list(fc.columns) == ["series", "year", "step", *bands("y")] and fc["year"].tolist() == [2030, 2031, 2032] * 3
+    assert intervals_hold(fc, "y")
     assert png_is_not_blank(tmp_path / "fc.png")
     series = pd.read_csv(tmp_path / "r" / "series.csv")  # the run's copy, long, times as they came
     assert list(series.columns) == ["series", "year", "y"] and series["year"].dtype == np.int64

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import os
 import re
 import sys
@@ -41,6 +42,9 @@ def _yes_no(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected yes or no, got {text!r}")
 
 
+LEVELS_HELP = ("prediction intervals scored, in percent, e.g. 80,95: coverage, MSIS and pinball loss of the model's "
+               "and the baselines' (default: the run's --levels; '' none)")
+
 # (flag, config field, type, help) of the training overrides; a flag left out keeps the config's value.
 TRAIN_FLAGS = [
     ("--data", "source", str, "series: combined (sin+cos+sign(sin), default), sine, or PATH.csv (a header row, "
@@ -54,6 +58,12 @@ TRAIN_FLAGS = [
                                           "ambiguous, e.g. %%d/%%m/%%Y (day first); default: detected"),
     ("--id-col", "id_col", str, "CSV in the long format (id, time, values): the series id column; one model "
                                 "is trained over every id's series, each scaled on its own"),
+    ("--future-features", "future_features", str, "CSV: input column(s) whose future values are known (prices, "
+                                                  "promotions, holidays), comma-separated: the model reads "
+                                                  "them at the forecast steps too; `predict` takes them from "
+                                                  "--future FILE"),
+    ("--calendar", "calendar", _yes_no, "CSV with --time-col: yes adds the calendar (time of day, day of week, "
+                                        "time of year, as sines and cosines) as inputs known ahead (default no)"),
     ("--sep", "sep", str, "CSV: the column separator (default ','; e.g. ';', or '\\t' for tabs)"),
     ("--fill", "fill", str, "CSV missing values and missing times of a regular grid: none (an error naming "
                             "them, default), interpolate (linear) or ffill (previous value)"),
@@ -62,6 +72,9 @@ TRAIN_FLAGS = [
                                         "(seed), for a CSV max(2*season, 2*horizon, 4) but at most 64 and "
                                         "half the (median) series, e.g. 24 for monthly data"),
     ("--horizon", "horizon", int, "steps to forecast (default 1)"),
+    ("--levels", "levels", str, "prediction intervals, in percent: 80,95 (a CSV's default) writes "
+                                "{target}_lo80, _hi80, _lo95, _hi95 beside each forecast, and `test` and "
+                                "`backtest` score them; '' none"),
     ("--strategy", "strategy", str, "multi-step: direct (the head outputs all --horizon steps, default) or "
                                     "recursive (one step, fed back; every input must be a target)"),
     ("--season", "season", int, "seasonal period (seasonal naive, MASE, seasonal adjustment); default auto "
@@ -90,8 +103,9 @@ TRAIN_FLAGS = [
                                           "autoregression over the window"),
     ("--members", "members", int, "an ensemble of this many networks trained together (seeds seed, seed+1, "
                                   "...); it forecasts their median (a CSV's default 5)"),
-    ("--epochs", "epochs", int, "maximum epochs (early stopping may end sooner); 0: a budget of about 600 "
-                                "steps for the number of windows (a CSV's default)"),
+    ("--epochs", "epochs", int, "maximum epochs (early stopping may end sooner); 0: a budget of about 300 "
+                                "steps for the number of windows (a CSV's default); with --resume DIR: the "
+                                "epoch to train the run until"),
     ("--lr", "lr", float, "Adam learning rate"),
     ("--weight-decay", "weight_decay", float, "Adam's L2 penalty (default 0)"),
     ("--loss", "loss", str, "mse (default) or mae (a CSV's default: what MASE and sMAPE score)"),
@@ -121,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
                "--out runs/b && rnnkit test --run runs/b && rnnkit predict --run runs/b --data FILE.csv "
                "--out forecast.csv",
     )
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("train", help="train a model and write a run directory",
@@ -145,7 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace the run already in --out (its weights, "
                    "checkpoint, history, metrics and plots)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint, with the "
-                   "settings in DIR/config.json (no other settings flags)")
+                   "settings in DIR/config.json (no other settings flags); with --epochs N: train it until epoch "
+                   "N, a finished run too (a table's model that forecasts is then refit; the run's old weights, "
+                   "metrics and plots are removed)")
     p.add_argument("--threads", type=int, default=1, metavar="N",
                    help="torch CPU threads (default 1: fastest for these small models); per process with --nproc")
     p.add_argument("--device", choices=DEVICES, default="auto",
@@ -181,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "DIR/metrics.json (the model's metrics at the top level, the baselines under "
                                    "'baselines').")
     p.add_argument("--run", default=DEFAULT_RUN, metavar="DIR", help=f"run directory (default {DEFAULT_RUN})")
+    p.add_argument("--levels", metavar="L,L", help=LEVELS_HELP)
     p.add_argument("--season", type=int, metavar="M", help="seasonal period for seasonal naive and MASE "
                    "(default: the run's, see `rnnkit train --help`)")
     p.set_defaults(handler=cmd_test)
@@ -198,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refit", action="store_true", help="retrain on the points before each fold")
     p.add_argument("--fold-size", type=int, metavar="P", help="points per fold")
     p.add_argument("--season", type=int, metavar="M", help="seasonal period (default: the run's)")
+    p.add_argument("--levels", metavar="L,L", help=LEVELS_HELP)
     p.add_argument("--threads", type=int, default=1, metavar="N", help="torch CPU threads (default 1)")
     p.set_defaults(handler=cmd_backtest)
 
@@ -213,6 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "with --strategy recursive)")
     p.add_argument("--out", required=True, metavar="FILE.csv", help="where to write the forecast")
     p.add_argument("--plot", metavar="FILE.png", help="also draw the history and the forecast")
+    p.add_argument("--future", metavar="FILE.csv", help="a run with --future-features: their values at the "
+                   "forecast steps, a CSV with those columns (and the time and id columns; rows found by time)")
+    p.add_argument("--levels", metavar="L,L", help="prediction intervals in percent, e.g. 80,95: columns "
+                   "{target}_lo80, _hi80, ... (default: the run's --levels; '' none)")
     p.set_defaults(handler=cmd_predict)
 
     p = sub.add_parser("export", help="write a run's forecasting model as ONNX",
@@ -254,11 +277,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = {dest: getattr(args, dest) for _, dest, _, _ in TRAIN_FLAGS}
     if args.resume is not None:
         out = Path(args.resume)
-        given = [flag for flag, dest, _, _ in TRAIN_FLAGS if overrides[dest] is not None]
+        given = [flag for flag, dest, _, _ in TRAIN_FLAGS if overrides[dest] is not None and dest != "epochs"]
         given += [f"--{k}" for k in ("preset", "config", "out", "force") if getattr(args, k)]
         if given:
-            raise ConfigError(f"--resume continues a run with the settings in its config.json; drop "
-                              f"{', '.join(given)} (or start a new run with --out)")
+            raise ConfigError(f"--resume continues a run with the settings in its config.json (--epochs N may "
+                              f"train it further); drop {', '.join(given)} (or start a new run with --out)")
+        if args.epochs is not None:
+            _extend(out, args.epochs)
         cfg = read_config(out)
     else:
         preset = args.preset
@@ -305,12 +330,48 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"Trained {len(h['epoch'])} epochs in {sum(h['time']):.1f}s (kept epoch {h['best_epoch']}){again}; "
           f"run saved to {out}")
     # One process for the whole job saves a torch import and a numba cache load per step (~2 s each).
-    after = argparse.Namespace(run=str(out), season=None)
+    after = argparse.Namespace(run=str(out), season=None, levels=None)  # the run's own
     if args.test:
         cmd_test(after)
     if args.visualize:
         cmd_visualize(after)
     return 0
+
+
+def _extend(out: Path, epochs: int) -> None:
+    """`train --resume DIR --epochs N`: make the run train until epoch N (see rnnkit.forecaster.extend),
+    before --nproc starts torchrun, whose workers then resume it as it is."""
+    from .forecaster import extend
+    from .runs import read_config
+
+    if distributed.in_worker():
+        if read_config(out).train.epochs != epochs:
+            raise ConfigError(f"under torchrun, --resume {out} trains until its config's epochs; extend it with "
+                              f"`rnnkit train --resume {out} --epochs {epochs} --nproc N`")
+        return
+    done = extend(out, epochs)
+    if done is not None:
+        print(f"{out}: training on from epoch {done} until epoch {epochs}")
+
+
+class _Version(argparse.Action):
+    """`rnnkit --version`: rnnkit's version, and the torch and Python it runs on (torch's found without
+    importing it, and only when asked)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the versions of rnnkit, torch and Python")
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        from . import __version__
+
+        try:
+            torch = version("torch")
+        except PackageNotFoundError:
+            torch = "not installed"
+        print(f"rnnkit {__version__} (torch {torch}, Python {sys.version.split()[0]})")
+        parser.exit()
 
 
 def _without_nproc(argv: list[str]) -> list[str]:
@@ -346,12 +407,38 @@ def _weights_note(run: str) -> None:
         print(note, file=sys.stderr)
 
 
+def number(v: float) -> str:
+    """One format for every number the tables print, whatever its magnitude: 4 significant digits in
+    fixed point (0.001013, 0.2020, 17.77, 503.4), whole numbers from 1000 on (10471, 2312000), and a
+    power of ten below 0.0001 only (1.040e-07), where fixed point would be a row of zeros."""
+    if not math.isfinite(v):
+        return str(v)
+    if v == 0:
+        return "0"
+    r = float(f"{v:.4g}")  # rounded first: 999.96 is 1000
+    if abs(r) >= 1000:
+        return f"{v:.0f}"
+    if abs(r) < 1e-4:
+        return f"{v:.3e}"
+    return f"{r:.{3 - math.floor(math.log10(abs(r)))}f}"
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    """Rows under a header, aligned: the first column to the left, the others to the right, floats in
+    :func:`number`'s format."""
+    cells = [header] + [[str(r[0])] + [number(v) if isinstance(v, float) else str(v) for v in r[1:]] for r in rows]
+    widths = [max(len(row[k]) for row in cells) for k in range(len(header))]
+    return "\n".join((row[0].ljust(widths[0]) + "".join(f"  {c:>{w}}" for c, w in zip(row[1:], widths[1:]))).rstrip()
+                     for row in cells)
+
+
+METRIC_COLUMNS = [("mse", "MSE"), ("rmse", "RMSE"), ("mae", "MAE"), ("smape", "sMAPE %"), ("mase", "MASE")]
+
+
 def metrics_table(rows: dict[str, dict]) -> str:
-    """Rows of metrics as an aligned text table: name, MSE, RMSE, MAE, sMAPE %, MASE."""
-    head = f"{'':<16}{'MSE':>12}{'RMSE':>10}{'MAE':>10}{'sMAPE %':>9}{'MASE':>8}"
-    lines = [head] + [f"{name:<16}{m['mse']:>12.4g}{m['rmse']:>10.4g}{m['mae']:>10.4g}{m['smape']:>9.2f}"
-                      f"{m['mase']:>8.3f}" for name, m in rows.items()]
-    return "\n".join(lines)
+    """Rows of metrics (name -> metrics) as an aligned text table: name, MSE, RMSE, MAE, sMAPE %, MASE."""
+    return table([""] + [title for _, title in METRIC_COLUMNS],
+                 [[name] + [float(m[key]) for key, _ in METRIC_COLUMNS] for name, m in rows.items()])
 
 
 def cmd_test(args: argparse.Namespace) -> int:
@@ -360,13 +447,23 @@ def cmd_test(args: argparse.Namespace) -> int:
 
     f = Forecaster.load(args.run)
     _weights_note(args.run)
-    m = f.evaluate("test", season=args.season, baselines=True)
-    print(f"Test MSE Loss: {m['mse']:.6f}")
-    print(f"Test MAE: {m['mae']:.6f}")
-    print(f"Test RMSE: {m['rmse']:.6f}")
+    m = f.evaluate("test", season=args.season, baselines=True, levels=args.levels)
+    print(f"Test MSE Loss: {m['mse']:.6f}")  # the seed's line, as it prints it
+    print(f"Test MAE: {number(m['mae'])}")
+    print(f"Test RMSE: {number(m['rmse'])}")
     print(f"\n{m['windows']} test windows, horizon {m['horizon']}, season {m['season']} (MASE < 1: better than "
           f"the training part's seasonal naive error); original units:")
-    print(metrics_table({"model": m, **{BASELINE_NAMES[k]: v for k, v in m["baselines"].items()}}))
+    models = {"model": m, **{BASELINE_NAMES[k]: v for k, v in m["baselines"].items()}}
+    targets = list(m["targets"]) if len(m["targets"]) > 1 else []
+    if targets:
+        print(f"all {len(targets)} targets:")
+    print(metrics_table(models))
+    for name in targets:
+        print(f"{name}:")
+        print(metrics_table({row: v["targets"][name] for row, v in models.items()}))
+    if "intervals" in m:
+        print(f"prediction intervals (calibrated on the {m['calibrated_on']}; MSIS and pinball scaled as MASE):")
+        print(intervals_table(models))
     if "series" in m:
         print(f"(over {len(m['series'])} series: MASE is their mean; each series' metrics are in "
               f"{Path(args.run) / METRICS})")
@@ -377,6 +474,16 @@ def cmd_test(args: argparse.Namespace) -> int:
 BASELINE_NAMES = {"naive": "naive", "seasonal_naive": "seasonal naive", "linear_ar": "linear AR"}
 
 
+def intervals_table(rows: dict[str, dict]) -> str:
+    """The interval scores of rows (name -> metrics with "intervals"): per level the coverage (%), MSIS
+    and pinball loss."""
+    levels = list(next(iter(rows.values()))["intervals"])
+    header = [""] + [f"{title} {lv}" for lv in levels for title in ("cover %", "MSIS", "pinball")]
+    return table(header, [[name] + [float(m["intervals"][lv][k]) for lv in levels
+                                    for k in ("coverage", "msis", "pinball")]
+                          for name, m in rows.items() if "intervals" in m])
+
+
 def cmd_backtest(args: argparse.Namespace) -> int:
     import torch
 
@@ -385,18 +492,19 @@ def cmd_backtest(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(max(1, args.threads))
     f = Forecaster.load(args.run)
-    bt = f.backtest(args.folds, args.refit, args.fold_size, args.season)
+    bt = f.backtest(args.folds, args.refit, args.fold_size, args.season, levels=args.levels)
     print(f"Backtest of {args.run}: {args.folds} folds of {bt['fold_size']} points, "
           f"{'refit on the points before each fold' if args.refit else 'the run model, no refit'}, "
           f"season {bt['season']}")
-    head = (f"{'fold':>4}{'origin':>8}{'train pts':>10}{'windows':>8}{'RMSE':>10}{'sMAPE %':>9}{'MASE':>8}"
-            f"{'naive':>8}{'s.naive':>8}{'lin.AR':>8}")
-    print(head + "   (naive, s.naive, lin.AR: MASE)")
-    for r in bt["folds"] + [dict(bt["mean"], fold="mean", origin="", train_points="", windows="")]:
-        b = r["baselines"]
-        print(f"{r['fold']:>4}{r['origin']:>8}{r['train_points']:>10}{r['windows']:>8}{r['rmse']:>10.4g}"
-              f"{r['smape']:>9.2f}{r['mase']:>8.3f}{b['naive']['mase']:>8.3f}{b['seasonal_naive']['mase']:>8.3f}"
-              f"{b['linear_ar']['mase']:>8.3f}")
+    rows = [[r["fold"], r["origin"], r["train_points"], r["windows"], r["rmse"], r["smape"], r["mase"],
+             *(r["baselines"][b]["mase"] for b in BASELINE_NAMES)]
+            for r in bt["folds"] + [dict(bt["mean"], fold="mean", origin="", train_points="", windows="")]]
+    print(table(["fold", "origin", "train pts", "windows", "RMSE", "sMAPE %", "MASE", "naive", "s.naive", "lin.AR"],
+                rows))
+    print("(naive, s.naive, lin.AR: the baselines' MASE)")
+    if "intervals" in bt["mean"]:
+        print("prediction intervals, mean over the folds (MSIS and pinball scaled as MASE):")
+        print(intervals_table({"model": bt["mean"], **{BASELINE_NAMES[k]: v for k, v in bt["mean"]["baselines"].items()}}))
     write_json(Path(args.run) / "backtest.json", bt)
     print(f"wrote {Path(args.run) / 'backtest.json'}")
     return 0
@@ -409,8 +517,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     f = Forecaster.load(args.run)
     history = f.history_series(args.data)
     note = lambda text: print(text, file=sys.stderr)  # noqa: E731
-    fc = f.forecast(history, args.horizon, log=note)
-    write_bytes(args.out, fc.to_csv(index=False).encode())
+    fc = f.forecast(history, args.horizon, log=note, levels=args.levels, future=args.future)
+    write_bytes(args.out, forecast_csv(fc, f.config.data.id_col).encode())
     steps = int(fc["step"].max())
     source = args.data or "the run's series"
     if history.ids is None:
@@ -424,6 +532,27 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def forecast_csv(forecast, id_col: str = "") -> str:
+    """A forecast table (Forecaster.forecast's DataFrame) as CSV text, each float column written in
+    fixed point to 6 significant digits of its largest value in each series (``id_col``'s groups):
+    445.677 in a series that reaches 622, 0.0123457 in one that reaches 0.05, 1234568 in one of
+    millions; not the 17 digits of a float64, and no powers of ten."""
+    import numpy as np
+
+    out = forecast.copy()
+    groups = out[id_col] if id_col and id_col in out else np.zeros(len(out))
+    for name in out.columns:
+        values = out[name]
+        if values.dtype.kind != "f":
+            continue
+        scale = values.abs().groupby(groups).transform("max").to_numpy()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            decimals = np.where(scale > 0, 5 - np.floor(np.log10(scale)), 0).clip(0, 15).astype(int)
+        # + 0.0: a value that rounds to zero is written 0.00, not -0.00
+        out[name] = ["" if v != v else f"{round(v, d) + 0.0:.{d}f}" for v, d in zip(values.to_numpy(), decimals)]
+    return out.to_csv(index=False)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     import logging
 
@@ -432,19 +561,29 @@ def cmd_export(args: argparse.Namespace) -> int:
     for name in ("onnxscript", "torch.onnx"):  # the exporters' notes (optional packages, folding) are not the user's
         logging.getLogger(name).setLevel(logging.ERROR)
     f = Forecaster.load(args.run)
-    print(f"wrote {f.export(args.out)} (input x: (batch, length, {f._io['input_size']}) scaled windows; "
-          f"output y: (batch, {f._io['output_size']}); checked with onnxruntime)")
+    d = f.config.data
+    rows = (f"at least {d.seq_length} past rows, then the {d.horizon} forecast steps' rows (their features known "
+            f"ahead)" if f._io.get("n_future") else f"at least {d.seq_length}")
+    print(f"wrote {f.export(args.out)} (input x: (batch, length, {f._io['input_size']}) scaled windows, length "
+          f"{rows}; output y: (batch, {f._io['output_size']}); checked with onnxruntime)")
     return 0
 
 
 def cmd_visualize(args: argparse.Namespace) -> int:
+    from .data import window_places
     from .forecaster import Forecaster
     from .visualize import plot_loss_curve, plot_predictions
 
     f = Forecaster.load(args.run)
     _weights_note(args.run)
-    true, pred = f.predictions("test")
-    written = [plot_predictions(true, pred, Path(args.run) / "predictions_vs_true.png")]
+    windows = f.windows()
+    _, pred = f.window_predictions(windows)
+    written = []
+    if len(pred):
+        written.append(plot_predictions(pred, window_places(windows.splits, "test"), f.panel,
+                                        Path(args.run) / "predictions_vs_true.png", f.config.data))
+    else:
+        print("the series are too short for a test part; skipped predictions_vs_true.png", file=sys.stderr)
     if f.history:
         written.append(plot_loss_curve(f.history, Path(args.run) / "loss_curve.png"))
     else:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .intervals import parse_levels
 
 SOURCES = ("combined", "sine", "csv")
 SCALINGS = ("standard", "log", "auto", "none")
@@ -62,6 +63,8 @@ class DataConfig:
     seq_length: int = 0           # input steps per window; 0 = auto: 50 for the waves (seed), for a table
                                   # max(2*season, 2*horizon, 4) but at most 64 and half the (median) series
     horizon: int = 1              # target steps per window (forecast steps)
+    levels: str = ""              # prediction intervals' levels in percent, comma-separated ("80,95"; "" = none):
+                                  # forecasts get {target}_lo80/_hi80 ..., test and backtest score them
     strategy: str = "direct"      # "direct": the head outputs all horizon steps; "recursive": one step,
                                   # fed back horizon times (needs every input to be a target)
     season: int = 0               # seasonal period (seasonal naive, MASE, seasonal adjustment); 0 = auto from
@@ -93,6 +96,10 @@ class DataConfig:
             raise _invalid("data.train_ratio", f"must be between 0 and 1 (exclusive), got {self.train_ratio}")
         if not 0 <= self.val_ratio < 1:
             raise _invalid("data.val_ratio", f"must be in [0, 1), got {self.val_ratio}")
+        try:
+            parse_levels(self.levels)
+        except ConfigError as e:
+            raise _invalid("data.levels", f"must list percentages such as 80,95: {e}") from None
 
 
 @dataclass
@@ -250,7 +257,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                   "clip_grad_norm": 0.0, "patience": 0, "loss_steps": "last"},
     },
     CSV_PRESET: {
-        "data": {"scaling": "auto", "batch_size": 64},
+        "data": {"scaling": "auto", "batch_size": 64, "levels": "80,95"},
         "model": {"hidden_size": 32, "relative": True, "members": 5},
         "train": {"lr": 0.003, "loss": "mae", "loss_steps": "last", "epochs": 0, "patience": 0},
     },

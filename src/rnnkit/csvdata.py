@@ -26,12 +26,14 @@ FILL_HINT = "fill them in, or pass --fill interpolate or --fill ffill"
 
 
 class TableSeries(NamedTuple):
-    """One series: values (N, F) float64, targets first, then features; its time grid or None."""
+    """One series: values (N, F) float64, targets first, then features (the last n_future of them
+    known ahead: future features, then calendar features); its time grid or None."""
 
     values: np.ndarray
     columns: tuple[str, ...]       # F names, in the values' column order
     n_targets: int                 # the first n_targets columns are the targets
     time: TimeAxis | None = None   # the time column's grid, N points
+    n_future: int = 0              # the last n_future columns' values are known ahead
 
     @property
     def season(self) -> int:
@@ -52,6 +54,10 @@ class Panel(NamedTuple):
     @property
     def n_targets(self) -> int:
         return self.series[0].n_targets
+
+    @property
+    def n_future(self) -> int:
+        return self.series[0].n_future
 
     @property
     def season(self) -> int:
@@ -79,16 +85,24 @@ def names(text: str | list | tuple | None) -> list[str]:
 
 
 def read_csv(path: str | Path, target: str, features: str = "", time_col: str = "", fill: str = "none",
-             id_col: str = "", date_format: str = "", sep: str = ",") -> Panel:
+             id_col: str = "", date_format: str = "", sep: str = ",", future_features: str = "",
+             calendar: bool = False) -> Panel:
     """The series in a CSV file with a header row; see :func:`frame_panel`. The time and id columns
     are read as text, so that they are kept exactly as written."""
+    df = read_table(path, sep, (time_col, id_col))
+    return frame_panel(df, target, features, time_col, fill, where=str(path), first_line=2, id_col=id_col,
+                       date_format=date_format, future_features=future_features, calendar=calendar)
+
+
+def read_table(path: str | Path, sep: str = ",", text_cols=()):
+    """A CSV file with a header row as a DataFrame, the columns ``text_cols`` read as text; a
+    DataError that says what is wrong with the file."""
     import pandas as pd
 
     path = Path(path)
     sep = "\t" if sep == "\\t" else sep  # as typed on a command line
-    text_cols = {c: str for c in (time_col, id_col) if c}
     try:
-        df = pd.read_csv(path, skipinitialspace=True, dtype=text_cols, sep=sep)
+        df = pd.read_csv(path, skipinitialspace=True, dtype={c: str for c in text_cols if c}, sep=sep)
     except FileNotFoundError:
         raise DataError(f"CSV file {path} does not exist") from None
     except IsADirectoryError:
@@ -101,8 +115,51 @@ def read_csv(path: str | Path, target: str, features: str = "", time_col: str = 
     if len(df.columns) == 1 and sep == "," and any(c in str(df.columns[0]) for c in ";\t|"):
         raise DataError(f"{path} has one column {df.columns[0]!r}: it looks separated by something other "
                         f"than commas; pass --sep ';' (or the separator it uses)")
-    return frame_panel(df, target, features, time_col, fill, where=str(path), first_line=2, id_col=id_col,
-                       date_format=date_format)
+    return df
+
+
+def future_values(history: Panel, future: Any, horizon: int, columns: list[str], time_col: str = "",
+                  id_col: str = "", date_format: str = "", sep: str = ",") -> np.ndarray:
+    """The values of ``columns`` (features known ahead) at the ``horizon`` steps after each series of
+    ``history``, (series, horizon, columns), from ``future``: a CSV path or a DataFrame with those
+    columns (and the time and id columns the history has). With a time column each step is found by
+    its time (the table may also hold earlier rows: they are not read), else a series' first
+    ``horizon`` rows are its steps. A DataError names what is missing: a column, an id, a time."""
+    where = str(future) if isinstance(future, (str, Path)) else "the future values"
+    df = read_table(future, sep, (time_col, id_col)) if isinstance(future, (str, Path)) else as_frame(future)[0]
+    missing = [c for c in columns + [c for c in (time_col, id_col) if c] if c not in df.columns]
+    if missing:
+        raise DataError(f"{where} has no column {', '.join(map(repr, missing))}; it needs the columns known ahead "
+                        f"({', '.join(columns)}){' and ' + time_col if time_col else ''}"
+                        f"{' and ' + id_col if id_col else ''} for the {horizon} steps after the history")
+    groups = ({str(k): g for k, g in df.groupby(df[id_col].astype(str), sort=False)} if id_col else {"": df})
+    out = np.empty((len(history), horizon, len(columns)))
+    for i, s in enumerate(history.series):
+        key = str(history.ids[i]) if history.ids is not None else ""
+        rows = groups.get(key)
+        who = f" for {id_col} {key}" if id_col else ""
+        if rows is None:
+            raise DataError(f"{where} has no rows{who}; it needs the {horizon} steps after the history")
+        if s.time is None:
+            values = rows[columns].to_numpy(dtype=np.float64)[:horizon]
+        else:
+            wanted = [str(t) for t in s.time.future(horizon)]
+            by_time = dict(zip(rows[time_col].astype(str).str.strip(), range(len(rows))))
+            lacking = [t for t in wanted if t not in by_time]
+            if lacking:
+                raise DataError(f"{where} has no row{who} at {time_col} {lacking[0]}"
+                                f"{f' (nor at {len(lacking) - 1} later steps)' if len(lacking) > 1 else ''}; "
+                                f"the forecast reads {', '.join(columns)} at the {horizon} steps "
+                                f"{wanted[0]} .. {wanted[-1]}, written as the history writes its times")
+            values = rows[columns].to_numpy(dtype=np.float64)[[by_time[t] for t in wanted]]
+        if len(values) < horizon:
+            raise DataError(f"{where} has {len(values)} rows{who}; the forecast needs {horizon}")
+        bad = np.argwhere(~np.isfinite(values))
+        if len(bad):
+            step = bad[0][0] + 1
+            raise DataError(f"{where}{who}: {columns[bad[0][1]]} is missing or not a number at forecast step {step}")
+        out[i] = values
+    return out
 
 
 def frame_series(df: Any, target: str | list = "", features: str | list = "", time_col: str = "",
@@ -139,12 +196,14 @@ def as_frame(data: Any, target: str | list = "", features: str | list = "", time
 
 def frame_panel(df: Any, target: str | list = "", features: str | list = "", time_col: str = "",
                 fill: str = "none", where: str = "the data", first_line: int | None = None, id_col: str = "",
-                date_format: str = "") -> Panel:
+                date_format: str = "", future_features: str | list = "", calendar: bool = False) -> Panel:
     """A table as a panel: one series, or with ``id_col`` one per id (in the order the ids first
     appear; an id's rows need not be contiguous, but its times must increase).
 
-    target: the target column(s), also inputs; features: extra input columns; time_col: a column of
-    times (see :mod:`rnnkit.timeaxis`; ``date_format`` a strftime format for ambiguous dates).
+    target: the target column(s), also inputs; features: extra input columns; future_features:
+    input columns whose values are known ahead (they come last); calendar: also the time column's
+    calendar features (TimeAxis.calendar, known ahead, after them); time_col: a column of times
+    (see :mod:`rnnkit.timeaxis`; ``date_format`` a strftime format for ambiguous dates).
     fill: "none" (missing values and missing times are errors naming them), "interpolate" (linear,
     the ends take the nearest value) or "ffill" (the previous value), within each series.
     ``first_line``: the file line of the first row, for messages (None: rows are counted from 0).
@@ -156,8 +215,9 @@ def frame_panel(df: Any, target: str | list = "", features: str | list = "", tim
     if not targets:
         raise DataError(f"name the target column(s) of {where} (--target COL[,COL]); "
                         f"its columns are: {', '.join(df.columns)}")
-    feats = [c for c in names(features) if c not in targets]
-    cols = targets + feats
+    future = [c for c in names(future_features) if c not in targets]
+    feats = [c for c in names(features) if c not in targets and c not in future]
+    cols = targets + feats + future
     wanted = cols + [c for c in (time_col, id_col) if c]
     missing = [c for c in dict.fromkeys(wanted) if c not in df.columns]
     if missing:
@@ -168,6 +228,8 @@ def frame_panel(df: Any, target: str | list = "", features: str | list = "", tim
             raise DataError(f"column {c!r} cannot be both the {role} column and a target/feature")
     if time_col and time_col == id_col:
         raise DataError(f"column {time_col!r} cannot be both the time column and the id column")
+    if calendar and not time_col:
+        raise DataError("--calendar makes features from the time column; name it with --time-col")
     at = lambda rows: _rows(rows, first_line)  # noqa: E731
     if len(df) == 0:
         raise DataError(f"{where} has a header but no rows")
@@ -209,7 +271,15 @@ def frame_panel(df: Any, target: str | list = "", features: str | list = "", tim
                 v, source = full, np.full(ax.length, -1)
                 source[pos] = rows
         v = _filled(v, fill, cols, where, lambda r, source=source: at(source[r][source[r] >= 0]))
-        series.append(TableSeries(v, tuple(cols), len(targets), ax))
+        names_, n_future = tuple(cols), len(future)
+        if calendar:
+            extra = ax.calendar()
+            clash = [c for c in extra if c in df.columns]
+            if clash:
+                raise DataError(f"{where} already has a column {clash[0]!r}, a name --calendar adds; rename it")
+            v = np.column_stack([v, *extra.values()])
+            names_, n_future = names_ + tuple(extra), n_future + len(extra)
+        series.append(TableSeries(v, names_, len(targets), ax, n_future))
     return Panel(tuple(series), ids)
 
 
@@ -278,14 +348,14 @@ def _rows(rows: np.ndarray, first_line: int | None, shown: int = 5) -> str:
     return f"{word}{'s' if len(rows) > 1 else ''} {listed}{more}"
 
 
-def panel_frame(panel: Panel, time_col: str = "", id_col: str = ""):
+def panel_frame(panel: Panel, time_col: str = "", id_col: str = "", columns: int | None = None):
     """The panel as a long DataFrame: the id column (when it has ids), the time column in the input's
-    own form (when it has times), then the values."""
+    own form (when it has times), then the values (of the first ``columns`` columns; default all)."""
     import pandas as pd
 
     parts = []
     for i, s in enumerate(panel.series):
-        df = pd.DataFrame(s.values, columns=list(s.columns))
+        df = pd.DataFrame(s.values[:, :columns], columns=list(s.columns[:columns]))
         if s.time is not None:
             df.insert(0, time_col or "time", s.time.text())
         if panel.ids is not None:
@@ -294,8 +364,9 @@ def panel_frame(panel: Panel, time_col: str = "", id_col: str = ""):
     return pd.concat(parts, ignore_index=True)
 
 
-def write_csv(panel: Panel, path: str | Path, time_col: str = "", id_col: str = "") -> None:
+def write_csv(panel: Panel, path: str | Path, time_col: str = "", id_col: str = "", columns: int | None = None
+              ) -> None:
     """The panel as a CSV (see :func:`panel_frame`), written atomically; values exact (17 digits)."""
     from .runs import write_bytes
 
-    write_bytes(path, panel_frame(panel, time_col, id_col).to_csv(index=False, float_format="%.17g").encode())
+    write_bytes(path, panel_frame(panel, time_col, id_col, columns).to_csv(index=False, float_format="%.17g").encode())

@@ -63,10 +63,11 @@ def load_series(cfg: DataConfig, table: Any = None) -> Panel:
         return Panel((TableSeries(wave, ("value",), 1),))
     if table is not None:
         return frame_panel(table, cfg.target, cfg.features, cfg.time_col, cfg.fill, id_col=cfg.id_col,
-                           date_format=cfg.date_format)
+                           date_format=cfg.date_format, future_features=cfg.future_features, calendar=cfg.calendar)
     if not cfg.csv:
         raise ConfigError("a CSV series needs its file (--data PATH.csv)")
-    return read_csv(cfg.csv, cfg.target, cfg.features, cfg.time_col, cfg.fill, cfg.id_col, cfg.date_format, cfg.sep)
+    return read_csv(cfg.csv, cfg.target, cfg.features, cfg.time_col, cfg.fill, cfg.id_col, cfg.date_format, cfg.sep,
+                    cfg.future_features, cfg.calendar)
 
 
 def short_windows(cfg: DataConfig) -> bool:
@@ -89,7 +90,7 @@ def resolve_data(cfg: DataConfig, panel: Panel) -> DataConfig:
                                     auto_seq_length(int(np.median(lengths)), season, cfg.horizon))
     if cfg.strategy == "recursive" and panel.n_targets != len(panel.columns):
         raise ConfigError("--strategy recursive feeds its forecasts back as inputs, so every input must be a "
-                          "target; drop --features or use --strategy direct")
+                          "target; drop --features, --future-features and --calendar, or use --strategy direct")
     if short_windows(cfg):
         short = [i for i, n in enumerate(lengths) if n < MIN_POINTS]
         if short:
@@ -212,8 +213,8 @@ class Scaler:
     kind "standard": g(v) = v; "log": g(v) = log v (positive series whose swings grow with their
     level); "none": the identity. The adjustment a_t = seasonal[t mod m] + drift * t: ``seasonal``
     (m, F), the seasonal indices of g(v) by phase, and ``drift`` (F,), its mean change per step; zero
-    for features and where not fit. Fit with ``unit="change"``, the targets' drift is removed and std
-    is the mean absolute change of the adjusted training part, not its standard deviation (the
+    for features and where not fit. Fit with ``unit="change"``, the targets' drift is removed and their
+    std is the mean absolute change of the adjusted training part, not its standard deviation (the
     forecaster reads windows relative to their last value, so a step's change is what its inputs
     measure, and the zero forecast is then the last value plus the drift: a random walk with drift).
     """
@@ -260,6 +261,7 @@ class Scaler:
         # (a straight line's adjusted changes are all 0: then its drift, its size, or 1)
         for fallback in (np.abs(drift) if drift is not None else np.zeros(F), np.abs(train_part).mean(axis=0)):
             std = np.where(std > 0, std, fallback)
+        std[n_targets:] = train_part[:, n_targets:].std(axis=0)  # features: standardised as they are
         return cls(kind, train_part.mean(axis=0), np.where(std > 0, std, 1.0), seasonal, drift)
 
     @staticmethod
@@ -361,13 +363,16 @@ def fit_scaler(values: np.ndarray, split: Split, kind: str, season: int, n_targe
 # ---- windows and loaders -------------------------------------------------------------------------
 
 def make_windows(series: np.ndarray, seq_length: int, horizon: int = 1, windows: range | None = None,
-                 target_cols: tuple[int, ...] = (0,), known: int = -1) -> TensorDataset:
+                 target_cols: tuple[int, ...] = (0,), known: int = -1, n_future: int = 0) -> TensorDataset:
     """Windows of a (scaled) series (N, F) as float32 tensors x (W, seq_length, F), y (W, horizon, T).
 
     Window i: x = series[i : i+seq_length], y = series[i+seq_length : i+seq_length+horizon, target_cols].
     ``known`` >= 0 (short windows): i may be negative (the inputs before the series repeat its first
     row) and targets may run past the series; targets at or after ``known`` are masked, and the
     dataset holds a third tensor, the mask (W, horizon, T) of 1 for a known target, else 0.
+    ``n_future`` > 0 (short windows): the series' last n_future columns are known ahead, and x holds
+    the horizon's rows after the window's, (W, seq_length + horizon, F), with those columns only
+    (the others 0; rows past the series 0).
     """
     S, H = seq_length, horizon
     s = torch.as_tensor(np.ascontiguousarray(series), dtype=torch.float32)  # (N, F)
@@ -383,7 +388,8 @@ def make_windows(series: np.ndarray, seq_length: int, horizon: int = 1, windows:
     windows = range(1 - S, len(s) - S) if windows is None else windows
     T = len(target_cols)
     if len(windows) == 0:
-        return TensorDataset(s.new_zeros(0, S, s.shape[1]), s.new_zeros(0, H, T), s.new_zeros(0, H, T))
+        return TensorDataset(s.new_zeros(0, S + (H if n_future else 0), s.shape[1]), s.new_zeros(0, H, T),
+                             s.new_zeros(0, H, T))
     lead = max(0, -windows.start)
     padded = torch.cat([s[:1].expand(lead, -1), s])  # (lead+N, F): window i starts at row i + lead
     end = windows.stop + lead + S + H - 1
@@ -394,6 +400,10 @@ def make_windows(series: np.ndarray, seq_length: int, horizon: int = 1, windows:
     y = padded[S:, list(target_cols)].unfold(0, H, 1)[first:first + count].transpose(1, 2).contiguous()  # (W, H, T)
     position = torch.arange(H) + torch.tensor(list(windows)).unsqueeze(1) + S  # (W, H) of each target
     mask = (position < min(known, len(s))).to(torch.float32).unsqueeze(2).expand_as(y).contiguous()
+    if n_future:
+        ahead = padded[S:].unfold(0, H, 1)[first:first + count].transpose(1, 2).clone()  # (W, H, F)
+        ahead[..., :s.shape[1] - n_future] = 0
+        x = torch.cat([x, ahead], dim=1)  # (W, S + H, F)
     return TensorDataset(x, y * mask, mask)
 
 
@@ -424,10 +434,12 @@ def _concat(parts: list[TensorDataset]) -> TensorDataset:
 
 
 def split_windows(values: np.ndarray | Sequence[np.ndarray], split: Split | Sequence[Split],
-                  scaler: Scaler | Sequence[Scaler] | str, n_targets: int = 1, season: int = 1) -> Windows:
+                  scaler: Scaler | Sequence[Scaler] | str, n_targets: int = 1, season: int = 1,
+                  n_future: int = 0) -> Windows:
     """Scalers (each fit on the points its series' training windows touch, or saved ones) -> the
     scaled windows of each part. values: one series (N, F) or a sequence of them, with their splits
-    (and scalers); the first n_targets columns are the targets."""
+    (and scalers); the first n_targets columns are the targets, the last n_future known ahead (see
+    :func:`make_windows`)."""
     single = isinstance(values, np.ndarray)
     values = [values] if single else list(values)
     splits = [split] if isinstance(split, Split) else list(split)
@@ -443,7 +455,7 @@ def split_windows(values: np.ndarray | Sequence[np.ndarray], split: Split | Sequ
             r = getattr(sp, name)
             known = -1 if sp.known < 0 else (sp.known if name == "train" else len(v))
             if len(r) or not parts[name]:
-                parts[name].append(_windows_or_empty(scaled, sp, r, cols, known))
+                parts[name].append(_windows_or_empty(scaled, sp, r, cols, known, n_future))
     return Windows(_concat(parts["train"]), _concat(parts["val"]), _concat(parts["test"]), tuple(scalers),
                    tuple(splits))
 
@@ -456,10 +468,11 @@ def window_places(splits: Sequence[Split], part: str) -> np.ndarray:
     return np.concatenate(places).astype(np.int64).reshape(-1, 2)
 
 
-def _windows_or_empty(scaled: np.ndarray, sp: Split, r: range, cols: tuple, known: int) -> TensorDataset:
+def _windows_or_empty(scaled: np.ndarray, sp: Split, r: range, cols: tuple, known: int,
+                      n_future: int) -> TensorDataset:
     if len(r) == 0 and known < 0:  # (whole windows: no mask)
         return TensorDataset(torch.zeros(0, sp.seq_length, scaled.shape[1]), torch.zeros(0, sp.horizon, len(cols)))
-    return make_windows(scaled, sp.seq_length, sp.horizon, r, cols, known)
+    return make_windows(scaled, sp.seq_length, sp.horizon, r, cols, known, n_future)
 
 
 def prepare(cfg: DataConfig, scaler: Scaler | None = None) -> Windows:

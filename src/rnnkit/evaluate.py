@@ -18,11 +18,12 @@ penalty picked on the validation windows).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
 from .errors import ConfigError, DataError
+from .intervals import Calibration, calibrate, interval_scores, level_name, parse_levels
 
 BASELINES = ("naive", "seasonal_naive", "linear_ar")
 RIDGE_ALPHAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
@@ -146,57 +147,128 @@ def _mean_over_series(rows: list[dict], key: str) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def report(forecaster: Any, splits: Any, season: int | None = None, baselines: bool = True) -> dict:
+class PartForecasts(NamedTuple):
+    """The forecasts of one part's windows (original units): true (W, H, T) with NaN where the truth is
+    unknown (a masked or absent target), places (W, 2) each window's series and first target position,
+    preds {name: (W, H, T)} the model's and the baselines'."""
+
+    true: np.ndarray
+    places: np.ndarray
+    preds: dict
+
+
+def part_forecasts(forecaster: Any, windows: Any, splits: Sequence, part: str, season: int,
+                   baselines: bool, ar_weights: np.ndarray | None = None) -> PartForecasts:
+    """The test model's forecasts of a part ("train", "val", "test") of ``windows`` (the splits'
+    windows, scaled with the test model's scalers) and, with ``baselines``, naive's, seasonal naive's
+    and, given its weights, the linear AR's on the same windows."""
+    from .data import window_places
+
+    f = forecaster
+    T = f.panel.n_targets
+    H = splits[0].horizon
+    _, pred = f.window_predictions(windows, part)
+    places = window_places(splits, part)  # (W, 2): series, first target position
+    values = [s.values[:, :T] for s in f.panel.series]
+    steps = np.arange(H)
+    true = np.full(pred.shape, np.nan)
+    for k, (i, p) in enumerate(places):
+        at = p + steps
+        inside = at < len(values[i])
+        true[k, inside] = values[i][at[inside]]
+    ds = getattr(windows, part)
+    if len(ds.tensors) > 2:  # short windows: their masked targets are not known
+        true[ds.tensors[2].double().numpy() == 0] = np.nan
+    preds = {"model": pred}
+    if baselines and len(places):
+        preds["naive"] = np.stack([naive(values[i], np.array([p]), H)[0] for i, p in places]).reshape(pred.shape)
+        preds["seasonal_naive"] = np.stack([seasonal_naive(values[i], np.array([p]), H, season)[0]
+                                            for i, p in places]).reshape(pred.shape)
+        if ar_weights is not None:
+            x = ds.tensors[0].double().numpy()
+            ar = ridge_predict(ar_weights, x.reshape(len(x), -1)).reshape(len(x), H, T)
+            preds["linear_ar"] = np.empty_like(ar)
+            for i in np.unique(places[:, 0]):
+                rows = np.flatnonzero(places[:, 0] == i)
+                preds["linear_ar"][rows] = windows.scalers[i].inverse(ar[rows], list(range(T)), places[rows, 1][:, None] + steps)
+    return PartForecasts(true, places, preds)
+
+
+def series_scales(forecaster: Any, splits: Sequence, season: int) -> np.ndarray:
+    """Each series' MASE scale per target (series, T), from its training part; NaN where the part is
+    constant or too short to have one."""
+    T = forecaster.panel.n_targets
+    out = np.full((len(splits), T), np.nan)
+    for i, (s, sp) in enumerate(zip(forecaster.panel.series, splits)):
+        if sp.fit_end >= 2:
+            out[i] = mase_scale(s.values[:sp.fit_end, :T], season)
+    return out
+
+
+def calibrate_part(part: PartForecasts, scales: np.ndarray, name: str, levels: Sequence) -> Calibration:
+    """The intervals of ``levels`` for forecaster ``name`` from its errors on a part's windows, in
+    units of each series' MASE scale (so that series pool)."""
+    errors = (part.true - part.preds[name]) / scales[part.places[:, 0]][:, None, :]
+    return calibrate(errors, np.isfinite(errors), levels)
+
+
+def report(forecaster: Any, splits: Any, season: int | None = None, baselines: bool = True,
+           levels: Sequence | None = None) -> dict:
     """The test model's test metrics (top level) and, on the same test windows, the baselines' — for
     a fitted :class:`~rnnkit.Forecaster` and the splits of its series (each series' test part is
     evaluated; its training part sets MASE's scale and fits the linear AR). MSE, RMSE, MAE and
-    sMAPE pool every forecast; MASE is each series' MASE, averaged. A panel's report also lists each
-    series' metrics under "series" (with its "id")."""
-    from .data import Split, window_places
+    sMAPE pool every forecast; MASE is each series' MASE, averaged. The model's and each baseline's
+    metrics also hold each target's under "targets" (by name). A panel's report also lists each
+    series' metrics under "series" (with its "id").
+
+    ``levels`` (default: the run's): prediction intervals, each forecaster's calibrated on its errors
+    on the validation windows (the training windows where there are none: "calibrated_on" says
+    which), scored on the test windows under "intervals": {level: coverage %, MSIS, pinball}."""
+    from .data import Split
 
     f = forecaster
     splits = [splits] if isinstance(splits, Split) else list(splits)
     m = season or f.config.data.season or 1
+    levels = parse_levels(f.config.data.levels if levels is None else levels)
     T = f.panel.n_targets
     H = splits[0].horizon
     w = f._windows(splits, f.test_scalers)
     if len(w.test) == 0:
         raise DataError(f"the series are too short to hold out a test part (a series needs more than "
                         f"{H} points beyond the first 3); forecast with `rnnkit predict`, or use a shorter --horizon")
-    _, pred = f.window_predictions(w)
-    places = window_places(splits, "test")  # (W, 2): series, first target position
-    values = [s.values[:, :T] for s in f.panel.series]
-    steps = np.arange(H)
-    true = np.stack([values[i][p + steps] for i, p in places])  # (W, H, T), float64 as read
-    scales = {i: mase_scale(values[i][:splits[i].fit_end], m) for i in np.unique(places[:, 0])}
-    preds = {"model": pred}
-    alpha = None
+    weights = alpha = None
     if baselines:
-        preds["naive"] = np.stack([naive(values[i], np.array([p]), H)[0] for i, p in places])
-        preds["seasonal_naive"] = np.stack([seasonal_naive(values[i], np.array([p]), H, m)[0] for i, p in places])
         try:
             weights, alpha = ridge_ar(w.train, w.val)
         except DataError:
-            weights = None
-        if weights is not None:
-            x_test = w.test.tensors[0].double().numpy()
-            ar = ridge_predict(weights, x_test.reshape(len(x_test), -1)).reshape(len(x_test), H, T)
-            preds["linear_ar"] = np.empty_like(ar)
-            for i in np.unique(places[:, 0]):
-                rows = np.flatnonzero(places[:, 0] == i)
-                at = places[rows, 1][:, None] + steps
-                preds["linear_ar"][rows] = w.scalers[i].inverse(ar[rows], list(range(T)), at)
+            pass
+    test = part_forecasts(f, w, splits, "test", m, baselines, weights)
+    true, places = test.true, test.places
+    scales = series_scales(f, splits, m)
     scores = {}
-    for name, p in preds.items():
+    for name, p in test.preds.items():
         per = []
         for i in np.unique(places[:, 0]):
             rows = np.flatnonzero(places[:, 0] == i)
             per.append({"series": int(i), **metrics(true[rows], p[rows], scales[i])})
         out = metrics(true, p)
         out["mase"] = _mean_over_series(per, "mase")
+        out["targets"] = _per_target(true, p, places[:, 0], scales, f.panel.columns[:T])
         scores[name] = (out, per)
+    if levels:
+        cal_part = "val" if len(w.val) else "train"
+        cal = part_forecasts(f, w, splits, cal_part, m, baselines, weights)
+        scale = scales[places[:, 0]][:, None, :]  # (W, 1, T)
+        scored = np.isfinite(scale).all(axis=(1, 2))  # (a constant series has no scale)
+        for name, (out, _) in scores.items():
+            lower, upper = calibrate_part(cal, scales, name, levels).bounds(test.preds[name] / scale)
+            out["intervals"] = {level_name(lv): interval_scores((true / scale)[scored], lower[k][scored],
+                                                                upper[k][scored], lv, np.ones(T))
+                                for k, lv in enumerate(levels)}
     out = dict(scores["model"][0])
     out.update(season=m, windows=len(w.test), horizon=H)
+    if levels:
+        out["calibrated_on"] = "validation windows" if cal_part == "val" else "training windows"
     if len(f.panel) > 1:
         ids = f.panel.ids if f.panel.ids is not None else range(len(f.panel))
         out["series"] = [{"id": _plain(ids[r["series"]]), **{k: v for k, v in r.items() if k != "series"}}
@@ -208,13 +280,38 @@ def report(forecaster: Any, splits: Any, season: int | None = None, baselines: b
     return out
 
 
+def _per_target(true: np.ndarray, pred: np.ndarray, series: np.ndarray, scales: dict, names: Sequence[str]) -> dict:
+    """Each target's metrics, by name: MSE, RMSE, MAE and sMAPE over its forecasts (W, H), MASE the
+    mean of the series' MASE for it. ``series`` (W,): each window's series; ``scales``: each series'
+    MASE scale per target."""
+    out = {}
+    for j, name in enumerate(names):
+        t, p = true[..., j:j + 1], pred[..., j:j + 1]
+        m = metrics(t, p)
+        m["mase"] = _mean_over_series([metrics(t[series == i], p[series == i], scales[i][j:j + 1])
+                                       for i in np.unique(series)], "mase")
+        out[name] = m
+    return out
+
+
+def _mean_of(rows: list[dict]) -> dict:
+    """The mean over rows of nested dicts of numbers, key by key (a key missing from a row is left out)."""
+    out = {}
+    for key, value in rows[0].items():
+        if not all(key in r for r in rows):
+            continue
+        values = [r[key] for r in rows]
+        out[key] = _mean_of(values) if isinstance(value, dict) else float(np.mean(values))
+    return out
+
+
 def _plain(v: Any) -> Any:
     """An id as JSON writes it (numpy integers become ints)."""
     return v.item() if hasattr(v, "item") else v
 
 
 def backtest(forecaster: Any, folds: int = 3, refit: bool = False, fold_size: int | None = None,
-             season: int | None = None, log: Callable[[str], None] | None = None) -> dict:
+             season: int | None = None, log: Callable[[str], None] | None = None, levels: Any = None) -> dict:
     """Rolling-origin evaluation: the last ``folds * P`` points of every series are cut into ``folds``
     blocks of P points; fold k forecasts the windows whose targets lie in block k from the points
     before it.
@@ -222,7 +319,8 @@ def backtest(forecaster: Any, folds: int = 3, refit: bool = False, fold_size: in
     refit=True: a fresh test model (same config, same seed) is trained on the points before each
     block, with the run's validation share; P defaults to the run's test part (of its shortest
     series). refit=False: the run's test model and scalers for every fold; the blocks must lie in
-    its test part, and P defaults to the test part / folds. Returns {"folds": [row per fold],
+    its test part, and P defaults to the test part / folds. ``levels``: the intervals scored (see
+    :func:`report`). Returns {"folds": [row per fold],
     "mean": {metric: mean over folds}, ...}; each row has the model's metrics, the baselines' and
     origin (of the first series), train_points, windows.
     """
@@ -264,14 +362,13 @@ def backtest(forecaster: Any, folds: int = 3, refit: bool = False, fold_size: in
                 fold = fold_split(origin, origin + size, S, H, short=short)
                 splits.append(Split(sp.train, sp.val, fold.test, S, H, sp.known))
         model = f.refit(splits) if refit else f
-        row = report(model, splits, season)
+        row = report(model, splits, season, levels=levels)
         row.pop("series", None)
         row.update(fold=k + 1, origin=splits[0].origin, train_points=sum(sp.fit_end for sp in splits))
         rows.append(row)
         if log is not None:
             log(f"fold {k + 1}/{folds}: origin {row['origin']}, {row['windows']} windows, MASE {row['mase']:.3f}")
-    keys = ("mse", "rmse", "mae", "smape", "mase")
-    mean = {k: float(np.mean([r[k] for r in rows])) for k in keys}
-    mean["baselines"] = {b: {k: float(np.mean([r["baselines"][b][k] for r in rows])) for k in keys}
-                         for b in BASELINES if all(b in r["baselines"] for r in rows)}
+    scored = ("mse", "rmse", "mae", "smape", "mase", "intervals")
+    picked = lambda r: {k: r[k] for k in scored if k in r}  # noqa: E731
+    mean = _mean_of([{**picked(r), "baselines": {b: picked(v) for b, v in r["baselines"].items()}} for r in rows])
     return {"folds": rows, "mean": mean, "refit": refit, "fold_size": size, "season": rows[0]["season"]}

@@ -38,17 +38,19 @@ import torch
 
 from . import __version__, distributed
 from .config import CSV_PRESET, RunConfig, resolve
-from .csvdata import Panel, TableSeries, as_frame, frame_panel, names, read_csv, write_csv
+from .csvdata import Panel, TableSeries, as_frame, frame_panel, future_values, names, read_csv, write_csv
 from .data import (Scaler, Split, Windows, load_series, make_loaders, resolve_data, short_windows, split_panel,
                    split_windows, window_places)
 from .errors import ConfigError, DataError, RunError, ShapeError
 from .evaluate import backtest as run_backtest
 from .evaluate import report, ridge_ar
+from .intervals import Calibration, level_name, parse_levels
 from .models import build_model, init_linear_skip
-from .runs import (HISTORY, TEST_WEIGHTS, begin_run, load_checkpoint, load_run, load_seed_checkpoint, load_weights,
-                   meta_digest, read_config, read_json, read_meta, save_checkpoint, save_run, save_weights,
-                   write_json)
+from .runs import (BACKTEST, CHECKPOINT, CONFIG, HISTORY, METRICS, PLOTS, REFIT_CHECKPOINT, TEST_WEIGHTS, WEIGHTS,
+                   begin_run, load_checkpoint, load_run, load_seed_checkpoint, load_weights, meta_digest, read_config,
+                   read_json, read_meta, save_checkpoint, save_run, save_weights, write_json)
 from .train import auto_epochs
+from .train import extend as extend_checkpoint
 from .train import fit as train_model
 
 SPLITS = ("train", "val", "test")
@@ -83,6 +85,7 @@ class Forecaster:
         self.test_model: torch.nn.Module | None = None
         self.scalers: list[Scaler] | None = None
         self.test_scalers: list[Scaler] | None = None
+        self._calibrations: dict = {}  # levels -> (Calibration, scales): see calibration()
         self.panel: Panel | None = None
         self.history: dict | None = None
 
@@ -171,7 +174,8 @@ class Forecaster:
 
     def _windows(self, splits: list[Split], scalers: list[Scaler] | None = None) -> Windows:
         d = self.config.data
-        return split_windows(self._values(), splits, scalers or d.scaling, self.panel.n_targets, d.season)
+        return split_windows(self._values(), splits, scalers or d.scaling, self.panel.n_targets, d.season,
+                             self.panel.n_future)
 
     def _train(self, log: Callable[[str], None] | None = None, progress: bool | None = False,
                run_dir: str | Path | None = None, force: bool = False, resume: bool = False,
@@ -180,6 +184,9 @@ class Forecaster:
         forecasts on every point; into ``run_dir`` when given (``resume``: from its files and last
         checkpoint)."""
         cfg = self.config
+        if self.panel.n_future and cfg.model.model == "custom":
+            raise ConfigError("--model custom reads no features known ahead; drop --future-features and --calendar, "
+                              "or use --model recurrent")
         device = distributed.resolve_device(device)
         main = distributed.is_main()  # under DDP only rank 0 writes the run directory and speaks
         log = log if main else None
@@ -189,7 +196,7 @@ class Forecaster:
         self.scalers = list(final.scalers) if final is not None else self.test_scalers
         x, y = windows.train.tensors[:2]
         steps = 1 if cfg.data.strategy == "recursive" else y.shape[1]  # recursive: one step, fed back
-        self._io = self._sizes(x.shape[-1], steps * y.shape[2], y.shape[2])
+        self._io = self._sizes(x.shape[-1], steps * y.shape[2], y.shape[2], self.panel.n_future)
         meta = self._meta()
         if run_dir is not None and not resume and main:
             begin_run(run_dir, meta, force)
@@ -212,6 +219,7 @@ class Forecaster:
                 save_weights(Path(run_dir) / TEST_WEIGHTS, self.test_model.state_dict(), meta)
                 write_json(Path(run_dir) / HISTORY, self.history)
         self.model = self.test_model
+        self._calibrations = {}
         if final is not None:
             epochs = self.history["best_epoch"] if len(windows.val) else None
             if log is not None:
@@ -236,19 +244,22 @@ class Forecaster:
         torch.manual_seed(cfg.train.seed)  # the initial weights
         model = self._build_model()
         if self._io["linear_window"] and not cfg.model.relative:  # start from the ridge AR of the same windows
-            weights, _ = ridge_ar(windows.train, windows.val, residual=cfg.model.residual)
-            init_linear_skip(model, torch.as_tensor(weights))
+            for member in getattr(model, "members", [model]):
+                span = lambda ds: _last_steps(ds, member.linear_window, getattr(member, "ahead", 0))  # noqa: E731 (what it reads)
+                weights, _ = ridge_ar(span(windows.train), span(windows.val), residual=cfg.model.residual)
+                init_linear_skip(member, torch.as_tensor(weights))
         train_cfg = dataclasses.replace(cfg.train, loss_steps=self.loss_steps(),
                                         epochs=epochs or cfg.train.epochs or
                                         auto_epochs(len(windows.train), cfg.data.batch_size))
         checkpoint = start = None
         if run_dir is not None:
+            name = CHECKPOINT if phase == "test" else REFIT_CHECKPOINT  # the test model's is kept, see extend
             if resume:
-                found = load_checkpoint(run_dir, meta)
+                found = load_checkpoint(run_dir, meta, name)
                 if found is not None and found[1].get("phase", "test") == phase:
                     start = found
             checkpoint = lambda tensors, state: save_checkpoint(run_dir, meta, tensors,  # noqa: E731
-                                                                {**state, "phase": phase})
+                                                                {**state, "phase": phase}, name)
         model.to(device)
         history = train_model(model, loaders.train, loaders.val, train_cfg, log=log, progress=progress,
                               checkpoint=checkpoint, resume=start)
@@ -273,17 +284,18 @@ class Forecaster:
                               "(--loss-steps last)")
         return steps
 
-    def _sizes(self, input_size: int, output_size: int, n_targets: int) -> dict:
+    def _sizes(self, input_size: int, output_size: int, n_targets: int, n_future: int = 0) -> dict:
         m = self.config.model
         on = m.linear_skip == "yes" or (m.linear_skip == "auto" and self.config.data.source == "csv")
         linear_window = self.config.data.seq_length if on and m.model == "recurrent" else 0
         return {"input_size": input_size, "output_size": output_size, "n_targets": n_targets,
-                "linear_window": linear_window}
+                "linear_window": linear_window, "n_future": n_future}
 
     def _build_model(self) -> torch.nn.Module:
         m, io = self.config.model, self._io
         return build_model(m.model, m.cell, io["input_size"], m.hidden_size, io["output_size"], m.num_layers,
-                           m.dropout, m.residual, io["n_targets"], io["linear_window"], m.relative, m.members)
+                           m.dropout, m.residual, io["n_targets"], io["linear_window"], m.relative, m.members,
+                           io.get("n_future", 0))
 
     def _fitted(self) -> torch.nn.Module:
         if self.model is None:
@@ -344,25 +356,52 @@ class Forecaster:
             raise ConfigError(f"unknown split {split!r} (use one of: {', '.join(SPLITS)})")
         return self.window_predictions(self.windows(), split)
 
-    def evaluate(self, split: str = "test", season: int | None = None, baselines: bool = False) -> dict:
+    def evaluate(self, split: str = "test", season: int | None = None, baselines: bool = False,
+                 levels: Any = None) -> dict:
         """MSE, MAE, RMSE, sMAPE and MASE of a split (default: test), in the data's original units, of the
         test model; MASE's scale is each series' training part's seasonal-naive error (``season``,
         default: the run's), averaged over the series. baselines=True (test split only): also naive,
         seasonal naive and linear AR on the same windows, under "baselines", with "season", "windows"
-        and "horizon" (and, for a panel, "series": each series' metrics)."""
+        and "horizon" (and, for a panel, "series": each series' metrics). ``levels`` (test split;
+        default: the run's, "80,95" or (80, 95); "" none): the prediction intervals' scores under
+        "intervals" (see :func:`rnnkit.evaluate.report`)."""
         from .evaluate import metrics
 
         if split == "test":
-            out = report(self, self.splits(), season, baselines)
-            return out if baselines else {k: out[k] for k in ("mse", "mae", "rmse", "smape", "mase")}
+            out = report(self, self.splits(), season, baselines, levels)
+            if baselines:
+                return out
+            return {k: out[k] for k in ("mse", "mae", "rmse", "smape", "mase", "intervals") if k in out}
         if baselines:
             raise ConfigError("baselines are reported on the test split only")
         return metrics(*self.predictions(split))
 
     def backtest(self, folds: int = 3, refit: bool = False, fold_size: int | None = None,
-                 season: int | None = None, log: Callable[[str], None] | None = None) -> dict:
+                 season: int | None = None, log: Callable[[str], None] | None = None, levels: Any = None) -> dict:
         """Rolling-origin evaluation, one row per fold plus the mean: see :func:`rnnkit.evaluate.backtest`."""
-        return run_backtest(self, folds, refit, fold_size, season, log)
+        return run_backtest(self, folds, refit, fold_size, season, log, levels)
+
+    def calibration(self, levels: Any = None) -> tuple[Calibration, np.ndarray]:
+        """The prediction intervals of the forecasts: each level's offsets from the forecast per step
+        and target, in units of each series' MASE scale, and those scales (series, targets). They come
+        from the test model's errors on the windows it did not train on (validation and test; the
+        training windows where a series is too short for either), which stand for the errors of the
+        model that forecasts: trained the same way on all of it."""
+        from .evaluate import calibrate_part, part_forecasts, series_scales
+
+        levels = parse_levels(self.config.data.levels if levels is None else levels)
+        key = tuple(levels)
+        if key not in self._calibrations:
+            splits, m = self.splits(), self.config.data.season or 1
+            windows = self.windows()
+            parts = [p for p in ("val", "test") if len(getattr(windows, p))] or ["train"]
+            found = [part_forecasts(self, windows, splits, p, m, baselines=False) for p in parts]
+            held = found[0] if len(found) == 1 else found[0]._replace(
+                true=np.concatenate([p.true for p in found]), places=np.concatenate([p.places for p in found]),
+                preds={"model": np.concatenate([p.preds["model"] for p in found])})
+            scales = series_scales(self, splits, m)
+            self._calibrations[key] = calibrate_part(held, scales, "model", levels), scales
+        return self._calibrations[key]
 
     def predict(self, x: Any, horizon: int | None = None, series: int = 0, at: Any = None) -> np.ndarray:
         """Forecast after each window with the model that forecasts. x, original units: (seq_length,) one
@@ -371,6 +410,9 @@ class Forecaster:
         forecast step (an int or (N,)), which a seasonal scaler needs (default: right after the
         series' end). Returns (N, horizon, targets)."""
         self._fitted()
+        if self.panel.n_future:
+            raise ConfigError("this run reads features known ahead at the forecast steps, which windows alone do not "
+                              "hold; use forecast(data, future=...)")
         a = np.asarray(x, dtype=np.float64)
         F = self._io["input_size"]
         if a.ndim == 1:
@@ -383,12 +425,17 @@ class Forecaster:
         at = np.broadcast_to(len(self.panel.series[series].values) if at is None else np.asarray(at), (len(a),))
         return self._predict_windows(a, [self.scalers[series]] * len(a), at.astype(np.int64), horizon)
 
-    def _predict_windows(self, a: np.ndarray, scalers: list[Scaler], at: np.ndarray, horizon: int | None
-                         ) -> np.ndarray:
+    def _predict_windows(self, a: np.ndarray, scalers: list[Scaler], at: np.ndarray, horizon: int | None,
+                         ahead: np.ndarray | None = None) -> np.ndarray:
         """Forecasts (N, H, T) in original units after windows a (N, S, F), each scaled by its scaler, whose
-        first forecast steps are at grid positions ``at`` (N,)."""
+        first forecast steps are at grid positions ``at`` (N,); ``ahead`` (N, trained horizon, F): the
+        forecast steps' rows, of which the features known ahead are read (a run with them)."""
         S = a.shape[1]
+        if ahead is not None:
+            a = np.concatenate([a, ahead], axis=1)  # (N, S + H, F), scaled as one stretch of the series
         z = np.stack([sc.transform(w, int(p) - S) for w, sc, p in zip(a, scalers, at)])
+        if ahead is not None:
+            z[:, S:, :z.shape[2] - self.panel.n_future] = 0  # (as the training windows hold them)
         pred = self._forecast(torch.as_tensor(z, dtype=torch.float32), horizon)  # (N, H, T)
         steps, cols = _steps(at, pred.shape[1]), list(range(pred.shape[2]))
         return np.stack([sc.inverse(p, cols, q) for p, sc, q in zip(pred, scalers, steps)])
@@ -405,16 +452,22 @@ class Forecaster:
         if isinstance(data, TableSeries):
             return Panel((data,))
         if isinstance(data, (str, Path)):
-            return read_csv(data, d.target, d.features, d.time_col, d.fill, d.id_col, d.date_format, d.sep)
-        return frame_panel(data, d.target, d.features, d.time_col, d.fill, id_col=d.id_col, date_format=d.date_format)
+            return read_csv(data, d.target, d.features, d.time_col, d.fill, d.id_col, d.date_format, d.sep,
+                            d.future_features, d.calendar)
+        return frame_panel(data, d.target, d.features, d.time_col, d.fill, id_col=d.id_col, date_format=d.date_format,
+                           future_features=d.future_features, calendar=d.calendar)
 
-    def forecast(self, data: Any = None, horizon: int | None = None, log: Callable[[str], None] | None = None):
+    def forecast(self, data: Any = None, horizon: int | None = None, log: Callable[[str], None] | None = None,
+                 levels: Any = None, future: Any = None):
         """The ``horizon`` (default: the run's) steps after the end of each series of a history (see
         :meth:`history_series`), as a DataFrame: the id column (a panel), the time column (continued in
         the history's own form: years after 1934 are 1935, ...; months stay "YYYY-MM"), ``step`` 1..H
-        and one column per target, named as it. A history's series are matched to the run's by id
-        (ids the run was not trained on are an error); ``log`` hears which of the run's ids the
-        history lacks."""
+        and one column per target, named as it; with ``levels`` (default: the run's; "" none) each
+        target's prediction intervals beside it, ``{target}_lo80``, ``{target}_hi80``, ... (see
+        :meth:`calibration`). A history's series are matched to the run's by id (ids the run was not
+        trained on are an error); ``log`` hears which of the run's ids the history lacks. ``future``: a
+        run with ``future_features`` reads their values at the forecast steps from this CSV path or
+        DataFrame (see :func:`rnnkit.csvdata.future_values`); the calendar is made from the times."""
         import pandas as pd
 
         hist = self.history_series(data)
@@ -423,7 +476,8 @@ class Forecaster:
         windows = np.stack([_window(s.values, d.seq_length) for s in hist.series])  # (N, S, F)
         # the grid position of each series' first forecast step, on the run's grid of that series
         at = np.array([self._grid_offset(k, s) + len(s.values) for k, s in zip(index, hist.series)])
-        pred = self._predict_windows(windows, [self.scalers[k] for k in index], at, horizon)  # (N, H, T)
+        ahead = self._ahead(hist, future)
+        pred = self._predict_windows(windows, [self.scalers[k] for k in index], at, horizon, ahead)  # (N, H, T)
         N, H = pred.shape[:2]
         out = pd.DataFrame({"step": np.tile(np.arange(1, H + 1), N)})
         if hist.time is not None:
@@ -431,8 +485,50 @@ class Forecaster:
             out.insert(0, d.time_col, times[0].append(times[1:]) if N > 1 else times[0])
         if hist.ids is not None:
             out.insert(0, d.id_col, np.repeat(np.asarray(hist.ids, dtype=object), H))
+        cal = None
+        if parse_levels(d.levels if levels is None else levels):
+            cal, scales = self.calibration(levels)
+            scale = np.nan_to_num(scales[index], nan=0.0)[:, None, :]  # (N, 1, T); a constant series: none
+            lo, hi = cal.steps(H)  # (levels, H, T)
+            lower, upper = pred + lo[:, None] * scale, pred + hi[:, None] * scale  # (levels, N, H, T)
         for j, name in enumerate(hist.columns[:hist.n_targets]):
             out[name] = pred[:, :, j].ravel()
+            for k, level in enumerate(cal.levels if cal else ()):
+                out[f"{name}_lo{level_name(level)}"] = lower[k, :, :, j].ravel()
+                out[f"{name}_hi{level_name(level)}"] = upper[k, :, :, j].ravel()
+        return out
+
+    def _known_ahead(self) -> tuple[list[str], int]:
+        """The run's future features (names) and its number of calendar columns: the last columns of
+        its series, in that order."""
+        p, d = self.panel, self.config.data
+        ahead = list(p.columns[len(p.columns) - p.n_future:]) if p.n_future else []
+        future = [c for c in ahead if c in names(d.future_features)]
+        return future, len(ahead) - len(future)
+
+    def _ahead(self, hist: Panel, future: Any) -> np.ndarray | None:
+        """The rows (N, trained horizon, F) of the forecast steps after each series of ``hist``: the
+        future features' values from ``future``, the calendar from the times, the other columns 0;
+        None for a run without features known ahead."""
+        d = self.config.data
+        cols, calendar = self._known_ahead()
+        if future is not None and not cols:
+            raise ConfigError("this run reads no future features (--future-features); drop --future")
+        if not self.panel.n_future:
+            return None
+        H, F = d.horizon, len(self.panel.columns)
+        out = np.zeros((len(hist), H, F))
+        if cols:
+            if future is None:
+                raise DataError(f"this run reads {', '.join(cols)} at the forecast steps; give their values at the "
+                                f"{H} steps after the history with --future FILE.csv")
+            first = F - self.panel.n_future
+            out[:, :, first:first + len(cols)] = future_values(hist, future, H, cols, d.time_col, d.id_col,
+                                                               d.date_format, d.sep)
+        if calendar:
+            for i, s in enumerate(hist.series):
+                n = len(s.values)
+                out[i, :, F - calendar:] = np.column_stack(list(s.time.calendar(n, n + H).values()))
         return out
 
     def _match(self, hist: Panel, log) -> list[int]:
@@ -463,7 +559,7 @@ class Forecaster:
 
     def export(self, path: str | Path, check: bool = True) -> Path:
         """Write the model that forecasts to ``path`` as ONNX (:func:`rnnkit.export.to_onnx`: ONNX's
-        own GRU/LSTM/RNN operators, any batch and window length), checked with onnxruntime where
+        own GRU/LSTM/RNN operators, any batch, windows of at least seq_length steps), checked with onnxruntime where
         ``check``. Its input ``x`` (batch, length, features) is windows scaled as the run scales
         them, its output ``y`` (batch, horizon * targets, horizon-major) the forecasts in the same
         units; the model's metadata holds what scaling needs: "rnnkit.scalers" (one per series, as
@@ -478,7 +574,8 @@ class Forecaster:
         model = self._fitted()
         path = Path(path)
         with _scratch(path) as tmp:
-            to_onnx(model, tmp, self._io["input_size"], check=check)
+            ahead = self.config.data.horizon if self._io.get("n_future") else 0  # (x holds the horizon's rows too)
+            to_onnx(model, tmp, self._io["input_size"], check=check, min_length=self.config.data.seq_length + ahead)
             graph = onnx.load(str(tmp))
         meta = self._meta()
         onnx.helper.set_model_props(graph, {"rnnkit.version": __version__,
@@ -517,14 +614,21 @@ class Forecaster:
     def _save_series(self, directory: str | Path) -> None:
         if self.config.data.source == "csv":
             d = self.config.data
-            write_csv(self.panel, Path(directory) / SERIES, d.time_col, d.id_col)
+            future, calendar = self._known_ahead()
+            keep = len(self.panel.columns) - calendar  # (the calendar is made again from the times)
+            write_csv(self.panel, Path(directory) / SERIES, d.time_col, d.id_col, keep)
 
     @classmethod
     def resume(cls, directory: str | Path, log: Callable[[str], None] | None = print,
-               progress: bool | None = None, device: str | torch.device = "auto") -> "Forecaster":
+               progress: bool | None = None, device: str | torch.device = "auto",
+               epochs: int | None = None) -> "Forecaster":
         """Continue training the run in ``directory`` from its last checkpoint (from the start if it
         has none), with its saved settings and series, and save it there. The final weights are
-        bitwise those of an uninterrupted run (CPU, the same number of processes)."""
+        bitwise those of an uninterrupted run (CPU, the same number of processes).
+        ``epochs``: train until this epoch instead of the run's own ``epochs``, a finished run
+        included (see :func:`extend`)."""
+        if epochs is not None:
+            extend(directory, epochs)
         f = cls(read_config(directory))
         f.panel = f._run_series(directory)
         f._train(log, progress, run_dir=directory, resume=True, device=device)
@@ -540,7 +644,8 @@ class Forecaster:
             f.scalers = [Scaler.from_dict(s) for s in meta["final_scalers"]] if "final_scalers" in meta \
                 else f.test_scalers
             io = meta["io"]
-            f._io = {k: int(io.get(k, 0)) for k in ("input_size", "output_size", "n_targets", "linear_window")}
+            f._io = {k: int(io.get(k, 0)) for k in ("input_size", "output_size", "n_targets", "linear_window",
+                                                    "n_future")}
             f.model = f._build_model()
             f.test_model = f._build_model() if test_state is not None else f.model
         except (ConfigError, KeyError, TypeError, ValueError) as e:
@@ -589,8 +694,46 @@ class Forecaster:
             path = Path(directory) / SERIES
             if not path.exists():
                 raise RunError(f"{path} is missing; retrain with `rnnkit train --out {directory}`")
-            return read_csv(path, d.target, d.features, d.time_col, "none", d.id_col, d.date_format)
+            return read_csv(path, d.target, d.features, d.time_col, "none", d.id_col, d.date_format,
+                            future_features=d.future_features, calendar=d.calendar)
         return load_series(d)
+
+
+def extend(directory: str | Path, epochs: int) -> int | None:
+    """Make the run in ``directory`` train until epoch ``epochs`` when it is resumed, a finished run or
+    one that stopped early included: its config's ``epochs`` becomes ``epochs`` and its checkpoint
+    (the test model's training, which validation watches) goes on from its epoch as
+    :func:`rnnkit.train.extend` says; a table's model that forecasts is then refit anew, for the epochs
+    validation chooses. The files of the model the run had (weights, history, metrics, plots) are
+    removed: they no longer describe it; until training ends, the run loads its checkpoint's best
+    weights. Returns the epoch it goes on from, or None where the run already trains until
+    ``epochs`` (nothing changed)."""
+    directory = Path(directory)
+    meta = read_meta(directory)
+    cfg = read_config(directory)
+    cfg.override(epochs=epochs).validate()
+    found = load_checkpoint(directory, meta)
+    if found is None:
+        if (directory / WEIGHTS).exists():
+            raise RunError(f"{directory} has no checkpoint to train further from; train a new run with --epochs "
+                           f"{epochs}")
+        done, stopped = 0, False  # stopped before its first epoch ended: it starts again
+    elif found[1].get("phase", "test") != "test":
+        raise RunError(f"{directory}'s checkpoint is its refit's (an earlier rnnkit kept no other), so its test "
+                       f"model cannot train further; train a new run with --epochs {epochs}")
+    else:
+        done, stopped = found[1]["loop"]["epoch"], found[1]["history"]["stopped_early"]
+    if epochs == cfg.train.epochs and not stopped:
+        return None
+    if epochs <= done:
+        raise ConfigError(f"{directory} has trained {done} epochs; give --epochs above {done} to train it further")
+    meta = {**meta, "config": {**meta["config"], "train": {**meta["config"]["train"], "epochs": epochs}}}
+    if found is not None:
+        save_checkpoint(directory, meta, *extend_checkpoint(found, epochs, cfg.train.schedule))
+    for name in (WEIGHTS, TEST_WEIGHTS, REFIT_CHECKPOINT, HISTORY, METRICS, BACKTEST, *PLOTS):
+        (directory / name).unlink(missing_ok=True)
+    write_json(directory / CONFIG, meta)
+    return done
 
 
 @contextlib.contextmanager
@@ -624,6 +767,16 @@ def _repeated(ds, least: int):
     if times <= 1:
         return ds
     return TensorDataset(*(t.repeat(times, *[1] * (t.dim() - 1)) for t in ds.tensors))
+
+
+def _last_steps(ds, steps: int, ahead: int = 0):
+    """A dataset of windows cut to the last ``steps`` steps of their past (x without its last ``ahead``
+    rows, the horizon's known-ahead ones)."""
+    from torch.utils.data import TensorDataset
+
+    x, *rest = ds.tensors
+    past = x[:, :x.shape[1] - ahead]
+    return ds if past.shape[1] == steps == x.shape[1] else TensorDataset(past[:, -steps:], *rest)
 
 
 def _one_step(ds):

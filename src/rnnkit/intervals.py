@@ -9,7 +9,11 @@ original units like the forecast (for a log-scaled series the interval is not sy
 
 Where a horizon step has fewer than MIN_PER_STEP errors, the steps pool: each error is divided by
 sqrt(h) (how a random walk's error grows) and the pooled quantiles multiplied back. Quantiles are
-taken at the conformal rank ceil((n + 1) q) of n errors, the last error where that passes n.
+taken at the conformal rank ceil((n + 1) q) of n errors. Errors from fewer than MIN_WINDOWS windows
+(a short series) are too few for that: a window's H errors move together, and the 95% rank would be
+past the last error. Then the pooled errors' mean and standard deviation give a normal sample's
+prediction interval, with Student's t quantile for the number of windows, which widens it as the
+windows get fewer.
 
 Scores, each over forecasts y (N, H, T) and intervals, scaled by each series' MASE scale like MASE:
 coverage (the share of truths inside), MSIS (the M4 competition's interval score of level L:
@@ -27,6 +31,7 @@ from .errors import ConfigError
 
 LEVELS = (80, 95)
 MIN_PER_STEP = 30
+MIN_WINDOWS = 40  # the fewest windows whose errors have a conformal 95% interval (ceil((n+1) 0.975) <= n)
 
 
 def parse_levels(text) -> tuple[int, ...]:
@@ -62,7 +67,19 @@ class Calibration(NamedTuple):
 
     def bounds(self, forecast: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(lower, upper) bounds (levels, N, H, T) around forecasts (N, H, T) in the same units."""
-        return forecast[None] + self.lo[:, None], forecast[None] + self.hi[:, None]
+        lo, hi = self.steps(forecast.shape[1])
+        return forecast[None] + lo[:, None], forecast[None] + hi[:, None]
+
+    def steps(self, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+        """The offsets (lo, hi) of the first ``horizon`` steps (levels, horizon, T); steps beyond the
+        calibrated ones (a recursive forecast further than it was trained) widen the last step's as a
+        random walk's error grows, by sqrt(h / H)."""
+        H = self.lo.shape[1]
+        if horizon <= H:
+            return self.lo[:, :horizon], self.hi[:, :horizon]
+        grow = np.sqrt(np.arange(H + 1, horizon + 1) / H)[None, :, None]
+        return (np.concatenate([self.lo, self.lo[:, -1:] * grow], axis=1),
+                np.concatenate([self.hi, self.hi[:, -1:] * grow], axis=1))
 
 
 def _rank_quantile(values: np.ndarray, q: float) -> float:
@@ -74,8 +91,9 @@ def _rank_quantile(values: np.ndarray, q: float) -> float:
 
 
 def calibrate(errors: np.ndarray, known: np.ndarray | None, levels) -> Calibration:
-    """The offsets for ``levels`` from held-out errors (N, H, T) (truth - forecast), ``known`` (N, H, T)
-    marking the errors that count (None: all). A step with no error at all takes the pooled ones."""
+    """The offsets for ``levels`` from held-out errors (N windows, H, T) (truth - forecast), ``known``
+    (N, H, T) marking the errors that count (None: all). A step with no error at all takes the pooled
+    ones; a target with errors from fewer than MIN_WINDOWS windows takes Student's t (see the module)."""
     levels = tuple(levels)
     N, H, T = errors.shape
     known = np.ones(errors.shape, dtype=bool) if known is None else known.astype(bool)
@@ -86,10 +104,15 @@ def calibrate(errors: np.ndarray, known: np.ndarray | None, levels) -> Calibrati
         pooled = np.concatenate([errors[known[:, h, t], h, t] / root[h] for h in range(H)])
         if len(pooled) == 0:
             raise ConfigError("there are no held-out errors to calibrate prediction intervals on")
-        for h in range(H):
-            own = errors[known[:, h, t], h, t]
-            for k, level in enumerate(levels):
-                a = (1 - level / 100) / 2
+        windows = int(known[:, :, t].any(axis=1).sum())
+        for k, level in enumerate(levels):
+            a = (1 - level / 100) / 2
+            if windows < MIN_WINDOWS:
+                low, high = _student(pooled, windows, a)
+                lo[k, :, t], hi[k, :, t] = low * root, high * root
+                continue
+            for h in range(H):
+                own = errors[known[:, h, t], h, t]
                 if len(own) >= MIN_PER_STEP:
                     lo[k, h, t], hi[k, h, t] = _rank_quantile(own, a), _rank_quantile(own, 1 - a)
                 else:
@@ -97,6 +120,17 @@ def calibrate(errors: np.ndarray, known: np.ndarray | None, levels) -> Calibrati
                     hi[k, h, t] = _rank_quantile(pooled, 1 - a) * root[h]
     return Calibration(levels, lo, hi)
 
+
+def _student(errors: np.ndarray, windows: int, a: float) -> tuple[float, float]:
+    """The bounds of a central interval of tail a (each side) for a new error, from errors of
+    ``windows`` windows: their mean -/+ t(1 - a; windows - 1 degrees of freedom, at least 2) times
+    their standard deviation times sqrt(1 + 1/windows) (a normal sample's prediction interval)."""
+    from scipy.stats import t as student_t
+
+    spread = float(np.std(errors, ddof=1)) if len(errors) > 1 else float(np.abs(errors[0]))
+    half = float(student_t.ppf(1 - a, max(windows - 1, 2))) * spread * np.sqrt(1 + 1 / max(windows, 1))
+    centre = float(np.mean(errors))
+    return centre - half, centre + half
 
 def interval_scores(true: np.ndarray, lower: np.ndarray, upper: np.ndarray, level, scale: np.ndarray) -> dict:
     """Coverage (%), MSIS and the scaled pinball loss of one level's intervals: true, lower, upper

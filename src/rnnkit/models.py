@@ -69,7 +69,9 @@ class RecurrentForecaster(nn.Module):
     laid out horizon-major as the data's y (horizon, targets). The residual form suits series that
     move little per step (the seed's waves, except at their jumps) and trains several times faster.
     lookback > 0: the model reads only the last ``lookback`` steps of its window (an ensemble's members
-    read different spans of the same window).
+    read different spans of the same window). n_future > 0: x (B, T + horizon, I) also holds the
+    horizon's rows, of which only the last n_future features are read (those known ahead: prices,
+    promotions, the calendar): the head reads them beside the encoder's last output.
     relative=True: the encoder and the linear skip read the target features minus their value at the
     window's last step (the window's level), so a series is read the same at any level, and what the
     head and the skip output for horizon step h (1-based) is multiplied by h: the mean change per
@@ -82,7 +84,8 @@ class RecurrentForecaster(nn.Module):
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, output_size: int,
                  num_layers: int = 1, dropout: float = 0.0, residual: bool = False, n_targets: int = 1,
-                 engine: str = "auto", linear_window: int = 0, relative: bool = False, lookback: int = 0) -> None:
+                 engine: str = "auto", linear_window: int = 0, relative: bool = False, lookback: int = 0,
+                 n_future: int = 0) -> None:
         super().__init__()
         if cell not in ENCODERS:
             raise ConfigError(f"unknown cell {cell!r} (use one of: {', '.join(ENCODERS)})")
@@ -95,7 +98,11 @@ class RecurrentForecaster(nn.Module):
         self.lookback = lookback  # read only the window's last `lookback` steps (0: all of it)
         self.encoder = ENCODERS[cell](input_size, hidden_size, num_layers, batch_first=True,
                                       dropout=dropout, engine=engine)
-        self.head = nn.Linear(hidden_size, output_size)
+        # n_future > 0: x holds the horizon's rows after the window's, whose last n_future features are
+        # known ahead; the head also reads them (flattened).
+        self.n_future = n_future
+        self.ahead = output_size // n_targets if n_future else 0
+        self.head = nn.Linear(hidden_size + self.ahead * n_future, output_size)
         # The linear autoregressive skip (LSTNet's "highway"): a causal convolution over the last
         # `linear_window` inputs, so each step's forecast adds a linear AR of its own past.
         self.linear_window = linear_window
@@ -105,6 +112,11 @@ class RecurrentForecaster(nn.Module):
         self.register_buffer("steps", steps, persistent=False)
 
     def forward(self, x: Tensor, every_step: bool = False) -> Tensor:
+        ahead = None
+        if self.n_future:
+            if every_step:
+                raise ConfigError("features known ahead are read for the last step's forecast only (loss_steps last)")
+            x, ahead = x[:, :-self.ahead], x[:, -self.ahead:, -self.n_future:]  # (B, S, I), (B, H, n_future)
         if self.lookback and not every_step:
             x = x[:, -self.lookback:]  # (B, lookback, I)
         level = x[:, -1:, :self.n_targets]  # (B, 1, targets)
@@ -121,6 +133,8 @@ class RecurrentForecaster(nn.Module):
             skip = skip if every_step else skip[:, -1]
         if not every_step:
             out, x = out[:, -1], x[:, -1]  # (B, H), (B, I)
+        if ahead is not None:
+            out = torch.cat([out, ahead.flatten(1)], dim=1)  # (B, H + horizon * n_future)
         pred = self.head(out)  # (B, [T,] O)
         if skip is not None:
             pred = pred + skip
@@ -155,7 +169,8 @@ LOOKBACKS = (1.0, 0.5, 0.75)  # the spans of its window an ensemble's members re
 
 def build_model(model: str, cell: str, input_size: int, hidden_size: int, output_size: int,
                 num_layers: int = 1, dropout: float = 0.0, residual: bool = False,
-                n_targets: int = 1, linear_window: int = 0, relative: bool = False, members: int = 1) -> nn.Module:
+                n_targets: int = 1, linear_window: int = 0, relative: bool = False, members: int = 1,
+                n_future: int = 0) -> nn.Module:
     """The network a ModelConfig names: ``"recurrent"`` (RecurrentForecaster, or an Ensemble of
     ``members`` of them, each from the generator's next random weights) or ``"custom"`` (CustomRNN).
     An ensemble with a linear window L reads spans of it in turn: the last L, L/2, 3L/4, L, ... steps
@@ -169,7 +184,7 @@ def build_model(model: str, cell: str, input_size: int, hidden_size: int, output
         span = max(2, round(LOOKBACKS[k % len(LOOKBACKS)] * linear_window)) if members > 1 and linear_window else 0
         nets.append(RecurrentForecaster(cell, input_size, hidden_size, output_size, num_layers, dropout, residual,
                                         n_targets, linear_window=span or linear_window, relative=relative,
-                                        lookback=span))
+                                        lookback=span, n_future=n_future))
     if relative:  # from the forecast "no change" (the level), which the heads learn to correct
         for net in nets:
             zero_linear_parts(net)

@@ -42,11 +42,16 @@ WEIGHTS = "model.safetensors"
 TEST_WEIGHTS = "test_model.safetensors"
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.safetensors"
+# A table run's refit on every point checkpoints here, so checkpoint.safetensors keeps the test model's
+# training, which `train --resume DIR --epochs N` trains further.
+REFIT_CHECKPOINT = "refit_checkpoint.safetensors"
 HISTORY = "history.json"
 METRICS = "metrics.json"
+BACKTEST = "backtest.json"
 PLOTS = ("predictions_vs_true.png", "loss_curve.png")
 # What `train --force` removes from a run directory before starting over: the files of the old run.
-RUN_FILES = (CONFIG, CHECKPOINT, WEIGHTS, TEST_WEIGHTS, HISTORY, METRICS, "series.csv", "backtest.json") + PLOTS
+RUN_FILES = (CONFIG, CHECKPOINT, REFIT_CHECKPOINT, WEIGHTS, TEST_WEIGHTS, HISTORY, METRICS, "series.csv",
+             BACKTEST) + PLOTS
 
 
 def _file_mode() -> int:
@@ -134,20 +139,21 @@ def begin_run(directory: str | Path, meta: dict, force: bool = False) -> None:
     write_json(directory / CONFIG, meta)
 
 
-def save_checkpoint(directory: str | Path, meta: dict, tensors: dict, state: dict) -> None:
-    """Replace DIR/checkpoint.safetensors with one training state (see :func:`rnnkit.train.fit`)."""
+def save_checkpoint(directory: str | Path, meta: dict, tensors: dict, state: dict, name: str = CHECKPOINT) -> None:
+    """Replace DIR/``name`` (checkpoint.safetensors) with one training state (see :func:`rnnkit.train.fit`)."""
     from safetensors.torch import save
 
     flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     header = {"rnnkit": "checkpoint", "config_sha256": meta_digest(meta), "state": json.dumps(state)}
-    write_bytes(Path(directory) / CHECKPOINT, save(flat, metadata=header))
+    write_bytes(Path(directory) / name, save(flat, metadata=header))
 
 
-def load_checkpoint(directory: str | Path, meta: dict | None = None) -> tuple[dict, dict] | None:
-    """(tensors, state) of DIR/checkpoint.safetensors, or None when there is none. It must belong to
-    ``meta`` (default: DIR/config.json's content)."""
+def load_checkpoint(directory: str | Path, meta: dict | None = None, name: str = CHECKPOINT
+                    ) -> tuple[dict, dict] | None:
+    """(tensors, state) of DIR/``name`` (checkpoint.safetensors), or None when there is none. It must
+    belong to ``meta`` (default: DIR/config.json's content)."""
     directory = Path(directory)
-    path = directory / CHECKPOINT
+    path = directory / name
     if not path.exists():
         return None
     meta = read_meta(directory) if meta is None else meta
@@ -323,14 +329,16 @@ def _check_meta(directory: Path, meta: dict) -> None:
 
 
 def _check_scaler(scaler: dict) -> None:
-    mean, std, seasonal = scaler["mean"], scaler["std"], scaler.get("seasonal", [])
+    mean, std, seasonal, drift = scaler["mean"], scaler["std"], scaler.get("seasonal", []), scaler.get("drift", [])
     if scaler["kind"] not in ("none", "standard", "log"):
         raise ValueError(f"scaler kind {scaler['kind']!r} is not none, standard or log")
     if not (isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std) >= 1):
         raise ValueError("scaler.mean and scaler.std must be lists of the same length")
     if not (isinstance(seasonal, list) and all(isinstance(r, list) and len(r) == len(mean) for r in seasonal)):
         raise ValueError("scaler.seasonal must be a list of rows, one value per feature")
-    for v in mean + std + [x for r in seasonal for x in r]:
+    if not (isinstance(drift, list) and len(drift) in (0, len(mean))):
+        raise ValueError("scaler.drift must be a list of one value per feature")
+    for v in mean + std + drift + [x for r in seasonal for x in r]:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise ValueError(f"the scaler holds {v!r}, not a finite number")
     if any(v <= 0 for v in std):

@@ -108,6 +108,38 @@ class TimeAxis:
         stop = self.length if stop is None else stop
         return pd.date_range(pd.Timestamp(self.start), periods=stop, freq=self.step)[start:]
 
+    def calendar(self, start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
+        """Calendar features of grid positions [start, stop), each a (n,) float64 array: where in the
+        day ("hour"), the week ("dow") and the year ("year": the quarter, month or day of the year)
+        each time falls, for each cycle the grid is finer than, as a sine and a cosine (so that a
+        cycle's end meets its start): hour_sin, hour_cos, dow_sin, ... A DataError for numbers, or a
+        grid as coarse as a year."""
+        import pandas as pd
+
+        if self.kind == "number":
+            raise DataError("--calendar needs a time column of dates or periods, not numbers")
+        t = self.plot_points(start, stop)  # DatetimeIndex
+        step = pd.Timestamp(t[1]) - pd.Timestamp(t[0]) if len(t) > 1 else None
+        cycles = []
+        code = self.step.split("-")[0].upper()
+        if code.startswith("Q"):
+            cycles.append(("year", (t.quarter - 1) / 4))
+        elif code not in ("Y", "YS", "YE", "A", "AS"):
+            day = (t.hour * 3600 + t.minute * 60 + t.second) / 86400
+            if step is not None and step < pd.Timedelta(days=1):
+                cycles.append(("hour", day))
+            if step is not None and step < pd.Timedelta(days=7):
+                cycles.append(("dow", (t.day_of_week + day) / 7))
+            cycles.append(("year", (t.day_of_year - 1) / 365.25 if step is not None and step < pd.Timedelta(days=28)
+                           else (t.month - 1) / 12))
+        if not cycles:
+            raise DataError(f"--calendar has nothing to add to a {self.describe()}: it has no cycle finer than a year")
+        out = {}
+        for name, phase in cycles:
+            angle = 2 * np.pi * np.asarray(phase, dtype=np.float64)
+            out[f"{name}_sin"], out[f"{name}_cos"] = np.sin(angle), np.cos(angle)
+        return out
+
     def future(self, steps: int):
         """The labels of the ``steps`` grid points after the series' last one."""
         return self.labels(self.length, self.length + steps)

@@ -301,6 +301,25 @@ def _restore(ckpt: Checkpoint, model: nn.Module, opt: torch.optim.Optimizer, sch
     return hist, loop, best_state
 
 
+def extend(ckpt: Checkpoint, epochs: int, schedule: str) -> Checkpoint:
+    """A checkpoint that trains on until epoch ``epochs`` (more than it has trained), as if its run had
+    been given that many: early stopping's verdict and patience count cleared (the best weights so far
+    stay the best), and a cosine schedule (``schedule``, the config's) re-aimed at the new last epoch,
+    at the rate a run of ``epochs`` epochs has at this one; it would otherwise stay at its end value, 0."""
+    tensors, state = ckpt
+    state = copy.deepcopy(state)
+    state["history"]["stopped_early"] = False
+    state["loop"]["bad"] = 0
+    if schedule == "cosine":
+        sched, done = state["scheduler"], state["loop"]["epoch"]
+        sched["T_max"] = epochs
+        sched["_last_lr"] = [sched["eta_min"] + (base - sched["eta_min"]) * (1 + math.cos(math.pi * done / epochs)) / 2
+                             for base in sched["base_lrs"]]
+        for group, lr in zip(state["optimizer"]["param_groups"], sched["_last_lr"]):
+            group["lr"] = lr
+    return tensors, state
+
+
 def _section(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
     n = len(prefix) + 1
     return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
