@@ -102,6 +102,13 @@ CASES = [
      "data.levels must list percentages such as 80,95: a prediction interval level must be between 0 and 100"),
     ("levels-not-numbers", ["predict", "--run", "good", "--levels", "80,high", "--out", "f.csv"],
      "a prediction interval level is a percentage such as 80 or 95, got 'high'"),
+    ("csv-future-target", ["train", "--data", "two.csv", "--target", "y", "--future-features", "y", "--out", "good",
+                           "--force"], "column 'y' is a target: its future is what is forecast, not an input known "
+                                       "ahead; drop it from --future-features"),
+    ("csv-calendar-no-time", ["train", "--data", "two.csv", "--target", "y", "--calendar", "yes", "--out", "good",
+                              "--force"], "--calendar makes features from the time column; name it with --time-col"),
+    ("predict-future-no-run-features", ["predict", "--run", "good", "--future", "two.csv", "--out", "f.csv"],
+     "this run reads no future features (--future-features); drop --future"),
     ("csv-recursive-features", ["train", "--data", "two.csv", "--target", "y", "--features", "x", "--strategy",
                                 "recursive", "--out", "good", "--force"], "drop --features, --future-features and --calendar, or use --strategy direct"),
     ("csv-missing-dates", ["train", "--data", "holes.csv", "--target", "y", "--time-col", "t", "--out", "good",

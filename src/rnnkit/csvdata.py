@@ -215,7 +215,11 @@ def frame_panel(df: Any, target: str | list = "", features: str | list = "", tim
     if not targets:
         raise DataError(f"name the target column(s) of {where} (--target COL[,COL]); "
                         f"its columns are: {', '.join(df.columns)}")
-    future = [c for c in names(future_features) if c not in targets]
+    future = names(future_features)
+    for c in future:
+        if c in targets:
+            raise DataError(f"column {c!r} is a target: its future is what is forecast, not an input known ahead; "
+                            f"drop it from --future-features")
     feats = [c for c in names(features) if c not in targets and c not in future]
     cols = targets + feats + future
     wanted = cols + [c for c in (time_col, id_col) if c]
