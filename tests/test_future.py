@@ -54,7 +54,7 @@ def test_the_calendar_follows_the_grid():
             frame_panel(table, "y", time_col=table.columns[0], calendar=True)
 
 
-def test_known_ahead_promotions_are_read_and_help():
+def test_known_ahead_promotions_are_read_and_help(tmp_path):
     df = promotions()
     history, future = df.iloc[:140], df.iloc[140:].drop(columns="sales")
     plain = rnnkit.Forecaster(horizon=10, features="promo", **SMALL).fit(history, target="sales", time_col="day",
@@ -71,6 +71,8 @@ def test_known_ahead_promotions_are_read_and_help():
         ahead.forecast()
     with pytest.raises(ConfigError, match="forecast"):
         ahead.predict(np.zeros((1, ahead.config.data.seq_length, 2)))
+    pytest.importorskip("onnxruntime")
+    ahead.export(tmp_path / "m.onnx")  # checked against PyTorch with the horizon's rows after the window
 
 
 def test_a_run_with_the_calendar_saves_loads_and_forecasts_alike(tmp_path):

@@ -221,11 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_backtest)
 
     p = sub.add_parser("predict", help="forecast the steps after the end of a CSV",
-                       description="Forecast the H steps after the last row of --data (read with the run's "
-                                   "--target/--features/--time-col/--fill; it may be longer than the training "
-                                   "series) and write FILE.csv: a column step (1..H), the time column's future "
-                                   "dates when the time column has a regular frequency, and one column per "
-                                   "target, named as the target.")
+                       description="Forecast the H steps after the last row of each series of --data (read "
+                                   "with the run's columns; it may be longer than the training series) and "
+                                   "write FILE.csv: the id column of a panel, the time column continued in its "
+                                   "own form, a column step (1..H), and one column per target, named as the "
+                                   "target, with its prediction intervals beside it ({target}_lo80, _hi80, ... "
+                                   "for the run's --levels).")
     p.add_argument("--run", default=DEFAULT_RUN, metavar="DIR", help=f"run directory (default {DEFAULT_RUN})")
     p.add_argument("--data", metavar="PATH.csv", help="history to forecast from (default: the run's own series)")
     p.add_argument("--horizon", type=int, metavar="H", help="steps (default: the run's --horizon; more only "
