@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
@@ -88,6 +88,7 @@ def test_short_windows_repeat_the_first_point_and_mask_the_unknown(data):
 @FAST
 @given(n=st.integers(3, 300), seq_length=st.integers(1, 60), horizon=st.integers(1, 12),
        train_ratio=st.floats(0.05, 0.95), val_ratio=st.floats(0.0, 0.9))
+@example(n=4, seq_length=1, horizon=1, train_ratio=0.5, val_ratio=0.5)  # no test part: no validation either
 def test_short_splits_train_on_every_series_and_leak_no_target(n, seq_length, horizon, train_ratio, val_ratio):
     S, H = seq_length, horizon
     s = chronological_split(n, S, H, train_ratio, val_ratio, short=True)

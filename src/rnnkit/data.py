@@ -145,8 +145,9 @@ def chronological_split(n_points: int, seq_length: int, horizon: int = 1, train_
     """
     if short:
         held = max(horizon, round((1 - train_ratio) * n_points))
-        origin = n_points - held if n_points - held >= MIN_POINTS else n_points
-        return fold_split(origin, n_points, seq_length, horizon, val_ratio, short=True)
+        if n_points - held < MIN_POINTS:  # no test part: it trains on all its points, none held out
+            return fold_split(n_points, n_points, seq_length, horizon, 0.0, short=True)
+        return fold_split(n_points - held, n_points, seq_length, horizon, val_ratio, short=True)
     W = num_windows(n_points, seq_length, horizon)
     n_fit = int(train_ratio * W)
     n_val = int(val_ratio * n_fit)
