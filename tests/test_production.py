@@ -89,9 +89,9 @@ def path(request, monkeypatch):
     torch.set_num_threads(1)
     _force(monkeypatch, request.param)
     if request.param.startswith("units"):  # 64 units: shards of 24, 16 and 24 (multiples of 8)
-        from rnnkit.kernels import blas
+        from rnnkit.kernels import plan
 
-        monkeypatch.setattr(blas, "UNITS_ALIGN", 8)
+        monkeypatch.setattr(plan, "UNITS_ALIGN", 8)
     yield request.param
     torch.set_num_threads(threads)
 
@@ -99,23 +99,23 @@ def path(request, monkeypatch):
 @pytest.mark.parametrize("path", ["one", "openblas"], indirect=["path"])
 @pytest.mark.parametrize("name", CELLS)
 def test_float32_gradients_with_products_through_blas(name, path):
-    """A float32 W_hh over loops.PACKED_MAX_BYTES (1025 to 2049 units by cell) goes through BLAS."""
-    from rnnkit.kernels import loops
+    """A float32 W_hh over layout.PACKED_MAX_BYTES (1025 to 2049 units by cell) goes through BLAS."""
+    from rnnkit.kernels import layout
 
     gates = 4 if name == "lstm" else 3 if name.startswith("gru") else 1
-    H_big = math.isqrt(loops.PACKED_MAX_BYTES // (4 * gates)) + 1
+    H_big = math.isqrt(layout.PACKED_MAX_BYTES // (4 * gates)) + 1
     _float32_against_exact(name, H_big, 6, num_layers=1)
 
 
 @pytest.mark.parametrize("name", CELLS)
 def test_float32_gradients_deeper_than_a_product_chunk(name, threads):
-    """H = 300 units on unit shards: every product's depth runs in two chunks of loops.PACKED_DEPTH
+    """H = 300 units on unit shards: every product's depth runs in two chunks of layout.PACKED_DEPTH
     and the strips end in a narrow one."""
-    from rnnkit.kernels import blas
+    from rnnkit.kernels import plan
 
     torch.set_num_threads(2)
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(blas, "UNITS_MIN_WORK", 0)
+        m.setattr(plan, "UNITS_MIN_WORK", 0)
         _float32_against_exact(name, 300, 6, num_layers=1)
 
 
