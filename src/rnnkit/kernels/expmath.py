@@ -10,8 +10,8 @@ argument's type F: numba types a Python float constant as float64, which would t
 math into float64 and halve the vector width, so every constant is written F(...).
 
 Importing this module registers these as the compiled implementations of
-:func:`rnnkit.kernels.ops.sigmoid`, ``tanh``, ``relu`` and ``projected`` (the names a cell's step is
-written with).
+:func:`rnnkit.kernels.ops.sigmoid`, ``tanh`` and ``relu`` (the names a cell's step is written
+with).
 """
 
 from __future__ import annotations
@@ -129,8 +129,3 @@ def _tanh(a):
 def _relu(a):
     if isinstance(a, types.Float):
         return lambda a: relu(a)
-
-
-@overload(ops.projected, jit_options=JIT)
-def _projected(proj, v, k, j):
-    return lambda proj, v, k, j: proj[0, k, j] + v * proj[1, k, j]

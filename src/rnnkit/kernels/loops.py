@@ -51,7 +51,6 @@ from numba import carray, njit
 from .expmath import JIT
 from .layout import (ARRAYS, ARRAYS_AT, BACKWARD_OP, DIRECT, FORWARD_OP, PACKED, SLOTS, STARTS, THROUGH_BLAS,
                      _ARRAY_SLOTS)
-from .ops import projected
 from .products import address, call, gemm, pointer
 from .sync import aborted, begin, block, end, injected, injected_task, next_shard, own_shard, task, task_done, wait
 from . import GRU, GRU_RESET_BEFORE, LSTM, RNN_RELU, RNN_TANH  # noqa: E402,F401 - the cells' codes, read here by rnnkit.export
@@ -220,7 +219,7 @@ def shard_runner(cell, dtype: str, checked: bool = False):
                 if project:  # this row's input projection, this step's
                     for k in range(G):
                         for j in range(j0, j1):
-                            xg[b, tx, k, j] = projected(sc.proj, v, k, j)
+                            xg[b, tx, k, j] = sc.proj[0, k, j] + v * sc.proj[1, k, j]
             cell_forward(c, b, b - b0, t, tx, ta, p, q, j0, j1, v, project)
 
     @njit(**inline)

@@ -27,11 +27,4 @@ def relu(a):
     return torch.relu(a)
 
 
-def projected(proj, v, k, j):
-    """Gate k, unit j's input pre-activation for the input value v (one input feature), from
-    ``proj`` (2, G, H): bias + v * W_ih's column, rounded as torch's addcmul rounds it (one fused
-    multiply-add where the machine has one)."""
-    return proj[0, k, j] + v * proj[1, k, j]
-
-
-__all__ = ["projected", "relu", "sigmoid", "tanh"]
+__all__ = ["relu", "sigmoid", "tanh"]

@@ -16,7 +16,9 @@ the states ``c.hs[b, p, j]`` (and ``c.cs[b, p, j]`` for a second state), it writ
 ``c.ag[b, ta, a, j]`` (its A saved values). ``c.prm[i, j]`` are its unit parameters, ``c.bg[k, j]``
 b_hh's blocks kept apart (``apart``), ``c.shared`` a row of scratch. Where ``project`` is true
 (one input feature) the loop has written xg from ``v`` already, unless the cell does not keep its
-pre-activations (``keeps_pre=False``): then it reads ``projected(c.proj, v, k, j)`` instead of xg.
+pre-activations (``keeps_pre=False``): then it reads ``c.proj[0, k, j] + v * c.proj[1, k, j]`` (the
+bias and W_ih's column: the input's pre-activation) instead of xg, written out in the gate loop (called
+as a function of its own, LLVM left that loop scalar).
 Its ``backward(c, b, t, p, q, j0, j1)`` gets ``c.dh[b, j]`` (the gradient of the new h from the
 later steps), ``c.dy[b, t, j]`` (from the output), ``c.dc[b, j]`` (of a second state) and writes
 ``c.dGg[b, t, k, j]`` (the pre-activations' gradients), and, for the step before, dh (but for the

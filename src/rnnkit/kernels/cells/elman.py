@@ -7,14 +7,14 @@ for relu).
 from __future__ import annotations
 
 from ... import cells as reference
-from ..ops import projected, relu, tanh
+from ..ops import relu, tanh
 from . import Cell
 
 
 def _forward_tanh(c, b, r, t, tx, ta, p, q, j0, j1, v, project):
     if project:
         for j in range(j0, j1):
-            c.hs[b, q, j] = tanh(projected(c.proj, v, 0, j) + c.rec[r, 0, j - j0])
+            c.hs[b, q, j] = tanh(c.proj[0, 0, j] + v * c.proj[1, 0, j] + c.rec[r, 0, j - j0])
     else:
         for j in range(j0, j1):
             c.hs[b, q, j] = tanh(c.xg[b, tx, 0, j] + c.rec[r, 0, j - j0])
@@ -23,7 +23,7 @@ def _forward_tanh(c, b, r, t, tx, ta, p, q, j0, j1, v, project):
 def _forward_relu(c, b, r, t, tx, ta, p, q, j0, j1, v, project):
     if project:
         for j in range(j0, j1):
-            c.hs[b, q, j] = relu(projected(c.proj, v, 0, j) + c.rec[r, 0, j - j0])
+            c.hs[b, q, j] = relu(c.proj[0, 0, j] + v * c.proj[1, 0, j] + c.rec[r, 0, j - j0])
     else:
         for j in range(j0, j1):
             c.hs[b, q, j] = relu(c.xg[b, tx, 0, j] + c.rec[r, 0, j - j0])
