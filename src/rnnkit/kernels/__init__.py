@@ -19,21 +19,23 @@ Map (one concern a module):
 Importing this package loads neither numba nor the compiled loops: :func:`supports` is plain torch,
 and ``run_fused`` is imported on first use.
 
-Private APIs the engine relies on, each with the test that fails if it changes:
+Private APIs the engine relies on, each used directly by tests/test_private_apis.py (which fails by
+name if one changes), and with the tests that fail through it:
 
 * ``torch._C._storage_Use_Count`` and ``Tensor._use_count`` (buffers: whether a kept call's arrays
   are free) — tests/test_buffers.py; without them nothing is kept (slower, still right).
 * ``torch._C._FunctionBase.apply`` (fused: the autograd.Function's C++ apply) —
   tests/test_kernels.py (every fused gradient).
 * ``torch._C._are_functorch_transforms_active``, ``torch._C._get_tracing_state``,
-  ``torch._C._is_any_autocast_enabled``, ``torch.onnx._internal.exporter._flags`` (layers: which
-  engine a call takes) — tests/test_dropin.py.
+  ``torch._C._is_any_autocast_enabled``, ``torch.autograd.forward_ad._current_level``,
+  ``torch.onnx._internal.exporter._flags`` (layers: which engine a call takes) —
+  tests/test_dropin.py.
 * MKL's ``sgemm_``, ``dgemm_``, ``MKL_Set_Num_Threads_Local`` in torch's ``libtorch_cpu.so`` and
   ``GOMP_parallel`` in its ``libgomp.so.1`` (blas, launch; looked up by name, each optional: without
   them OpenBLAS and a pool of Python threads) — tests/test_kernels.py (every path, and both BLAS).
-* numba's ``@intrinsic`` codegen API and ``context.get_dummy_value``, and a cfunc's
-  ``inspect_llvm``/``native_name`` (build: the module it emits) — tests/test_private_apis.py and
-  every fused test.
+* numba's ``@intrinsic`` codegen API and ``context.get_dummy_value``, a cfunc's
+  ``inspect_llvm``/``native_name``, and the names of the externals its error path calls
+  (build: the module it emits, those externals made traps) — every fused test.
 
 Everything the loops read arrives through the block (:mod:`.layout`); the compiled code calls
 nothing but LLVM's intrinsics and the addresses it is given (checked when it is built).
@@ -90,7 +92,7 @@ def supports(x: Tensor, lengths: Tensor | None) -> bool:
 def zeros(shape: tuple, dtype: torch.dtype, device: torch.device | None = None) -> Tensor:
     """Zeros made once per shape, dtype and device, for what nobody writes: a layer's initial state
     when none is given, the fused engine's missing biases, an unused final state's gradient (a new
-    tensor per call was part of 2-3% of a small train step: benchmarks/README.md, eighth pass).
+    tensor per call is a measurable part of a small layer's train step).
     Made outside inference mode, so that a later training call can save it for backward."""
     with torch.inference_mode(False):
         return torch.zeros(shape, dtype=dtype, device=device)

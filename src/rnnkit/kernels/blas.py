@@ -2,8 +2,8 @@
 by address so that no pointer of this process enters the compiled code:
 
 * **MKL** from torch's own library (``libtorch_cpu`` exports MKL's Fortran ``sgemm_``/``dgemm_`` on
-  x86-64 Linux), the BLAS torch.nn itself runs on: 10-40% faster than OpenBLAS single-threaded at
-  these shapes.
+  x86-64 Linux), the BLAS torch.nn itself runs on, faster than OpenBLAS single-threaded at these
+  shapes.
 * **scipy's OpenBLAS** (``scipy.linalg.cython_blas``) everywhere else.
 
 ``RNNKIT_BLAS=scipy`` forces the second (the tests run both). The choice is checked once on a small

@@ -145,7 +145,7 @@ def _weights_grad_in_loop(cell, plan: Plan) -> bool:
     """Whether the backward loop's row shards make dW_hh themselves (loops.shard_weights_grad),
     each its rows' share in the loops' own product, rather than torch.mm after the loop (at a small
     layer its call and threads cost more than the product; at a big one MKL's AVX2 kernels are
-    slower than that product: benchmarks/README.md, eleventh pass); not with a second product,
+    slower than that product on AVX-512 machines); not with a second product,
     whose dW_hh is two products."""
     return plan.parties == 1 and cell.recurrent and cell.second is None
 
@@ -212,8 +212,8 @@ def _forward(cell, reverse: bool, lengths: Tensor | None, x: Tensor, h0: Tensor,
     b_h = zero if b_hh is None else b_hh
     prm = _params(params, H, x.dtype) if params else zeros((0, H), x.dtype)
     # Where nothing will read the activations and the loops project x, they project each step's
-    # row as they go into an xp of one step: the per-step time at B64 H128 LSTM otherwise grew by
-    # 14% from T=50 to T=200 with xp's megabytes.
+    # row as they go into an xp of one step, in cache (an xp of every step is megabytes written and
+    # read back, and the per-step time grew with T).
     steps = T if store or not project else 1
     shapes = ((B, steps, GH), (B, T + 1, H), (B, T + 1 if two else 0, H), (B, T if store else 1, cell.saved * H))
     def others():
@@ -240,8 +240,7 @@ def _forward(cell, reverse: bool, lengths: Tensor | None, x: Tensor, h0: Tensor,
     work.extra([xp, hs, cs, acts, W, b_h, lens, x3, W_ih, b_i, h_init, c_init, prm])
     buffers.done(work)  # (a call not kept: its launch to the next call of the same shapes)
     # The results, views all made by as_strided: in a train step the first call of each kind of
-    # torch operation costs 4-7 us, its code gone from the caches, a second one 1-2 us
-    # (benchmarks/README.md, twelfth pass).
+    # torch operation costs several times a second one (its code gone from the caches).
     row, at = (T + 1) * H, hs.storage_offset()
     out = hs.as_strided((B, T, H), (row, H, 1), at + (0 if reverse else H))  # hs[:, :-1] reverse, else hs[:, 1:]
     if lengths is not None:
@@ -358,7 +357,7 @@ def _backward(config: tuple, saved: tuple, dout: Tensor | None, dh_n: Tensor | N
         dG2 = dG.view(B * T, GH)  # (B*T, G*H)
         x2 = x3.view(B * T, I)
     # Written as the products that measured fast: with 2-8 input features, dG W_ih and dG^T x
-    # took 4-6x longer than the same products transposed (benchmarks/README.md).
+    # take several times longer than the same products transposed.
     odd = 1 < I <= 8
     if need[0]:
         dx = (torch.mm(W_ih.t(), dG2.t()).t().contiguous() if odd else torch.mm(dG2, W_ih)).view(B, T, I)
@@ -494,11 +493,11 @@ def run_fused(kind, x: Tensor, state: tuple, weights: tuple, lengths: Tensor | N
     if torch.is_grad_enabled() and (W_ih.requires_grad or x.requires_grad or any(
             t is not None and t.requires_grad for t in (W_hh, b_ih, b_hh, *state, *params))):
         # autograd.Function.apply's own C++ part where no functorch transform is on: the Python
-        # wrapper around it only unwraps functorch's tensors (a few us of a small layer's call).
+        # wrapper around it only unwraps functorch's tensors (a cost in a small layer's call).
         apply = FusedLayer.apply if torch._C._are_functorch_transforms_active() else _apply
         out, h_n, c_n = apply(*args)
     else:
-        # No gradient wanted: skip the autograd.Function (~8 us a call) and the stored activations
+        # No gradient wanted: skip the autograd.Function (its cost per call) and the stored activations
         # (needs_input_grad inside it is set under torch.no_grad too).
         out, h_n, c_n, _ = _forward(*args[:10], tuple(params), store=False)
     return out, ((h_n, c_n) if two else (h_n,))

@@ -4,8 +4,8 @@ pool of Python threads; and the failure a thread reported, raised.
 A body (rnnkit.kernels.build) takes its shards from the block itself, one at a time, so any number
 of threads may run it: one shard runs on the calling thread; several, with MKL and torch's OpenMP
 runtime, as an OpenMP team (``GOMP_parallel`` starts the compiled body on each thread without
-Python, in 1-3 µs; a ctypes callback into Python on each thread cost 20-25 µs, every thread taking
-the GIL: benchmarks/README.md, fourth pass); else on this thread and the pool's threads, each
+Python: a ctypes callback on each thread would take the GIL on every one, at ten times the cost);
+else on this thread and the pool's threads, each
 calling the body through ctypes (which releases the GIL). A thread that finds no shard left
 returns, so a team smaller than asked for, or a pool busy with another call, still runs every
 shard. After the threads return, a status other than OK in the block (an exception in a shard, or a

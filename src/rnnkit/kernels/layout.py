@@ -55,8 +55,8 @@ STATE = ("next_shard", "status", "done")
 FORWARD_OP, BACKWARD_OP = 0, 1
 # How the loops' products read W_hh (the "products" slot): packed once per call by each thread into
 # strips for the micro-kernel (rnnkit.kernels.products); in place, for the backward's products with
-# a W_hh within DIRECT_BYTES and shallower than a depth chunk (3% of a small train step); through
-# BLAS, for a W_hh over PACKED_MAX_BYTES (not measured past it; float64 tied with MKL at 32 MB).
+# a W_hh within DIRECT_BYTES and shallower than a depth chunk (packing costs more than it saves
+# there); through BLAS, for a W_hh over PACKED_MAX_BYTES (the packed loops are not measured past it).
 PACKED, DIRECT, THROUGH_BLAS = 0, 1, 2
 PACKED_MAX_BYTES = 16 * 1024 * 1024
 DIRECT_BYTES = 64 * 1024

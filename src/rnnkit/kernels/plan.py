@@ -13,8 +13,8 @@ split into *shards* that each run the whole time loop (the loops release the GIL
 * with OpenBLAS, or without torch's OpenMP runtime, on a small pool of Python threads: by batch rows
   (with OpenBLAS), or by hidden units.
 
-The thresholds are per-step multiply-adds (rows x G*H x H), measured crossovers on the 2-core dev
-machine (benchmarks/README.md); module attributes, so that tests can force each path.
+The thresholds are per-step multiply-adds (rows x G*H x H), measured crossovers
+(benchmarks/README.md); module attributes, so that tests can force each path.
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ class Plan(NamedTuple):
 
 def plan(B: int, H: int, GH: int, recurrent: bool = True) -> Plan:
     """How to run a layer of B rows, hidden size H and G*H gate rows (see the module docstring):
-    with MKL, batch-row shards on an OpenMP team from 32K multiply-adds a step (they never meet;
-    measured 8-20% off the train step at B32 T50 H32 for GRU and LSTM) and hidden-unit shards from
+    with MKL, batch-row shards on an OpenMP team from 32K multiply-adds a step (they never meet)
+    and hidden-unit shards from
     32M, where rows and units measured the same (or from 1M when there are too few rows to split);
     with OpenBLAS, row shards on the pool's threads from 256K; one thread below, and for a cell
     without a recurrent matrix. Made once per shape and setting."""

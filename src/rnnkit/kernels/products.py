@@ -8,7 +8,7 @@ instead, by each thread for the shards it runs, into strips of a few columns eac
 (``pack_rows``, ``pack_columns``; ``packed_mm`` runs the micro-kernel over them: :func:`entries`). Only a
 W_hh over layout.PACKED_MAX_BYTES goes to BLAS (:func:`gemm`, through the address that
 :mod:`rnnkit.kernels.blas` finds), and a small one that fits layout.DIRECT_BYTES is read in place by
-the backward. benchmarks/README.md (ninth and tenth passes) has the measurements behind each number.
+the backward. benchmarks/README.md has the measurements behind each number.
 
 The micro-kernel multiply-adds along the depth in order, from zero, in chunks of PACKED_DEPTH, each
 added to C: below a depth of 256 that is one chunk, MKL's float32 order on the dev machine, and the
