@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 RUN    ?= runs/default
 
-.PHONY: install run test bench anchors clean
+.PHONY: install run test test-portable bench anchors clean
 
 install: $(VENV)/.installed
 
@@ -23,6 +23,16 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The fused engine as a machine unlike this one runs it: compiled for a generic x86-64 (no AVX, FMA
+# or AVX-512: 32-byte vectors, fmuladd as a multiply and an add) with every array access checked, on
+# the kernel tests of every cell and engine path (its own cache; ~3 min on 2 cores). CI runs it.
+PORTABLE_TESTS := test_every_path_matches_reference or test_fused_matches_reference_float32 or small_products or packed_products
+test-portable: install
+	@if [ "$$(uname -m)" = x86_64 ]; then \
+	  RNNKIT_CPU=x86-64 RNNKIT_BOUNDSCHECK=1 RNNKIT_CACHE_DIR=$(VENV)/kernels-x86-64-checked \
+	  $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_kernels.py -k "$(PORTABLE_TESTS)"; \
+	else echo "test-portable: x86-64 only"; fi
 
 bench: install
 	$(BIN)/rnnkit bench

@@ -5,16 +5,15 @@ with a ShapeError in the caller's terms, instead of reading past the end of an a
 
 from __future__ import annotations
 
-import threading
+import functools
 import time
 
-import numpy as np
 import pytest
 import torch
 
 import rnnkit
 from rnnkit.errors import ShapeError
-from rnnkit.kernels import blas
+from rnnkit.kernels import blas, launch, layout, plan
 
 
 @pytest.fixture
@@ -24,15 +23,29 @@ def threads():
     torch.set_num_threads(before)
 
 
+@pytest.fixture
+def checked(monkeypatch):
+    """The checked build of the loops (rnnkit.kernels.build: bounds checked, exceptions caught and
+    raised in the caller, the tests' failure injection), for this test's calls alone."""
+    from rnnkit.kernels import buffers
+
+    monkeypatch.setenv("RNNKIT_BOUNDSCHECK", "1")
+    buffers.release()  # (no call kept with the unchecked build's bodies)
+    yield
+    buffers.release()
+
+
 def _force(monkeypatch, how: str) -> None:
-    """Row shards ("rows") or hidden-unit shards ("units") on a team of torch's OpenMP threads, for
-    a layer of 4 rows and 8 units."""
-    if how == "rows":
-        monkeypatch.setattr(blas, "TEAM_ROWS_MIN_WORK", 0)
-        monkeypatch.setattr(blas, "SHARD_MIN_ROWS", 1)
+    """Row shards ("rows") or hidden-unit shards ("units") on two threads, for a layer of 4 rows
+    and 8 units: a team of torch's OpenMP threads, or (``-pool``) the pool's Python threads."""
+    if how.startswith("rows"):
+        monkeypatch.setattr(plan, "TEAM_ROWS_MIN_WORK", 0)
+        monkeypatch.setattr(plan, "SHARD_MIN_ROWS", 1)
     else:
-        monkeypatch.setattr(blas, "UNITS_MIN_WORK", 0)
-        monkeypatch.setattr(blas, "UNITS_ALIGN", 1)
+        monkeypatch.setattr(plan, "UNITS_MIN_WORK", 0)
+        monkeypatch.setattr(plan, "UNITS_ALIGN", 1)
+    if how.endswith("pool"):
+        monkeypatch.setattr(launch, "openmp", lambda: None)
     torch.set_num_threads(2)
 
 
@@ -42,161 +55,102 @@ def _step(layer, x):
     return out
 
 
-@pytest.mark.parametrize("which", ["forward", "backward"])
-@pytest.mark.parametrize("how", ["rows", "units"])
-def test_an_exception_in_a_team_thread_is_raised_in_the_caller(how, which, monkeypatch, threads):
-    """A team body cannot raise (numba would print its exception as unraisable and return, leaving
-    the outputs unwritten and, on unit shards, the other threads waiting for its tasks): the body
-    writes the failure into its block and opens every wait, and the caller raises WorkerError."""
-    from rnnkit.kernels import team
+def _inject(monkeypatch, which: str, shard: int, phase: int, also=None):
+    """Make one call's block (the next forward's or backward's) raise in ``shard``: at its start
+    (phase -1) or in its task of ``phase`` (after claiming it, so that no other thread will run it);
+    ``also(block)`` may change the block further. Every other call's block raises nowhere."""
+    real = layout.Block.point
+    calls = []
 
-    if blas._openmp() is None or blas.blas().name != "mkl":
+    def point(block, addresses):
+        real(block, addresses)
+        calls.append(1)
+        target = len(calls) == (1 if which == "forward" else 2)
+        block["fail_shard"], block["fail_phase"] = (shard, phase) if target else (-1, -1)
+        if target and also is not None:
+            also(block)
+
+    monkeypatch.setattr(layout.Block, "point", point)
+
+
+@pytest.mark.parametrize("where", ["start", "task"])
+@pytest.mark.parametrize("which", ["forward", "backward"])
+@pytest.mark.parametrize("how", ["rows", "units", "units-pool"])
+def test_an_exception_in_a_thread_is_raised_in_the_caller(how, which, where, monkeypatch, threads, checked):
+    """A compiled body cannot raise (numba would print its exception as unraisable and return,
+    leaving the outputs unwritten and, on unit shards, the other threads waiting for its tasks): in
+    a checked build it catches it, writes the failure into its block and aborts the call, so that
+    every wait of the call returns, and the caller raises WorkerError. A shard failing at its start,
+    or in a task it has claimed."""
+    if how != "units-pool" and (launch.openmp() is None or blas.blas().name != "mkl"):
         pytest.skip("teams need torch's OpenMP runtime and MKL")
+    if how == "rows" and where == "task":
+        pytest.skip("row shards have no tasks")
     _force(monkeypatch, how)
     torch.manual_seed(0)
     layer = rnnkit.LSTM(3, 8, batch_first=True, engine="fused")
     x = torch.randn(4, 30, 3)
     _step(layer, x)  # (compiled and kept)
-    plan = blas.plan(4, 8, 32)
-    assert len(plan.shards) == 2 and plan.parties == (2 if how == "units" else 1)
-    real_point = team.point
-    calls = []
-
-    def failing_point(slots, addresses):  # one call's block: its second shard raises at its start
-        real_point(slots, addresses)
-        calls.append(1)
-        target = 1 if which == "forward" else 2
-        slots.base[team.FAIL] = 1 if len(calls) == target else -1
-
-    monkeypatch.setattr(team, "point", failing_point)
+    split = plan.plan(4, 8, 32)
+    assert len(split.shards) == 2 and split.parties == (1 if how == "rows" else 2)
+    _inject(monkeypatch, which, 1, -1 if where == "start" else 3)
     start = time.perf_counter()
-    with pytest.raises(blas.WorkerError, match="raised an exception"):
+    with pytest.raises(launch.WorkerError, match="raised an exception"):
         _step(layer, x)
     assert time.perf_counter() - start < 1.0
     layer.zero_grad()
-    # The next call (the same kept blocks, their status cleared) computes again, as the reference loop.
+    # The next call (the same kept blocks, their state cleared) computes again, as the reference loop.
     got = _step(layer, x)
     layer.engine = "reference"
     torch.testing.assert_close(got, layer(x)[0], atol=1e-5, rtol=0)
 
 
-def _lstm_forward_args(rows: bool = False):
-    """A float64 LSTM layer's forward-loop arguments and a plan of two hidden-unit shards (or two
-    batch-row shards) for them, as run_sharded gets them from the fused engine."""
-    from rnnkit.kernels import loops
-
-    B, T, I, H = 4, 6, 3, 16
-    torch.manual_seed(0)
-    layer = rnnkit.LSTM(I, H, dtype=torch.float64)
-    W_ih, W_hh, b_ih, b_hh = [p.detach() for p in layer.layer_weights(0, 0)]
-    x = torch.randn(B, T, I, dtype=torch.float64)  # I > 1: the caller projects it
-    xp = torch.addmm(b_ih + b_hh, x.view(B * T, I), W_ih.t()).view(B, T, -1)
-    hs, cs = torch.zeros(2, B, T + 1, H, dtype=torch.float64)
-    zeros = torch.zeros(B, H, dtype=torch.float64)
-    if rows:
-        plan = blas.Plan(((0, B // 2, 0, H), (B // 2, B, 0, H)), 1)
-    else:
-        plan = blas.Plan(((0, B, 0, H // 2), (0, B, H // 2, H)), 2)
-    args = (loops.LSTM, blas.blas().gemm[np.dtype(np.float64)], xp.numpy(), hs.numpy(), cs.numpy(),
-            torch.empty(B, T, H, dtype=torch.float64).numpy(), W_hh.contiguous().numpy(), W_hh[0].numpy(),
-            np.full(B, T, np.int64), x.numpy(), W_ih.numpy(), b_ih.numpy(), b_hh.numpy(), zeros.numpy(),
-            zeros.numpy(), False)
-    return args, plan
-
-
-def test_unit_shards_survive_a_small_team(monkeypatch):
-    """OpenMP may start fewer threads than asked: the threads there run the other shards' tasks
-    too, with the same result."""
-    from rnnkit.kernels import loops
-
-    if blas._openmp() is None or blas.blas().name != "mkl":
+def test_a_wait_for_a_stuck_party_gives_up_after_its_bound(monkeypatch, threads, checked):
+    """A party that claimed a task and never finishes it (here: every phase of shard 1 marked
+    claimed, and one thread): the other's wait polls (pausing, then yielding its core) for the
+    bound's seconds of its own polling, then aborts the call, which raises WorkerError."""
+    if launch.openmp() is None or blas.blas().name != "mkl":
         pytest.skip("teams need torch's OpenMP runtime and MKL")
-    real = blas._openmp()
-    one = real._replace(parallel=lambda fn, data, n, flags: real.parallel(fn, data, 1, 0))
-    for rows in (False, True):
-        args, plan = _lstm_forward_args(rows=rows)
-        blas.run_sharded(loops.forward, args, plan)
-        expected = args[3].copy()  # hs
-        with monkeypatch.context() as m:
-            m.setattr(blas, "_openmp", lambda: one)
-            args, plan = _lstm_forward_args(rows=rows)
-            blas.run_sharded(loops.forward, args, plan)  # a team of one
-        np.testing.assert_array_equal(args[3], expected)
+    _force(monkeypatch, "units")
+    real = launch.openmp()
+    monkeypatch.setattr(launch, "openmp", lambda: real._replace(
+        parallel=lambda fn, data, n, flags: real.parallel(fn, data, 1, 0)))  # a team of one
+    layer = rnnkit.LSTM(3, 8, batch_first=True, engine="fused")
+    x = torch.randn(4, 30, 3)
+    with torch.no_grad():
+        layer(x)
 
+    def stuck(block):
+        block.state[len(layout.STATE) + 1] = 1 << 40  # shard 1's phases: all claimed by nobody
+        block["wait_limit"] = 1
 
-def _in_thread(fn, timeout: float):
-    """fn() on another thread; (what it returned or raised, seconds taken)."""
-    outcome = []
-
-    def run():
-        start = time.perf_counter()
-        try:
-            outcome.append(fn())
-        except BaseException as e:  # noqa: BLE001 - handed to the test
-            outcome.append(e)
-        outcome.append(time.perf_counter() - start)
-
-    worker = threading.Thread(target=run, daemon=True)
-    worker.start()
-    worker.join(timeout)
-    assert not worker.is_alive(), "the call did not return"
-    return outcome
-
-
-def test_a_party_failing_in_a_task_stops_the_others_at_once():
-    """On the pool's threads, a party that fails after claiming a task (which nobody else will then
-    run) aborts the call: the other party's next wait returns at once instead of waiting for that
-    task, and the error comes back."""
-    from rnnkit.kernels import loops
-
-    def flaky(*a):
-        if a[-4] == 0:  # j0: the first party (this thread's) claims its first task, then fails
-            a[-2][2] = 1
-            raise RuntimeError("party failed")
-        loops.forward(*a)
-
-    args, plan = _lstm_forward_args()
-    sync = blas.team_sync(plan)
-    shards = [(b0, b1, np.uint64(j0), np.uint64(j1), sync, 2) for b0, b1, j0, j1 in plan.shards]
-    raised, seconds = _in_thread(lambda: blas._run_pool(flaky, args, shards), 30)
-    assert isinstance(raised, RuntimeError) and "party failed" in str(raised)
-    assert seconds < 1.0
-
-
-def test_a_wait_for_a_stuck_party_gives_up_after_its_bound(monkeypatch):
-    """A party that claims a task and never finishes it: the other's wait polls (pausing, then
-    yielding its core) for the bound's seconds, then aborts the call, which raises WorkerError
-    once the stuck party returns."""
-    from rnnkit.kernels import loops
-
-    monkeypatch.setattr(blas, "WAIT_LIMIT_S", 1)
-    monkeypatch.setattr(blas, "_openmp", lambda: None)  # the pool's threads: a party is a Python call
-    claimed, release = threading.Event(), threading.Event()
-    gave_up = []
-
-    def stuck(*a):
-        if a[-4] != 0:  # the second party claims its first task and hangs in it
-            a[-2][3] = 1
-            claimed.set()
-            release.wait(60)
-            return
-        claimed.wait(30)
-        loops.forward(*a)
-        gave_up.append(time.perf_counter())
-
-    args, plan = _lstm_forward_args()
+    _inject(monkeypatch, "forward", -1, -1, also=stuck)
     start = time.perf_counter()
-    outcome = []
-    waiter = threading.Thread(target=lambda: outcome.extend(_in_thread(lambda: blas.run_sharded(stuck, args, plan), 60)),
-                              daemon=True)
-    waiter.start()
-    while not gave_up and time.perf_counter() < start + 30:
-        time.sleep(0.02)
-    release.set()
-    waiter.join(30)
-    assert gave_up, "the waiting party never gave up"
-    assert 0.9 < gave_up[0] - start < 10
-    assert isinstance(outcome[0], blas.WorkerError) and "past its bound" in str(outcome[0])
+    with torch.no_grad(), pytest.raises(launch.WorkerError, match="waited past its bound"):
+        layer(x)
+    assert 0.9 < time.perf_counter() - start < 10
+
+
+def test_unit_shards_survive_a_small_team(monkeypatch, threads):
+    """OpenMP may start fewer threads than asked: the threads there take every shard and each
+    other shard's tasks, with the same bits."""
+    if launch.openmp() is None or blas.blas().name != "mkl":
+        pytest.skip("teams need torch's OpenMP runtime and MKL")
+    results = []
+    for team in (None, 1):
+        with monkeypatch.context() as m:
+            _force(m, "units")
+            if team:
+                real = launch.openmp()
+                m.setattr(launch, "openmp", functools.cache(lambda: real._replace(
+                    parallel=lambda fn, data, n, flags: real.parallel(fn, data, 1, 0))))
+            torch.manual_seed(0)
+            layer = rnnkit.GRU(3, 8, num_layers=2, batch_first=True, engine="fused")
+            x = torch.randn(4, 30, 3, requires_grad=True)
+            out = _step(layer, x)
+            results.append([out, x.grad, *[p.grad for p in layer.parameters()]])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
 
 
 def _lstm_call():
@@ -210,13 +164,14 @@ def _lstm_call():
 
 @pytest.mark.parametrize("change, message", [
     (lambda x, s, w: (x, s, (w[0], w[1], w[2][:-1], w[3])), r"b_ih of shape \(16,\); got \(15,\)"),
-    (lambda x, s, w: (x, (s[0][:, :3], s[1]), w), r"h0 of shape \(3, 4\); got \(3, 3\)"),
+    (lambda x, s, w: (x, (s[0], s[1][:, :3]), w), r"c0 of shape \(3, 4\); got \(3, 3\)"),
     (lambda x, s, w: (x, s[:1], w), r"state as a tuple \(h0, c0\)"),
     (lambda x, s, w: (x, s, (w[0][:, :1], w[1], w[2], w[3])), r"W_ih of shape \(16, 2\); got \(16, 1\)"),
-    (lambda x, s, w: (x, s, (w[0], w[1][:12], w[2], w[3])), r"W_hh of shape \(4\*hidden_size, hidden_size\)"),
+    (lambda x, s, w: (x, s, (w[0], w[1][:12], w[2], w[3])), r"W_hh of shape \(16, 4\); got \(12, 4\)"),
     (lambda x, s, w: (x.double(), s, w), r"expects W_ih of the input's dtype torch.float64"),
     (lambda x, s, w: (x[:, :0], s, w), r"non-empty; got \(3, 0, 2\)"),
     (lambda x, s, w: (x[0], s, w), r"input of shape \(batch, seq_len, input_size\)"),
+    (lambda x, s, w: (x, s, w[:3]), r"expects weights \(W_ih, W_hh, b_ih, b_hh\)"),
 ])
 def test_the_kernel_boundary_refuses_what_the_loops_cannot_read(change, message):
     x, state, weights = change(*_lstm_call())

@@ -9,7 +9,9 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
+import os
 
+import numpy as np
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
@@ -17,7 +19,8 @@ from torch.nn.utils.rnn import pack_padded_sequence
 import rnnkit
 from rnnkit import kernels
 from rnnkit.errors import ConfigError
-from rnnkit.kernels.fused import FusedLayer, kind_code
+from rnnkit.kernels import cells, kind_code
+from rnnkit.kernels.fused import FusedLayer
 from rnnkit.layers import pick_engine, run_reference
 
 # (layer class, extra constructor arguments): every cell and both variants of RNN and GRU.
@@ -39,6 +42,11 @@ CONFIGS = [
 ]
 B, T, I, H = 4, 6, 3, 5
 LENGTHS = torch.tensor([6, 2, 5, 1])  # unsorted, one full length, one single step
+
+
+def _cell(name: str):
+    """The fused engine's cell of a CELLS name."""
+    return cells.get({"rnn": "rnn_tanh", "rnn-relu": "rnn_relu", "gru-reset-before": "gru_reset_before"}.get(name, name))
 
 
 def _forward(layer, engine, x, hx, packed):
@@ -93,41 +101,41 @@ def test_fused_matches_reference_float64(name, config):
     _compare(name, config, torch.float64, 1e-9)
 
 
-# How the loops run (rnnkit.kernels.blas): "one" thread with the default BLAS (MKL where torch has
-# it); with MKL, hidden-unit shards as tasks of a team of torch's OpenMP threads ("units"), the same
-# on our own threads ("units-pool") or with the team's body run once on this thread, which then runs
-# every shard's tasks ("units-late"), and batch-row shards on the team ("rows"); scipy's OpenBLAS on
-# one thread ("openblas") and over batch-row shards on the pool's threads ("shards"). Each is forced
-# on these tiny layers by moving the thresholds.
+# How the loops run (rnnkit.kernels.plan, launch): "one" thread with the default BLAS (MKL where torch
+# has it); with MKL, hidden-unit shards as tasks of a team of torch's OpenMP threads ("units"), the
+# same on the pool's Python threads ("units-pool") or with the team's body run on this thread alone,
+# which then runs every shard's tasks ("units-late"), and batch-row shards on the team ("rows");
+# scipy's OpenBLAS on one thread ("openblas") and over batch-row shards on the pool ("shards"). Each
+# is forced on these tiny layers by moving the thresholds.
 PATHS = ("one", "shards", "units", "units-pool", "units-late", "rows", "openblas")
 
 
 def _one_thread_team(real):
     """torch's OpenMP runtime ``real``, but a 'team' that runs the body once on the calling thread
-    (outside a parallel region: thread 0 of 1)."""
+    (outside a parallel region)."""
     body = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
     return real._replace(parallel=lambda fn, data, n, flags: body(fn)(data))
 
 
 def _force(monkeypatch, name: str) -> None:
-    from rnnkit.kernels import blas
+    from rnnkit.kernels import blas, launch, plan
 
     if name in ("shards", "openblas"):  # OpenBLAS, over row shards or on one thread
         monkeypatch.setattr(blas, "blas", functools.cache(blas._openblas))
-        monkeypatch.setattr(blas, "SHARD_MIN_WORK", 0 if name == "shards" else 1 << 60)
-        monkeypatch.setattr(blas, "SHARD_MIN_ROWS", 1)
+        monkeypatch.setattr(plan, "SHARD_MIN_WORK", 0 if name == "shards" else 1 << 60)
+        monkeypatch.setattr(plan, "SHARD_MIN_ROWS", 1)
         torch.set_num_threads(3)  # B=4 rows: shards of 1, 2 and 1 rows
     elif name == "rows":
-        monkeypatch.setattr(blas, "TEAM_ROWS_MIN_WORK", 0)
-        monkeypatch.setattr(blas, "SHARD_MIN_ROWS", 1)
+        monkeypatch.setattr(plan, "TEAM_ROWS_MIN_WORK", 0)
+        monkeypatch.setattr(plan, "SHARD_MIN_ROWS", 1)
         torch.set_num_threads(3)
     elif name.startswith("units"):
         if name == "units-pool":
-            monkeypatch.setattr(blas, "_openmp", lambda: None)
-        elif name == "units-late" and blas._openmp() is not None:
-            monkeypatch.setattr(blas, "_openmp", functools.partial(_one_thread_team, blas._openmp()))
-        monkeypatch.setattr(blas, "UNITS_MIN_WORK", 0)
-        monkeypatch.setattr(blas, "UNITS_ALIGN", 1)
+            monkeypatch.setattr(launch, "openmp", lambda: None)
+        elif name == "units-late" and launch.openmp() is not None:
+            monkeypatch.setattr(launch, "openmp", functools.partial(_one_thread_team, launch.openmp()))
+        monkeypatch.setattr(plan, "UNITS_MIN_WORK", 0)
+        monkeypatch.setattr(plan, "UNITS_ALIGN", 1)
         torch.set_num_threads(3)  # H=5 units: shards of 2, 1 and 2 units
 
 
@@ -143,11 +151,11 @@ def path(request, monkeypatch):
 @pytest.mark.parametrize("config", [CONFIGS[2], CONFIGS[4]], ids=lambda c: "-".join(map(str, c)))
 @pytest.mark.parametrize("name", CELLS)
 def test_every_path_matches_reference(name, config, path):
-    from rnnkit.kernels import blas
+    from rnnkit.kernels import blas, launch, plan as plans
 
-    plan = blas.plan(B, H, H)
+    plan = plans.plan(B, H, H)
     mkl = blas.blas().name == "mkl"
-    if path == "shards" or (path == "rows" and mkl and blas._openmp()):
+    if path == "shards" or (path == "rows" and mkl and launch.openmp()):
         assert [s[:2] for s in plan.shards] == [(0, 1), (1, 3), (3, 4)] and plan.parties == 1
     elif path.startswith("units") and mkl:
         assert [s[2:] for s in plan.shards] == [(0, 2), (2, 3), (3, 5)] and plan.parties == 3
@@ -171,19 +179,17 @@ def test_one_input_feature_on_every_path(name, path):
 @pytest.mark.parametrize("name", CELLS)
 def test_weights_grad_from_the_loop_matches_reference(name, path, H_):
     """On row shards each shard's loop makes its share of dW_hh itself after its steps
-    (loops._shard_weights_grad) and the backward adds the shares up: over the states in hs, row by
-    row, for a W_hh within loops.DIRECT_BYTES, else over the h_prev the loop copies (100 units in
-    float64: 80-320 KB); 70 steps, so one thread's product is deeper than loops.PACKED_DEPTH and runs
-    in chunks. GRU with the reset gate before the product keeps torch's two products."""
-    from rnnkit.kernels import blas, fused, loops
+    (loops: shard_weights_grad) and the backward adds the shares up: over the states in hs, row by
+    row, for a W_hh within layout.DIRECT_BYTES, else over the h_prev the loop copies (100 units in
+    float64: 80-320 KB); 70 steps, so one thread's product is deeper than layout.PACKED_DEPTH and
+    runs in chunks. GRU with the reset gate before the product keeps torch's two products."""
+    from rnnkit.kernels import fused, layout, plan as plans
 
-    code = kind_code(*{"rnn": ("rnn",), "rnn-relu": ("rnn", "relu"), "lstm": ("lstm",), "gru": ("gru",),
-                       "gru-reset-before": ("gru", "tanh", False)}[name])
-    gates = 4 if name == "lstm" else 3 if name.startswith("gru") else 1
-    plan = blas.plan(B, H_, gates * H_)
-    assert fused._weights_grad_in_loop(code, plan) == (name != "gru-reset-before")
-    assert len(plan.shards) == (1 if path == "one" else 3) and B * 70 > loops.PACKED_DEPTH
-    assert (gates * H_ * H_ * 8 <= loops.DIRECT_BYTES) == (H_ == H)
+    cell = _cell(name)
+    plan = plans.plan(B, H_, cell.gates * H_)
+    assert fused._weights_grad_in_loop(cell, plan) == (name != "gru-reset-before")
+    assert len(plan.shards) == (1 if path == "one" else 3) and B * 70 > layout.PACKED_DEPTH
+    assert (cell.gates * H_ * H_ * 8 <= layout.DIRECT_BYTES) == (H_ == H)
     _compare(name, CONFIGS[2], torch.float64, 1e-9, H=H_, T=70)
 
 
@@ -191,24 +197,35 @@ def test_weights_grad_from_the_loop_matches_reference(name, path, H_):
 @pytest.mark.parametrize("name", CELLS)
 def test_products_through_blas_match_reference(name, path):
     """The layers above run every step's product in the loops' own loop over a packed W_hh; a W_hh
-    over loops.PACKED_MAX_BYTES (float64, 730 to 1449 units by cell) goes to BLAS instead."""
-    from rnnkit.kernels import loops
+    over layout.PACKED_MAX_BYTES (float64, 730 to 1449 units by cell) goes to BLAS instead."""
+    from rnnkit.kernels import fused, layout
 
-    gates = 4 if name == "lstm" else 3 if name.startswith("gru") else 1
-    H_big = math.isqrt(loops.PACKED_MAX_BYTES // (8 * gates)) + 1
-    assert not loops._packs.py_func(torch.empty(gates * H_big, H_big, dtype=torch.float64).numpy())
+    gates = _cell(name).gates
+    H_big = math.isqrt(layout.PACKED_MAX_BYTES // (8 * gates)) + 1
+    assert fused.products(gates * H_big, H_big, 8) == layout.THROUGH_BLAS
     _compare(name, CONFIGS[4], torch.float64, 1e-9, H=H_big)
 
 
 @pytest.mark.parametrize("path", ["one", "units"], indirect=True)
 @pytest.mark.parametrize("name", CELLS)
 def test_products_deeper_than_a_chunk_match_reference(name, path):
-    """260 units: every product's depth is past loops.PACKED_DEPTH (the forward's too), so the packed
-    loop adds several chunks, and 260 is no multiple of a strip: the last strip is narrower."""
-    from rnnkit.kernels import loops
+    """260 units: every product's depth is past layout.PACKED_DEPTH (the forward's too), so the
+    packed loop adds several chunks, and 260 is no multiple of a strip: the last strip is narrower."""
+    from rnnkit.kernels import layout
 
-    assert 260 > loops.PACKED_DEPTH and 260 % (loops._VECS * loops.VECTOR_BYTES // 4)  # (float32 strip)
+    assert 260 > layout.PACKED_DEPTH and 260 % 16  # (a float32 strip: 16 or 32 columns)
     _compare(name, CONFIGS[2], torch.float64, 1e-9, H=260)
+
+
+def _product(dtype: str, name: str):
+    """A product entry point of the compiled loops (rnnkit.kernels.products), callable with ints."""
+    import inspect
+
+    from rnnkit.kernels import compiled, products
+
+    fn = products.entries(np.dtype(dtype).type(0))[name]  # (its signature)
+    count = len(inspect.signature(fn).parameters)
+    return ctypes.CFUNCTYPE(None, *[ctypes.c_int64] * count)(compiled.products(dtype)[name])
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -216,29 +233,13 @@ def test_packed_products_match_numpy(dtype):
     """The loops' product over a packed matrix against numpy: W's columns packed (the backward's
     B = W[rows, units]) and W's rows packed as columns (the forward's B = W[gate rows]^T), strips
     narrower than a full one, depths of several chunks, with and without adding C."""
-    import numpy as np
-    from numba import njit
-
-    from rnnkit.kernels import loops
-
-    @njit
-    def columns(a, W, c, row0, depth, col0, n, accumulate):
-        P = np.full(W.size, np.nan, W.dtype)  # (nothing read but what was packed)
-        loops._pack_columns(W, P, 3, row0, depth, col0, n)
-        loops._packed_mm(loops._address(a), a.shape[1], P, 3, depth, n, loops._address(c), c.shape[1],
-                         a.shape[0], accumulate)
-
-    @njit
-    def rows(a, W, c, row0, nu, blocks, accumulate):
-        P = np.full(W.size + 5, np.nan, W.dtype)
-        loops._pack_rows(W, P, 5, row0, nu, blocks)
-        loops._packed_mm(loops._address(a), a.shape[1], P, 5, W.shape[1], blocks * nu, loops._address(c),
-                         c.shape[1], a.shape[0], accumulate)
-
+    pack_columns, pack_rows, packed_mm = (_product(dtype, n) for n in ("pack_columns", "pack_rows", "packed_mm"))
     rng = np.random.default_rng(0)
     tol = 1e-5 if dtype == "float32" else 1e-12
-    # rows and columns left over after every block size, with or without AVX-512 (loops._ROW_BLOCKS,
-    # loops._small_mm's widths): 13 = 8 + 4 + 1 rows, 61 = 32 + 16 + 8 + 5 columns
+    isz = np.dtype(dtype).itemsize
+    starts = np.zeros(64, np.uint64)
+    # rows and columns left over after every block size, with or without AVX-512 (products.ROW_BLOCKS,
+    # small_mm's widths): 13 = 8 + 4 + 1 rows, 61 = 32 + 16 + 8 + 5 columns
     for m, depth, n in [(1, 1, 1), (5, 300, 37), (9, 600, 16), (4, 256, 3), (7, 20, 50), (13, 40, 61), (16, 64, 64),
                         (12, 33, 29)]:
         W = rng.standard_normal((depth + 4, n + 6)).astype(dtype)
@@ -246,7 +247,10 @@ def test_packed_products_match_numpy(dtype):
         for accumulate in (False, True):
             c = rng.standard_normal((m, n)).astype(dtype)
             want = a[:, :depth].astype(np.float64) @ W[2:2 + depth, 3:3 + n] + (c if accumulate else 0)
-            columns(a, W, c, 2, depth, 3, n, accumulate)
+            P = np.full(W.size + 3, np.nan, dtype)  # (nothing read but what was packed)
+            pack_columns(W.ctypes.data, W.shape[0], W.shape[1], P.ctypes.data + 3 * isz, 2, depth, 3, n)
+            packed_mm(a.ctypes.data, a.shape[1], P.ctypes.data + 3 * isz, depth, n, c.ctypes.data, c.shape[1], m,
+                      int(accumulate))
             np.testing.assert_allclose(c, want, rtol=tol, atol=tol * depth)
     for m, H, nu, blocks in [(3, 5, 2, 4), (6, 300, 20, 3), (2, 17, 17, 1)]:
         W = rng.standard_normal((4 * H, H)).astype(dtype)
@@ -255,26 +259,19 @@ def test_packed_products_match_numpy(dtype):
         for accumulate in (False, True):
             c = rng.standard_normal((m, blocks * nu)).astype(dtype)
             want = a.astype(np.float64) @ W[cols].T + (c if accumulate else 0)
-            rows(a, W, c, 1, nu, blocks, accumulate)
+            P = np.full(W.size + 5, np.nan, dtype)
+            pack_rows(W.ctypes.data, W.shape[0], H, P.ctypes.data + 5 * isz, 1, nu, blocks, starts.ctypes.data)
+            packed_mm(a.ctypes.data, H, P.ctypes.data + 5 * isz, H, blocks * nu, c.ctypes.data, c.shape[1], m,
+                      int(accumulate))
             np.testing.assert_allclose(c, want, rtol=tol, atol=tol * H)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_small_products_match_numpy(dtype):
-    """The loops' small-product loop against numpy: every remainder of its row by 2-vector blocks,
-    row strides wider than the rows, A row-major and A stored transposed (the backward's dW_hh
-    reads dG so), with and without adding C."""
-    import numpy as np
-    from numba import njit
-
-    from rnnkit.kernels import loops
-
-    @njit
-    def product(a, transposed, b, c, m, n, k, accumulate):
-        lda, ka = (1, a.shape[1]) if transposed else (a.shape[1], 1)
-        loops._small_mm(c.dtype.type(0.0), loops._address(a), lda, ka, loops._address(b), b.shape[1],
-                        loops._address(c), c.shape[1], m, n, k, accumulate)
-
+    """The loops' micro-kernel against numpy: every remainder of its row by 2-vector blocks, row
+    strides wider than the rows, A row-major and A stored transposed (the backward's dW_hh reads dG
+    so), with and without adding C."""
+    mm = _product(dtype, "mm")
     rng = np.random.default_rng(0)
     tol = 1e-5 if dtype == "float32" else 1e-12
     for m, n, k in [(1, 1, 1), (4, 16, 8), (5, 37, 13), (7, 8, 3), (9, 50, 33), (3, 4, 200), (12, 130, 2),
@@ -284,11 +281,13 @@ def test_small_products_match_numpy(dtype):
             # rows wider than the k used (or, transposed, than the m used)
             a = rng.standard_normal((k, m + 3) if transposed else (m, k + 3)).astype(dtype)
             a_mk = a[:, :m].T if transposed else a[:, :k]
+            lda, ka = (1, a.shape[1]) if transposed else (a.shape[1], 1)
             for accumulate in (False, True):
                 c = rng.standard_normal((m, n + 2)).astype(dtype)
                 before = c.copy()
                 want = a_mk.astype(np.float64) @ b[:, :n] + (c[:, :n] if accumulate else 0)
-                product(a, transposed, b, c, m, n, k, accumulate)
+                mm(a.ctypes.data, lda, ka, b.ctypes.data, b.shape[1], c.ctypes.data, c.shape[1], m, n, k,
+                   int(accumulate))
                 np.testing.assert_allclose(c[:, :n], want, rtol=tol, atol=tol * k)
                 assert np.array_equal(c[:, n:], before[:, n:])  # nothing written past the n columns
 
@@ -297,9 +296,9 @@ def test_small_products_match_numpy(dtype):
 def test_unit_shards_give_the_same_bits_whichever_thread_runs_them(name, monkeypatch):
     """A task's arithmetic does not depend on the thread that runs it: unit shards on a team give
     bit for bit what they give when one thread runs every task."""
-    from rnnkit.kernels import blas
+    from rnnkit.kernels import blas, launch
 
-    if blas._openmp() is None or blas.blas().name != "mkl":
+    if launch.openmp() is None or blas.blas().name != "mkl":
         pytest.skip("unit shards need MKL and torch's OpenMP runtime")
     threads = torch.get_num_threads()
     try:
@@ -329,13 +328,13 @@ def test_shard_pool_is_remade_after_fork():
     """A forked child (a DataLoader worker, say) has none of the parent's pool threads."""
     import os
 
-    from rnnkit.kernels import blas
+    from rnnkit.kernels import launch
 
-    pool = blas._executor(1)
-    assert blas._executor(1) is pool
+    pool = launch._executor(1)
+    assert launch._executor(1) is pool
     pid = os.fork()
     if pid == 0:
-        ok = blas._executor(1) is not pool and blas._executor(1).submit(lambda: 7).result(timeout=10) == 7
+        ok = launch._executor(1) is not pool and launch._executor(1).submit(lambda: 7).result(timeout=10) == 7
         os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
@@ -350,8 +349,8 @@ def test_fused_matches_reference_float32(name):
 @pytest.mark.parametrize("name", CELLS)
 def test_gradcheck(name, reverse):
     kind = name.split("-")[0]
-    code = kind_code(kind, "relu" if name == "rnn-relu" else "tanh", name != "gru-reset-before")
-    G = {"rnn": 1, "lstm": 4, "gru": 3}[kind]
+    cell = _cell(name)
+    G = cell.gates
     torch.manual_seed(0)
     b, t, i, h = 3, 4, 2, 3
     # Weights away from zero pre-activations, where relu's derivative jumps.
@@ -361,7 +360,7 @@ def test_gradcheck(name, reverse):
     lengths = torch.tensor([4, 1, 3])
 
     def f(*tensors):
-        out, h_n, c_n = FusedLayer.apply(code, reverse, lengths, *tensors)
+        out, h_n, c_n = FusedLayer.apply(cell, reverse, lengths, *tensors)
         return (out, h_n) if c_n is None else (out, h_n, c_n)
 
     assert torch.autograd.gradcheck(f, tuple(args), atol=1e-7)
@@ -498,11 +497,11 @@ def test_auto_falls_back_for_unsupported_dtype():
 def test_activations_across_their_range(dtype):
     """The loop's own exp/tanh/sigmoid, computed in the data's dtype, against torch's: saturated
     arguments, the clamp at exp(-60), tiny ones, and NaN passing through."""
-    from rnnkit.kernels import loops
+    from rnnkit.kernels import expmath
 
     a = torch.cat([torch.linspace(-100, 100, 2001, dtype=dtype), torch.tensor([1e-30, -1e-30, 0.0], dtype=dtype)])
     tol = 1e-7 if dtype == torch.float32 else 1e-15
-    for ours, ref in ((loops._tanh, torch.tanh), (loops._sigmoid, torch.sigmoid)):
+    for ours, ref in ((expmath.tanh, torch.tanh), (expmath.sigmoid, torch.sigmoid)):
         got = torch.tensor([ours(v) for v in a.numpy()], dtype=dtype)
         torch.testing.assert_close(got, ref(a), atol=tol, rtol=0)
         name = str(a.numpy().dtype)  # no silent float64 arithmetic on float32 data:
@@ -510,19 +509,34 @@ def test_activations_across_their_range(dtype):
         assert math.isnan(ours(a.numpy().dtype.type("nan")))
 
 
-def test_team_bodies_are_keyed_on_the_loops_source(tmp_path, monkeypatch):
-    """numba keys a cached function on its own file only: the team bodies (team.py) must miss their
-    cache when loops.py changes, or they would run the loops they were compiled with. Their closure
-    holds a hash of both files, which numba's cache key includes."""
-    from rnnkit.kernels import loops, team
+def test_compiled_loops_are_keyed_on_what_they_are_compiled_from(tmp_path, monkeypatch):
+    """A compiled body is found on disk by a hash of the kernels' source, the cell's, numba's and
+    llvmlite's versions and the machine: a change to any of them builds anew instead of running the
+    loops compiled before it."""
+    from rnnkit.kernels import build, compiled
 
-    assert team._source_stamp() == team._STAMP
-    for body in (team._forward_float32, team._forward_float64, team._backward_float32, team._backward_float64):
-        assert team._STAMP in [cell.cell_contents for cell in body.__wrapped__.__closure__]
-    changed = tmp_path / "loops.py"
-    changed.write_text(open(loops.__file__).read() + "\n# one more line\n")
-    monkeypatch.setattr(loops, "__file__", str(changed))
-    assert team._source_stamp() != team._STAMP
+    lstm = cells.get("lstm")
+    before = compiled.path(lstm, "float32")
+    assert compiled.path(lstm, "float32") == before and compiled.path(lstm, "float64") != before
+    assert compiled.path(cells.get("gru"), "float32") != before
+    with monkeypatch.context() as m:  # another machine
+        m.setenv("RNNKIT_CPU", "x86-64")
+        compiled._kernels_hash.cache_clear()
+        assert compiled.path(lstm, "float32") != before
+    compiled._kernels_hash.cache_clear()
+    with monkeypatch.context() as m:  # bounds checking
+        m.setenv("RNNKIT_BOUNDSCHECK", "1")
+        assert compiled.path(lstm, "float32") != before
+    compiled._kernels_hash.cache_clear()
+    changed = tmp_path / "kernels"
+    changed.mkdir()
+    here = os.path.dirname(build.__file__)
+    for name in compiled._KERNEL_SOURCES:  # a copy of the kernels' source, one line changed
+        text = open(os.path.join(here, name)).read()
+        (changed / name).write_text(text + ("\n# one more line\n" if name == "loops.py" else ""))
+    monkeypatch.setattr(compiled, "__file__", str(changed / "compiled.py"))
+    assert compiled.path(lstm, "float32") != before
+    compiled._kernels_hash.cache_clear()
 
 
 FIRST_CALL = """
@@ -549,9 +563,9 @@ def test_the_first_call_of_a_process_is_right():
     import subprocess
     import sys
 
-    from rnnkit.kernels import blas
+    from rnnkit.kernels import blas, launch
 
-    if blas._openmp() is None or blas.blas().name != "mkl":
+    if launch.openmp() is None or blas.blas().name != "mkl":
         pytest.skip("row shards on a team need MKL and torch's OpenMP runtime")
     done = subprocess.run([sys.executable, "-c", FIRST_CALL], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -595,6 +609,7 @@ def test_the_operator_passes_opcheck_and_gives_the_functions_gradients(name):
 
     kind, reset_after = ("gru", False) if name == "gru-reset-before" else (name, True)
     code = kind_code(kind, reset_after=reset_after)
+    cell = kernels.cell_of(code)
     G = {"rnn": 1, "lstm": 4, "gru": 3}[kind]
     torch.manual_seed(0)
 
@@ -608,7 +623,7 @@ def test_the_operator_passes_opcheck_and_gives_the_functions_gradients(name):
         args = (x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, code, True)
         assert set(torch.library.opcheck(op.fused_layer, args).values()) == {"SUCCESS"}
         results = []
-        for outputs in (op.fused_layer(*args)[:3], FusedLayer.apply(code, True, lengths, x, h0, c0, W_ih, W_hh, b_ih, b_hh)):
+        for outputs in (op.fused_layer(*args)[:3], FusedLayer.apply(cell, True, lengths, x, h0, c0, W_ih, W_hh, b_ih, b_hh)):
             outputs = [o for o in outputs if o is not None and o.numel()]
             loss = sum((o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype).view(o.shape)).sum() for o in outputs)
             results.append([o.detach() for o in outputs] + list(torch.autograd.grad(loss, inputs)))

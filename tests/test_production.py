@@ -16,6 +16,7 @@ the term, thousands of epsilons at these sizes.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 
 import pytest
@@ -23,7 +24,14 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from test_kernels import CELLS, _force, _forward, _run
+import rnnkit.layers
+from test_kernels import CELLS as TORCH_CELLS, _force, _forward, _run
+
+# torch.nn's cells, and those the registry adds (the fused engine's own specs, held here at the
+# width and dtype they would train in too)
+CELLS = {**TORCH_CELLS,
+         **{name: (functools.partial(rnnkit.layers.Recurrent, name), {}) for name in ("peephole_lstm", "indrnn")}}
+TWO_STATES = ("lstm", "peephole_lstm")
 
 FACTOR = 4.0
 FLOOR = 16
@@ -58,9 +66,9 @@ def _float32_against_exact(name: str, H: int, T: int, I: int = 3, num_layers: in
     x = torch.randn(4, T, I, requires_grad=True)
     x64 = x.detach().double().requires_grad_()
     LD = 2 * num_layers
-    hx = [torch.randn(LD, 4, H, requires_grad=True) for _ in range(2 if name == "lstm" else 1)]
+    hx = [torch.randn(LD, 4, H, requires_grad=True) for _ in range(2 if name in TWO_STATES else 1)]
     hx64 = [h.detach().double().requires_grad_() for h in hx]
-    as_hx = (lambda hs: tuple(hs)) if name == "lstm" else (lambda hs: hs[0])
+    as_hx = (lambda hs: tuple(hs)) if name in TWO_STATES else (lambda hs: hs[0])
     exact = _grads(exact_layer, "reference", x64, as_hx(hx64))
     fused = _grads(layer, "fused", x, as_hx(hx))
     reference = _grads(layer, "reference", x, as_hx(hx))
@@ -89,33 +97,33 @@ def path(request, monkeypatch):
     torch.set_num_threads(1)
     _force(monkeypatch, request.param)
     if request.param.startswith("units"):  # 64 units: shards of 24, 16 and 24 (multiples of 8)
-        from rnnkit.kernels import blas
+        from rnnkit.kernels import plan
 
-        monkeypatch.setattr(blas, "UNITS_ALIGN", 8)
+        monkeypatch.setattr(plan, "UNITS_ALIGN", 8)
     yield request.param
     torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("path", ["one", "openblas"], indirect=["path"])
-@pytest.mark.parametrize("name", CELLS)
+@pytest.mark.parametrize("name", [n for n in CELLS if n != "indrnn"])  # (IndRNN has no W_hh)
 def test_float32_gradients_with_products_through_blas(name, path):
-    """A float32 W_hh over loops.PACKED_MAX_BYTES (1025 to 2049 units by cell) goes through BLAS."""
-    from rnnkit.kernels import loops
+    """A float32 W_hh over layout.PACKED_MAX_BYTES (1025 to 2049 units by cell) goes through BLAS."""
+    from rnnkit.kernels import layout
 
-    gates = 4 if name == "lstm" else 3 if name.startswith("gru") else 1
-    H_big = math.isqrt(loops.PACKED_MAX_BYTES // (4 * gates)) + 1
+    gates = 4 if name in TWO_STATES else 3 if name.startswith("gru") else 1
+    H_big = math.isqrt(layout.PACKED_MAX_BYTES // (4 * gates)) + 1
     _float32_against_exact(name, H_big, 6, num_layers=1)
 
 
 @pytest.mark.parametrize("name", CELLS)
 def test_float32_gradients_deeper_than_a_product_chunk(name, threads):
-    """H = 300 units on unit shards: every product's depth runs in two chunks of loops.PACKED_DEPTH
+    """H = 300 units on unit shards: every product's depth runs in two chunks of layout.PACKED_DEPTH
     and the strips end in a narrow one."""
-    from rnnkit.kernels import blas
+    from rnnkit.kernels import plan
 
     torch.set_num_threads(2)
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(blas, "UNITS_MIN_WORK", 0)
+        m.setattr(plan, "UNITS_MIN_WORK", 0)
         _float32_against_exact(name, 300, 6, num_layers=1)
 
 
@@ -155,8 +163,8 @@ def test_drawn_shapes_fused_against_reference(data):
             if hx_given:
                 LD = num_layers * (2 if bidirectional else 1)
                 hs = [torch.randn(LD, B, H, dtype=torch.float64, requires_grad=True)
-                      for _ in range(2 if name == "lstm" else 1)]
-                hx = tuple(hs) if name == "lstm" else hs[0]
+                      for _ in range(2 if name in TWO_STATES else 1)]
+                hx = tuple(hs) if name in TWO_STATES else hs[0]
             ref = _run(layer, "reference", x, hx, lengths is not None)
             fused = _run(layer, "fused", x, hx, lengths is not None)
     finally:

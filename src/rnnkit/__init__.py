@@ -4,8 +4,8 @@ __version__ = "0.1.0"
 
 # The public names load their module (and torch) on first use, so `rnnkit --help` and a mistyped flag
 # answer at once instead of after importing torch.
-_WHERE = {"RNN": "layers", "LSTM": "layers", "GRU": "layers", "RNNCell": "cells", "LSTMCell": "cells",
-          "GRUCell": "cells", "CustomRNN": "models", "Forecaster": "forecaster", "RnnkitError": "errors"}
+_WHERE = {"RNN": "layers", "LSTM": "layers", "GRU": "layers", "Recurrent": "layers", "RNNCell": "cells",
+          "LSTMCell": "cells", "GRUCell": "cells", "CustomRNN": "models", "Forecaster": "forecaster", "RnnkitError": "errors"}
 
 __all__ = [*_WHERE, "__version__"]
 

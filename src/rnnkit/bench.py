@@ -28,7 +28,7 @@ from torch import nn
 
 from . import layers
 from .errors import ConfigError
-from .kernels import loops
+from .kernels.build import vector_bytes
 
 CELLS = ("rnn", "gru", "lstm")
 IMPLS = ("fused", "reference", "torch")
@@ -183,7 +183,7 @@ def machine() -> str:
     family = ""
     if "cpu family" in info and "model" in info:
         family = f" (family {info['cpu family']}, model {info['model']})"
-    return f"{name}{family}, {os.cpu_count()} CPUs; fused loops' vectors {loops.VECTOR_BYTES} bytes"
+    return f"{name}{family}, {os.cpu_count()} CPUs; fused loops' vectors {vector_bytes()} bytes"
 
 
 def run(args) -> int:

@@ -99,6 +99,41 @@ def gru(x: Tensor, h: Tensor, W_ih: Tensor, W_hh: Tensor, b_ih: Tensor | None,
     return (1 - z) * n + z * h
 
 
+def peephole_lstm(x: Tensor, state: tuple[Tensor, Tensor], W_ih: Tensor, W_hh: Tensor, b_ih: Tensor | None,
+                  b_hh: Tensor | None, w_ci: Tensor, w_cf: Tensor, w_co: Tensor) -> tuple[Tensor, Tensor]:
+    """Peephole LSTM step (Gers & Schmidhuber 2000): the gates also see the cell state, through unit
+    weights w_ci, w_cf, w_co (H,) — i and f the previous c, o the new one. Gate order i, f, g, o.
+
+        i  = σ(W_ii x + b_ii + W_hi h + b_hi + w_ci ⊙ c)
+        f  = σ(W_if x + b_if + W_hf h + b_hf + w_cf ⊙ c)
+        g  = tanh(W_ig x + b_ig + W_hg h + b_hg)
+        c' = f ⊙ c + i ⊙ g
+        o  = σ(W_io x + b_io + W_ho h + b_ho + w_co ⊙ c')
+        h' = o ⊙ tanh(c')
+    """
+    h, c = state
+    xi, xf, xg, xo = F.linear(x, W_ih, b_ih).chunk(4, dim=-1)
+    hi, hf, hg, ho = F.linear(h, W_hh, b_hh).chunk(4, dim=-1)
+    i = torch.sigmoid(xi + hi + w_ci * c)
+    f = torch.sigmoid(xf + hf + w_cf * c)
+    g = torch.tanh(xg + hg)
+    c = f * c + i * g
+    o = torch.sigmoid(xo + ho + w_co * c)
+    h = o * torch.tanh(c)
+    return h, c
+
+
+def indrnn(x: Tensor, h: Tensor, W_ih: Tensor, W_hh: None, b_ih: Tensor | None, b_hh: Tensor | None,
+           u: Tensor) -> Tensor:
+    """IndRNN step (Li et al. 2018): each unit has its own recurrent weight u (H,), no matrix (W_hh is
+    None). x (B, I), h (B, H) -> h' (B, H).
+
+        h' = relu(W_ih x + b_ih + u ⊙ h + b_hh)
+    """
+    pre = F.linear(x, W_ih, b_ih) + u * h
+    return torch.relu(pre if b_hh is None else pre + b_hh)
+
+
 # Gate blocks per cell kind: the G in the weights' (G*H, ·) shapes.
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 

@@ -171,9 +171,14 @@ def onnx_layer(x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, code: int, reverse: b
     would read) are placeholders that nothing in an inference graph reads."""
     from onnxscript import opset18 as op
 
-    from .kernels import loops
+    from . import kernels
 
-    cell = {loops.LSTM: "LSTM", loops.GRU: "GRU", loops.GRU_RESET_BEFORE: "GRU"}.get(code, "RNN")
+    onnx_cells = {kernels.LSTM: "LSTM", kernels.GRU: "GRU", kernels.GRU_RESET_BEFORE: "GRU", kernels.RNN_TANH: "RNN",
+                  kernels.RNN_RELU: "RNN"}
+    if code not in onnx_cells:
+        raise ConfigError(f"ONNX has no operator for the cell {kernels.cell_of(code).name!r} (only Elman RNN, LSTM "
+                          f"and GRU export)")
+    cell = onnx_cells[code]
 
     def onnx_weight(W):  # (G*H, ·) in torch's gate order -> (1, G*H, ·) in ONNX's
         order = _GATE_ORDER[cell]
@@ -199,10 +204,10 @@ def onnx_layer(x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, code: int, reverse: b
         Y, Y_h, Y_c = op.LSTM(X, W, R, initial_c=op.Unsqueeze(c0, first), **inputs, **attrs)
         c_n = op.Squeeze(Y_c, first)
     elif cell == "GRU":
-        Y, Y_h = op.GRU(X, W, R, **inputs, linear_before_reset=int(code == loops.GRU), **attrs)
+        Y, Y_h = op.GRU(X, W, R, **inputs, linear_before_reset=int(code == kernels.GRU), **attrs)
         c_n = empty
     else:
-        activation = "Relu" if code == loops.RNN_RELU else "Tanh"
+        activation = "Relu" if code == kernels.RNN_RELU else "Tanh"
         Y, Y_h = op.RNN(X, W, R, **inputs, activations=[activation], **attrs)
         c_n = empty
     out = op.Transpose(op.Squeeze(Y, op.Constant(value_ints=[1])), perm=[1, 0, 2])  # (B, T, H)

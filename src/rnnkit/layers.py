@@ -21,27 +21,39 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from . import cells, kernels
 from .errors import ConfigError, ShapeError
+from .kernels import cells as kernel_cells
 
-State = tuple  # (h,) for RNN and GRU, (h, c) for LSTM; each (B, H)
-Weights = tuple  # (W_ih, W_hh, b_ih, b_hh[, W_hr]); the biases may be None; W_hr: LSTM with proj_size
-
-
-def step_function(kind: str, nonlinearity: str = "tanh", reset_after: bool = True) -> Callable:
-    """The cell step as ``step(x (B, I), state, *weights) -> state`` with state a tuple."""
-    if kind == "rnn":
-        return lambda x, s, *w: (cells.elman(x, s[0], *w, nonlinearity=nonlinearity),)
-    if kind == "gru":
-        return lambda x, s, *w: (cells.gru(x, s[0], *w, reset_after=reset_after),)
-    return lambda x, s, *w: cells.lstm(x, s, *w)
+State = tuple  # (h,) for RNN and GRU, (h, c) for LSTM (and a cell of two states); each (B, H)
+# (W_ih, W_hh, b_ih, b_hh[, W_hr]); the biases may be None; W_hr: LSTM with proj_size. A cell of the
+# fused engine's registry: (W_ih, W_hh, b_ih, b_hh, *its unit parameters), W_hh None where it has no
+# recurrent matrix.
+Weights = tuple
 
 
-def run_reference(kind: str, x: Tensor, state: State, weights: Weights,
+def cell_of(kind, nonlinearity: str = "tanh", reset_after: bool = True) -> kernel_cells.Cell:
+    """The cell a layer runs (rnnkit.kernels.cells): torch.nn's cell for "rnn", "lstm", "gru" (with
+    ``nonlinearity`` and ``reset_after``), else a registered cell's name, or the Cell itself."""
+    if kind in ("rnn", "lstm", "gru"):
+        return kernel_cells.builtin(kind, nonlinearity, reset_after)
+    try:
+        return kernel_cells.get(kind)
+    except KeyError:
+        raise ConfigError(f"unknown cell {kind!r} (registered: {', '.join(kernel_cells.REGISTRY)})") from None
+
+
+def step_function(kind, nonlinearity: str = "tanh", reset_after: bool = True) -> Callable:
+    """The cell step as ``step(x (B, I), state, *weights) -> state`` with state a tuple: the cell's
+    reference equations (rnnkit.cells)."""
+    return cell_of(kind, nonlinearity, reset_after).reference
+
+
+def run_reference(kind, x: Tensor, state: State, weights: Weights,
                   lengths: Tensor | None = None, reverse: bool = False,
                   nonlinearity: str = "tanh", reset_after: bool = True) -> tuple[Tensor, State]:
     """Run one layer in one direction over a batch-first sequence: the reference time loop.
 
-    x (B, T, I); state: tuple of (B, H) (h (B, P) with LSTM's projection); weights (W_ih, W_hh, b_ih,
-    b_hh[, W_hr]).
+    kind: as :func:`cell_of` takes it. x (B, T, I); state: tuple of (B, H) (h (B, P) with LSTM's
+    projection); weights (W_ih, W_hh, b_ih, b_hh[, W_hr]), or a registered cell's (see Weights).
     lengths (B,) int64 on the CPU, or None when every sequence has length T: a sequence's state
     stops changing after its last step, its outputs past it are zero, and the reverse direction
     starts at its last step.
@@ -106,12 +118,19 @@ def _in_onnx_export() -> bool:
 
 
 def choose_engine(engine: str, x: Tensor, lengths: Tensor | None, torch_serves: bool,
-                  shape: tuple | str | None = None, fused_serves: bool = True) -> str:
+                  shape: tuple | str | None = None, fused_serves: bool = True, op_serves: bool = True) -> str:
     """"fused", "op" (the fused engine as a torch operator, where a tracer or compiler runs the
     layer), "torch" or "reference": the engine that runs this call. ``torch_serves``: whether
-    torch's op runs this layer (not GRU reset_after=False, nor CustomRNN); ``fused_serves``: whether
-    the fused engine runs its configuration (not LSTM with proj_size); ``shape``: the caller's input
-    shape (or a description of a PackedSequence), for the errors."""
+    torch's op runs this layer (not GRU reset_after=False, nor CustomRNN, nor the registry's other
+    cells); ``fused_serves``: whether the fused engine runs its configuration (not LSTM with
+    proj_size); ``op_serves``: whether its torch operator runs the cell (rnnkit.kernels.op.serves);
+    ``shape``: the caller's input shape (or a description of a PackedSequence), for the errors."""
+    if not op_serves and (torch.compiler.is_compiling() or type(x) is not Tensor):
+        if engine == "fused":
+            raise ConfigError("engine='fused' cannot run this cell under torch.compile or torch.export (the "
+                              "operator runs cells with a recurrent matrix and no unit parameters); use "
+                              "engine='auto' or 'reference'")
+        return "reference"
     if kernels.op.TRANSLATED and fused_serves and torch.compiler.is_compiling() and kernels.supports(x, lengths):
         return "op"  # whatever the engine: rnnkit.export translates the fused operator to ONNX's
     if engine == "reference":
@@ -176,14 +195,15 @@ def autocast_dtype(op: str, device_type: str, fast: torch.dtype, dtype: torch.dt
 
 
 class RNNBase(nn.Module):
-    """Shared machinery of :class:`RNN`, :class:`LSTM` and :class:`GRU` (see torch.nn.RNNBase)."""
+    """Shared machinery of :class:`RNN`, :class:`LSTM`, :class:`GRU` and :class:`Recurrent` (see
+    torch.nn.RNNBase)."""
 
     kind = ""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  *, nonlinearity: str = "tanh", reset_after: bool = True, proj_size: int = 0,
-                 engine: str = "auto", device=None, dtype=None) -> None:
+                 engine: str = "auto", device=None, dtype=None, cell=None) -> None:
         super().__init__()
         cells.check_sizes(input_size, hidden_size)
         if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers < 1:
@@ -203,27 +223,34 @@ class RNNBase(nn.Module):
         self.bidirectional = bidirectional
         self.nonlinearity = nonlinearity
         self.reset_after = bool(reset_after)
+        self._cell = cell_of(self.kind if cell is None else cell, nonlinearity, reset_after)
         # torch's op (torch._VF) that runs this layer, None where torch has none
-        self._torch_op = (("rnn_tanh" if nonlinearity == "tanh" else "rnn_relu") if self.kind == "rnn"
-                          else self.kind if self.reset_after else None)
+        self._torch_op = (None if cell is not None else ("rnn_tanh" if nonlinearity == "tanh" else "rnn_relu")
+                          if self.kind == "rnn" else self.kind if self.reset_after else None)
+        self._op_serves = kernels.op.serves(self._cell)
+        self._two = self._cell.states == 2  # h and c (LSTM's hx and h_n are pairs)
         self.proj_size = proj_size  # LSTM only: h = W_hr (o ⊙ tanh(c)), proj_size wide
         self.engine = engine
         factory = {"device": device, "dtype": dtype}
-        G = cells.GATES[self.kind]
+        G = self._cell.gates
         out = proj_size or hidden_size  # the width of h
         self._weight_names = [self._names(layer, d) for layer in range(num_layers) for d in range(self.num_directions)]
         # Registered in torch.nn's order, so state_dict keys come out in the same order too.
         for layer in range(num_layers):
             for direction in range(self.num_directions):
                 layer_in = input_size if layer == 0 else out * self.num_directions
-                names = self._weight_names[layer * self.num_directions + direction]
-                self.register_parameter(names[0], nn.Parameter(torch.empty(G * hidden_size, layer_in, **factory)))
-                self.register_parameter(names[1], nn.Parameter(torch.empty(G * hidden_size, out, **factory)))
+                ih, hh, bih, bhh, *more = self._weight_names[layer * self.num_directions + direction]
+                self.register_parameter(ih, nn.Parameter(torch.empty(G * hidden_size, layer_in, **factory)))
+                if hh is not None:
+                    self.register_parameter(hh, nn.Parameter(torch.empty(G * hidden_size, out, **factory)))
                 if bias:
-                    self.register_parameter(names[2], nn.Parameter(torch.empty(G * hidden_size, **factory)))
-                    self.register_parameter(names[3], nn.Parameter(torch.empty(G * hidden_size, **factory)))
+                    self.register_parameter(bih, nn.Parameter(torch.empty(G * hidden_size, **factory)))
+                    self.register_parameter(bhh, nn.Parameter(torch.empty(G * hidden_size, **factory)))
                 if proj_size:
-                    self.register_parameter(names[4], nn.Parameter(torch.empty(proj_size, hidden_size, **factory)))
+                    self.register_parameter(more[0], nn.Parameter(torch.empty(proj_size, hidden_size, **factory)))
+                elif more:  # the cell's unit parameters
+                    for name in more:
+                        self.register_parameter(name, nn.Parameter(torch.empty(hidden_size, **factory)))
         self.reset_parameters()
         self.flatten_parameters()
 
@@ -231,26 +258,30 @@ class RNNBase(nn.Module):
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
-    @staticmethod
-    def _names(layer: int, direction: int) -> tuple[str, str, str, str, str]:
+    def _names(self, layer: int, direction: int) -> tuple:
+        """The parameter names of one layer and direction: (W_ih, W_hh, b_ih, b_hh), then W_hr with
+        proj_size, or the cell's unit parameters; W_hh None for a cell without a recurrent matrix."""
         suffix = ("", "_reverse")[direction]
-        return (f"weight_ih_l{layer}{suffix}", f"weight_hh_l{layer}{suffix}",
-                f"bias_ih_l{layer}{suffix}", f"bias_hh_l{layer}{suffix}", f"weight_hr_l{layer}{suffix}")
+        names = (f"weight_ih_l{layer}{suffix}", f"weight_hh_l{layer}{suffix}" if self._cell.recurrent else None,
+                 f"bias_ih_l{layer}{suffix}", f"bias_hh_l{layer}{suffix}")
+        if self.proj_size:
+            return names + (f"weight_hr_l{layer}{suffix}",)
+        return names + tuple(f"{name}_l{layer}{suffix}" for name in self._cell.params)
 
     def layer_weights(self, layer: int, direction: int) -> Weights:
-        """(W_ih, W_hh, b_ih, b_hh) of one layer and direction, and W_hr with proj_size; biases None
-        when bias=False."""
+        """(W_ih, W_hh, b_ih, b_hh) of one layer and direction, and W_hr with proj_size, or the cell's
+        unit parameters; biases None when bias=False (see Weights)."""
         # (names made once per layer: looked up on every call)
-        ih, hh, bih, bhh, hr = names = self._weight_names[layer * self.num_directions + direction]
+        names = self._weight_names[layer * self.num_directions + direction]
         # Looked up on every call: straight from the dict, but where a parametrization or bias=False
         # left a name out of it (getattr then finds the parametrized weight, or None).
         params = self._parameters
         try:
-            if self.proj_size:
-                return params[ih], params[hh], params[bih], params[bhh], params[hr]
-            return params[ih], params[hh], params[bih], params[bhh]
+            if len(names) == 4:
+                return params[names[0]], params[names[1]], params[names[2]], params[names[3]]
+            return tuple(None if n is None else params[n] for n in names)
         except KeyError:
-            return tuple(getattr(self, n, None) for n in names[:5 if self.proj_size else 4])
+            return tuple(None if n is None else getattr(self, n, None) for n in names)
 
     @property
     def all_weights(self) -> list[list[Tensor]]:
@@ -315,12 +346,12 @@ class RNNBase(nn.Module):
     # ---- forward -------------------------------------------------------------------------------
 
     def _check_hx(self, hx, B: int, batched: bool, like: Tensor, autocast: bool) -> tuple:
-        """hx ((L*D, B, H) or unbatched (L*D, H); a pair for LSTM) checked, as a tuple of batched
-        (L*D, B, ·) tensors: h is proj_size wide with a projection."""
+        """hx ((L*D, B, H) or unbatched (L*D, H); a pair for LSTM and a cell of two states) checked,
+        as a tuple of batched (L*D, B, ·) tensors: h is proj_size wide with a projection."""
         LD = self.num_layers * self.num_directions
-        if self.kind == "lstm":
+        if self._two:
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise ShapeError("LSTM expects hx as a tuple (h_0, c_0)")
+                raise ShapeError(f"{type(self).__name__} expects hx as a tuple (h_0, c_0)")
             parts = tuple(hx)
         else:
             if not isinstance(hx, Tensor):
@@ -344,7 +375,7 @@ class RNNBase(nn.Module):
         LD = self.num_layers * self.num_directions
         if hx is None:  # one zero state that every layer-direction reads (engines never write it)
             zero = _zeros((B, self.hidden_size), like)
-            if self.kind != "lstm":
+            if not self._two:
                 return [(zero,)] * LD
             h = _zeros((B, self.proj_size), like) if self.proj_size else zero
             return [(h, zero)] * LD
@@ -401,7 +432,8 @@ class RNNBase(nn.Module):
         if autocast and (self.engine == "torch" or (self.engine == "auto" and op is not None)):
             autocast = False  # torch's op casts as torch.nn's does
         if not autocast:
-            engine = choose_engine(self.engine, x, lengths, op is not None, shape, fused_serves=not self.proj_size)
+            engine = choose_engine(self.engine, x, lengths, op is not None, shape, fused_serves=not self.proj_size,
+                                   op_serves=self._op_serves)
             if engine == "torch":
                 return self._forward_torch(op, input, hx, weights, packed, batched)
             output, h_n = self._run_layers(engine, x, lengths, hx, weights)
@@ -415,7 +447,8 @@ class RNNBase(nn.Module):
             weights = [tuple(None if w is None else w.to(cast) for w in ws) for ws in weights]
             hx = None if hx is None else tuple(h.to(cast) for h in hx)
             with torch.autocast(device_type, enabled=False):
-                engine = choose_engine(self.engine, x, lengths, False, shape, fused_serves=not self.proj_size)
+                engine = choose_engine(self.engine, x, lengths, False, shape, fused_serves=not self.proj_size,
+                                       op_serves=self._op_serves)
                 output, h_n = self._run_layers(engine, x, lengths, hx, weights)
         if packed:
             output = _repack(output, lengths, input)
@@ -424,7 +457,7 @@ class RNNBase(nn.Module):
             h_n = tuple(h.squeeze(1) for h in h_n)  # (L*D, H)
         elif not self.batch_first:
             output = output.transpose(0, 1)  # (T, B, D*H)
-        return output, (h_n if self.kind == "lstm" else h_n[0])
+        return output, (h_n if self._two else h_n[0])
 
     def _run_layers(self, engine: str, x: Tensor, lengths: Tensor | None, hx: tuple | None,
                     weights: list) -> tuple[Tensor, tuple]:
@@ -438,8 +471,7 @@ class RNNBase(nn.Module):
             outs = []
             for d in range(self.num_directions):
                 k = layer * self.num_directions + d
-                out, final = run(self.kind, layer_input, states[k], weights[k], lengths, reverse=d == 1,
-                                 nonlinearity=self.nonlinearity, reset_after=self.reset_after)
+                out, final = run(self._cell, layer_input, states[k], weights[k], lengths, reverse=d == 1)
                 outs.append(out)
                 finals.append(final)
             layer_input = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)  # (B, T, D*H)
@@ -546,3 +578,27 @@ class GRU(RNNBase):
                  reset_after: bool = True, engine: str = "auto", device=None, dtype=None) -> None:
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          reset_after=reset_after, engine=engine, device=device, dtype=dtype)
+
+
+class Recurrent(RNNBase):
+    """A layer of any cell of the fused engine's registry (rnnkit.kernels.cells): the cells torch.nn
+    lacks (``"peephole_lstm"``, ``"indrnn"``) or one a user registered (a name or the Cell).
+
+    Arguments as torch.nn.RNN's (input_size, hidden_size, num_layers=1, bias=True,
+    batch_first=False, dropout=0.0, bidirectional=False), plus ``engine`` ("auto", "fused" or
+    "reference": torch has no op for these). Parameters ``weight_ih_l{k}`` (G*H, I),
+    ``weight_hh_l{k}`` (G*H, H) where the cell has a recurrent matrix, ``bias_ih_l{k}``,
+    ``bias_hh_l{k}`` (G*H,), and ``{name}_l{k}`` (H,) for each of the cell's unit parameters
+    (``_reverse`` for the reverse direction), all U(-1/sqrt(H), 1/sqrt(H)). forward(input, hx=None)
+    as torch.nn's; hx and h_n a pair (h, c) for a cell of two states, as LSTM's.
+    """
+
+    def __init__(self, cell, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 engine: str = "auto", device=None, dtype=None) -> None:
+        self.kind = cell_of(cell).name
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         engine=engine, device=device, dtype=dtype, cell=cell)
+
+    def extra_repr(self) -> str:
+        return f"{self.kind!r}, " + super().extra_repr()

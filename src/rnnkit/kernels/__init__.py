@@ -1,9 +1,44 @@
-"""Fused engines: hoisted input GEMM, hand-written BPTT, compiled time loop (see fused.py), also as
-the torch operators ``torch.ops.rnnkit.fused_layer`` and ``fused_layer_backward`` (op.py), registered
-on import, for torch.compile and torch.export.
+"""The fused engine: hoisted input GEMM, hand-written BPTT, one compiled time loop per cell.
 
-:func:`supports` is plain torch; ``run_fused`` is imported on first use, so ``import rnnkit`` does not
-pay for numba (~0.6 s) until a fused layer runs.
+Map (one concern a module):
+
+* :mod:`.cells` — the cells (a file each, one registry entry each) and :func:`.cells.pointwise`;
+  :mod:`.ops` — the pointwise functions a cell is written with (numba-free);
+* :mod:`.loops` — the one time loop, forward and backward, specialized per cell;
+  :mod:`.products` — the micro-kernel, packing, BLAS by address; :mod:`.expmath` — exp and the
+  activations; :mod:`.sync` — atomics, bounded waits, tasks;
+* :mod:`.layout` — the block, the one named structure Python and the loops share;
+* :mod:`.build` — compiling a cell's loops into an object (numba, llvmlite); :mod:`.compiled` —
+  the objects kept on disk and loaded without numba;
+* :mod:`.plan` — how a call is split between threads; :mod:`.launch` — running a block on them;
+  :mod:`.blas` — the BLAS for products too big to pack;
+* :mod:`.fused` — the autograd.Function and :func:`run_fused`; :mod:`.op` — the same as the torch
+  operators ``torch.ops.rnnkit.fused_layer`` and ``fused_layer_backward``, registered on import, for
+  torch.compile and torch.export; :mod:`.buffers` — arrays kept between calls.
+
+Importing this package loads neither numba nor the compiled loops: :func:`supports` is plain torch,
+and ``run_fused`` is imported on first use.
+
+Private APIs the engine relies on, each used directly by tests/test_private_apis.py (which fails by
+name if one changes), and with the tests that fail through it:
+
+* ``torch._C._storage_Use_Count`` and ``Tensor._use_count`` (buffers: whether a kept call's arrays
+  are free) — tests/test_buffers.py; without them nothing is kept (slower, still right).
+* ``torch._C._FunctionBase.apply`` (fused: the autograd.Function's C++ apply) —
+  tests/test_kernels.py (every fused gradient).
+* ``torch._C._are_functorch_transforms_active``, ``torch._C._get_tracing_state``,
+  ``torch._C._is_any_autocast_enabled``, ``torch.autograd.forward_ad._current_level``,
+  ``torch.onnx._internal.exporter._flags`` (layers: which engine a call takes) —
+  tests/test_dropin.py.
+* MKL's ``sgemm_``, ``dgemm_``, ``MKL_Set_Num_Threads_Local`` in torch's ``libtorch_cpu.so`` and
+  ``GOMP_parallel`` in its ``libgomp.so.1`` (blas, launch; looked up by name, each optional: without
+  them OpenBLAS and a pool of Python threads) — tests/test_kernels.py (every path, and both BLAS).
+* numba's ``@intrinsic`` codegen API and ``context.get_dummy_value``, a cfunc's
+  ``inspect_llvm``/``native_name``, and the names of the externals its error path calls
+  (build: the module it emits, those externals made traps) — every fused test.
+
+Everything the loops read arrives through the block (:mod:`.layout`); the compiled code calls
+nothing but LLVM's intrinsics and the addresses it is given (checked when it is built).
 """
 
 from __future__ import annotations
@@ -15,24 +50,31 @@ from torch import Tensor
 
 DTYPES = (torch.float32, torch.float64)
 
-# The loops' cell codes, and the extra storage per time step each stores (in units of H; see
-# rnnkit.kernels.loops), here where no numba is imported: a layer traced by torch.export or
-# torch.compile goes through the operators (op.py), whose fake implementations need them, without
-# loading the compiled loops while the tracer runs.
+# The torch operator's codes of the cells (an index into cells.REGISTRY; the built-in cells' are
+# these), and what rnnkit.layers calls them.
 RNN_TANH, RNN_RELU, LSTM, GRU, GRU_RESET_BEFORE = range(5)
-ACTS = {RNN_TANH: 0, RNN_RELU: 0, LSTM: 1, GRU: 1, GRU_RESET_BEFORE: 1}
-# code -> (kind, nonlinearity, reset_after): the cell a code runs, as rnnkit.layers names it
 KINDS = {RNN_TANH: ("rnn", "tanh", True), RNN_RELU: ("rnn", "relu", True), LSTM: ("lstm", "tanh", True),
          GRU: ("gru", "tanh", True), GRU_RESET_BEFORE: ("gru", "tanh", False)}
 
 
 def kind_code(kind: str, nonlinearity: str = "tanh", reset_after: bool = True) -> int:
-    """The loops' code of a cell (see :data:`KINDS`)."""
+    """The operator's code of the cell torch.nn's arguments name, or of a registered cell."""
     if kind == "rnn":
         return RNN_TANH if nonlinearity == "tanh" else RNN_RELU
     if kind == "lstm":
         return LSTM
-    return GRU if reset_after else GRU_RESET_BEFORE
+    if kind == "gru":
+        return GRU if reset_after else GRU_RESET_BEFORE
+    from . import cells
+
+    return list(cells.REGISTRY).index(cells.get(kind).name)
+
+
+def cell_of(code: int):
+    """The cell of an operator's code."""
+    from . import cells
+
+    return list(cells.REGISTRY.values())[code]
 
 
 from . import op  # noqa: E402 - registers torch.ops.rnnkit (the loops load on first use)
@@ -49,34 +91,25 @@ def supports(x: Tensor, lengths: Tensor | None) -> bool:
 @functools.lru_cache(maxsize=64)
 def zeros(shape: tuple, dtype: torch.dtype, device: torch.device | None = None) -> Tensor:
     """Zeros made once per shape, dtype and device, for what nobody writes: a layer's initial state
-    when none is given, the fused engine's missing biases and b_hn, an unused final state's gradient
-    (a new tensor per call was part of 2-3% of a small train step: benchmarks/README.md, eighth
-    pass). Made outside inference mode, so that a later training call can save it for backward."""
+    when none is given, the fused engine's missing biases, an unused final state's gradient (a new
+    tensor per call is a measurable part of a small layer's train step).
+    Made outside inference mode, so that a later training call can save it for backward."""
     with torch.inference_mode(False):
         return torch.zeros(shape, dtype=dtype, device=device)
 
 
-def precompile() -> None:
-    """Compile the loops for both dtypes into numba's on-disk cache (~84 s with their team bodies
-    on a 2-core Zen 5, ~105 s on a Zen 4, once per install: `make install` runs it), so that no
-    training run pays for it. The cell is a runtime value of the loops, so one small layer per dtype
-    compiles them all; it runs split into two row shards, so that what starts a team compiles too."""
-    from . import blas
-    from . import team  # noqa: F401 - the team bodies compile (or load) on import
-    from .fused import run_fused
+def precompile(processes: int | None = None) -> None:
+    """Compile every built-in cell's loops for both dtypes into the cache (rnnkit.kernels.compiled),
+    in ``processes`` processes at once (default: the CPU count), so that no later call waits for
+    it. ``make install`` runs it; without it each cell compiles when it is first used."""
+    import os
+    import subprocess
+    import sys
 
-    saved = blas.TEAM_ROWS_MIN_WORK, blas.SHARD_MIN_ROWS, blas.SHARD_MIN_WORK, torch.get_num_threads()
-    blas.TEAM_ROWS_MIN_WORK = blas.SHARD_MIN_ROWS = blas.SHARD_MIN_WORK = 1
-    torch.set_num_threads(2)
-    try:
-        for dtype in DTYPES:
-            x = torch.zeros(2, 3, 1, dtype=dtype, requires_grad=True)
-            weights = (torch.zeros(4, 1, dtype=dtype), torch.zeros(4, 4, dtype=dtype), None, None)
-            out, _ = run_fused("rnn", x, (torch.zeros(2, 4, dtype=dtype),), weights)
-            out.sum().backward()
-    finally:
-        blas.TEAM_ROWS_MIN_WORK, blas.SHARD_MIN_ROWS, blas.SHARD_MIN_WORK, threads = saved
-        torch.set_num_threads(threads)
+    from . import compiled
+
+    command = [sys.executable, "-m", f"{__name__}.build", "--all", "-j", str(processes or os.cpu_count() or 1)]
+    subprocess.run(command, env=compiled.build_env(), check=True)
 
 
 def __getattr__(name: str):
@@ -87,4 +120,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["ACTS", "KINDS", "kind_code", "op", "precompile", "run_fused", "supports", "zeros"]
+__all__ = ["DTYPES", "KINDS", "cell_of", "kind_code", "op", "precompile", "run_fused", "supports", "zeros"]

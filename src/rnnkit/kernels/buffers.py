@@ -4,8 +4,8 @@ A layer's input projection, states, activations and pre-activation gradients are
 larger sizes (6.5 MB for ``xp`` at B32 T50 H256 LSTM), allocated every call and freed when the
 backward pass is done. glibc may map such blocks fresh from the system and unmap them on free
 (whether it does depends on the process's allocation history), and each call then writes them into
-new pages: up to 5,400 page faults per train step at B32 T50 H256 and 14,000 at B64 T200 H128 in a
-fresh process, 1-3 µs each on the dev machine (benchmarks/README.md, fifth pass).
+new pages: thousands of page faults per train step at the bench's bigger sizes in a fresh process
+(benchmarks/README.md has the counts).
 
 :func:`empty` hands out tensors over byte arrays that this module keeps. Each tensor is made by
 ``torch.from_numpy`` from a numpy view of one of them, and a numpy view references the array that
@@ -20,8 +20,8 @@ keeps those itself.
 Small calls keep more: :func:`work` hands out a whole call's arrays at once, kept as plain tensors
 with whatever the caller built over them (the fused engine: the team block that points at them). A
 small layer's step is mostly Python, and this takes the arrays' allocation, their conversions to
-numpy and the block's assembly out of it (with a throwaway layer, ~0.2 ms of a 1.3 ms train step
-at B32 T50 H32 LSTM: benchmarks/README.md, sixth pass). A kept call's arrays are free when nothing but the work
+numpy and the block's assembly out of it (a sizeable share of a small layer's train step). A kept
+call's arrays are free when nothing but the work
 references them, their memory or a view of them (torch's own use counts say so; without them a work
 is never reused).
 """
@@ -188,7 +188,7 @@ def work(key, shapes: tuple, dtype: torch.dtype, make: Callable) -> tuple[Work, 
     FREE_WORKS go, least recently used first. A call that is not kept gets, instead of
     ``make(arrays)``, the extra of an earlier call of its key that the caller gave back with
     :func:`done` where there is one: the caller then moves it to these arrays (the fused engine:
-    its team block, ~0.1 ms to make at B32 T50 H256, whose arrays it points at every call anyway)."""
+    its launch: a block and scratch memory, slow to make and pointed at every call's arrays anyway)."""
     with _lock:
         kept = _works.get(key)
         if kept is not None:

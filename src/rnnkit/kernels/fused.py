@@ -1,20 +1,20 @@
 """The fused engine: one layer-direction as a torch.autograd.Function around the compiled loops.
 
 Forward: ``xp = x W_ih^T + b_ih + b_hh`` for all steps as one GEMM (batch-major, so no transposes),
-then the recurrence in :func:`rnnkit.kernels.loops.forward`, on several threads when the layer is
-big enough (batch-row or hidden-unit shards: :mod:`rnnkit.kernels.blas`). Where each thread has
+then the recurrence in the cell's compiled loop (rnnkit.kernels.loops), on several threads when the
+layer is big enough (batch-row or hidden-unit shards: rnnkit.kernels.plan). Where each thread has
 whole rows, it copies their initial states and, with one input feature (an outer product, not a
 GEMM), makes their xp itself, each step's as it comes to it: three torch calls fewer, and under
 no_grad an xp of one step rather than of all.
-Backward: hand-written BPTT in :func:`rnnkit.kernels.loops.backward`, which also sums the bias
-gradients (and, with one input feature, ``dW_ih = dG^T x``, a weighted sum then) as it goes, and
-on batch-row shards makes each shard's share of ``dW_hh = dG_h^T h_prev`` as one product after
-its steps; then every other weight gradient as one GEMM over all steps (``dW_ih = dG^T x``,
-``dW_hh`` on hidden-unit shards) and ``dx = dG W_ih``.
-:func:`run_fused` has the signature of :func:`rnnkit.layers.run_reference` and is held to it in
-float64 by tests/test_kernels.py. A small call's arrays are kept whole from call to call, with
-the team block that points at them (:func:`rnnkit.kernels.buffers.work`); a bigger one's arrays of
-a megabyte and more are kept one by one (:func:`rnnkit.kernels.buffers.empty`).
+Backward: hand-written BPTT in the same loop, which also sums the bias gradients (and, with one
+input feature, ``dW_ih = dG^T x``, a weighted sum then, and the cell's unit parameters') as it goes,
+and on batch-row shards makes each shard's share of ``dW_hh = dG_h^T h_prev`` as one product after
+its steps; then every other weight gradient as one GEMM over all steps and ``dx = dG W_ih``.
+
+:func:`run_fused` has the signature of :func:`rnnkit.layers.run_reference` and is held to it by
+tests/test_kernels.py. A small call's arrays are kept whole from call to call, with the block that
+points at them (:func:`rnnkit.kernels.buffers.work`); a bigger one's arrays of a megabyte and more
+are kept one by one (:func:`rnnkit.kernels.buffers.empty`).
 
 A double backward (``create_graph=True``) goes through the reference loop (:class:`FusedLayer`).
 Under torch.compile, torch.export or fake tensors the layers run the torch operator
@@ -29,7 +29,11 @@ import torch
 from torch import Tensor
 
 from ..errors import ShapeError
-from . import DTYPES, KINDS, blas, buffers, kind_code, loops, team, zeros
+from . import DTYPES, blas, buffers, cells, compiled, launch, layout, zeros
+from .layout import (BACKWARD_OP, DIRECT, DIRECT_BYTES, FORWARD_OP, PACKED, PACKED_DEPTH, PACKED_MAX_BYTES, STARTS,
+                     THROUGH_BLAS)
+from .plan import Plan, plan as make_plan
+
 
 @functools.lru_cache(maxsize=16)
 def _full_lengths(B: int, T: int) -> Tensor:
@@ -45,54 +49,90 @@ def _lengths(lengths: Tensor | None, B: int, T: int) -> Tensor:
     return lengths.contiguous()
 
 
-def _loop_args(kind: int, gemm: int, reverse: bool, arrays: list, split: int) -> tuple:
-    """A loop's arguments from its arrays as tensors, in its order (``reverse`` after the first
-    ``split``), and its leading scalars."""
-    np_arrays = [a.detach().numpy() for a in arrays]  # (parameters as they are: the loops only read them)
-    return (kind, gemm, *np_arrays[:split], reverse, *np_arrays[split:])
+def products(GH: int, H: int, itemsize: int) -> int:
+    """How the loops' products read W_hh (G*H, H): packed once per call, in place (the backward's,
+    for a W_hh within DIRECT_BYTES and one depth chunk), or through BLAS (over PACKED_MAX_BYTES)."""
+    nbytes = GH * H * itemsize
+    if nbytes > PACKED_MAX_BYTES:
+        return THROUGH_BLAS
+    return DIRECT if GH < PACKED_DEPTH and nbytes <= DIRECT_BYTES else PACKED
 
 
-def _work(name, loop, kind: int, reverse: bool, plan: blas.Plan, shapes: tuple, dtype: torch.dtype,
-          compose, split: int):
-    """This call's arrays of ``shapes`` (:func:`rnnkit.kernels.buffers.work`), kept with the team
-    block over the loop's arrays that ``compose(arrays)`` lists (None where the loop runs from
-    Python; :func:`_launch` points it at each call's arrays and sync array, whose shapes the block
-    keeps: ``name`` with ``shapes`` must fix them). Returns the work and its arrays."""
-    np_dtype = buffers._numpy_dtype(dtype)
-    gemm = blas.blas().gemm[np_dtype]
-    body = blas.team_body(loop, np_dtype)
-    key = (name, kind, reverse, dtype, plan, gemm, body, shapes)
-    return buffers.work(key, shapes, dtype, lambda arrays: blas.team_block(
-        loop, _loop_args(kind, gemm, reverse, compose(arrays), split), plan, body,
-        blas.sync_address(plan)[0]))  # a sync array of the call's length (each call points at its own)
+def _scratch(cell, op: int, plan: Plan, H: int, itemsize: int, mode: int, project: bool) -> dict:
+    """The sizes of one shard's scratch regions (rnnkit.kernels.layout.scratch_layout)."""
+    G = cell.gates
+    blocks = (G - (cell.second is not None)) if cell.recurrent else 0
+    units = H if plan.parties == 1 else max(j1 - j0 for _, _, j0, j1 in plan.shards)
+    rows = max(b1 - b0 for b0, b1, _, _ in plan.shards)
+    packs = cell.recurrent and (mode != THROUGH_BLAS if op == FORWARD_OP else mode == PACKED)
+    return {"rec": rows * blocks * units if op == FORWARD_OP else 0, "shared": H,
+            "proj": 2 * G * H if op == FORWARD_OP and project else 0, "packed": G * H * H if packs else 0,
+            "scal": 2, "ready": plan.parties, "starts": STARTS, "ws": 4}
 
 
-def _launch(work: buffers.Work, loop, kind: int, reverse: bool, plan: blas.Plan, arrays: list,
-            split: int) -> None:
-    """Run the loop over this call's arrays (tensors in its order, see :func:`_loop_args`): as the
-    work's team block pointed at them, else from Python (:func:`rnnkit.kernels.blas.run_sharded`)."""
-    if work.extra is None:
-        gemm = blas.blas().gemm[buffers._numpy_dtype(arrays[0].dtype)]
-        blas.run_sharded(loop, _loop_args(kind, gemm, reverse, arrays, split), plan)
-    else:
-        block, address, body, slots = work.extra
-        sync, sync_address = blas.sync_address(plan)  # (held until the team is done)
-        team.point(slots, [sync_address, *[a.data_ptr() for a in arrays]])
-        block[team.STATUS] = 0
-        blas.start(body, address, plan)
-        buffers.done(work)  # (a call not kept: its block to the next call of the same shapes)
-        if block[team.STATUS]:
-            blas.check_team(block)
+class _Launch:
+    """A kept block with its scratch memory and body: what a call of fixed shapes runs."""
+
+    __slots__ = ("block", "scratch", "body", "threads", "through_blas")
+
+    def __init__(self, cell, op: int, reverse: bool, plan: Plan, shapes: dict, dtype: torch.dtype,
+                 project: bool = False) -> None:
+        np_dtype = buffers._numpy_dtype(dtype)
+        H = shapes["hs"][2]
+        GH = cell.gates * H
+        mode = products(GH, H, np_dtype.itemsize)
+        block = layout.Block(op, shapes, plan.shards, plan.parties)
+        launch.header(block, plan, blas.blas().gemm[np_dtype])
+        sizes = _scratch(cell, op, plan, H, np_dtype.itemsize, mode, project)
+        scratch = layout.scratch_layout(sizes, np_dtype.itemsize)
+        self.scratch = torch.empty(len(plan.shards) * scratch.stride + 64, dtype=torch.uint8)
+        block["scratch"] = self.scratch.data_ptr() + (-self.scratch.data_ptr() % 64)
+        block["scratch_stride"] = scratch.stride
+        for name, at in scratch.offsets.items():
+            block[name] = at
+        block["reverse"], block["products"], block["project"] = int(reverse), mode, int(project)
+        block["units"] = H if plan.parties == 1 else max(j1 - j0 for _, _, j0, j1 in plan.shards)
+        block["rows"] = max(b1 - b0 for b0, b1, _, _ in plan.shards)
+        for name, address in compiled.products(str(np_dtype)).items():
+            block[name] = address
+        self.block = block
+        self.body = compiled.bodies(cell, str(np_dtype))[op]
+        self.threads = len(plan.shards)
+        self.through_blas = mode == THROUGH_BLAS
+
+    def __call__(self, tensors: list) -> None:
+        """Run over the call's arrays (tensors in the loop's order)."""
+        self.block.point([t.data_ptr() for t in tensors])
+        launch.start(self.body, self.block, self.threads, self.through_blas)
+
+
+def _work(name, cell, op: int, reverse: bool, plan: Plan, shapes: tuple, dtype: torch.dtype, others,
+          project: bool = False):
+    """This call's arrays of ``shapes`` (buffers.work), kept with the launch over the loop's arrays
+    (``others()`` the shapes of the arrays that are not the work's); ``name`` with ``shapes`` must
+    fix every shape. Returns the work and its arrays."""
+    key = (name, cell.name, cell.source_hash, reverse, dtype, plan, shapes, project)
+
+    def make(arrays):
+        names = _WORK_ARRAYS[op]
+        all_shapes = dict(others(), **{n: tuple(a.shape) for n, a in zip(names, arrays)})
+        return _Launch(cell, op, reverse, plan, all_shapes, dtype, project)
+
+    return buffers.work(key, shapes, dtype, make)
+
+
+_WORK_ARRAYS = {FORWARD_OP: ("xp", "hs", "cs", "acts"),
+                BACKWARD_OP: ("dh", "dc", "dG", "grec", "dan", "drh", "h_prev", "sums")}
 
 
 @functools.lru_cache(maxsize=256)
-def _first_rows(plan: blas.Plan) -> list:
+def _first_rows(plan: Plan) -> list:
     """The first row of each of the plan's shards, once each (unit shards all start at row 0)."""
     return sorted({shard[0] for shard in plan.shards})
 
 
 @functools.lru_cache(maxsize=256)
-def _slots(plan: blas.Plan, B: int) -> Tensor:
+def _slots(plan: Plan, B: int) -> Tensor:
     """(B,) int64: at each shard's first row, the shard's place in the plan (its row of the backward
     loop's sums); zeros elsewhere."""
     slot = torch.zeros(B, dtype=torch.int64)
@@ -101,32 +141,35 @@ def _slots(plan: blas.Plan, B: int) -> Tensor:
     return slot
 
 
-def _weights_grad_in_loop(code: int, plan: blas.Plan) -> bool:
-    """Whether the backward loop's row shards make dW_hh themselves (loops._shard_weights_grad),
+def _weights_grad_in_loop(cell, plan: Plan) -> bool:
+    """Whether the backward loop's row shards make dW_hh themselves (loops.shard_weights_grad),
     each its rows' share in the loops' own product, rather than torch.mm after the loop (at a small
     layer its call and threads cost more than the product; at a big one MKL's AVX2 kernels are
-    slower than that product: benchmarks/README.md, eleventh pass); not with GRU's reset gate
-    before the product, whose dW_hh is two products."""
-    return plan.parties == 1 and code != loops.GRU_RESET_BEFORE
+    slower than that product on AVX-512 machines); not with a second product,
+    whose dW_hh is two products."""
+    return plan.parties == 1 and cell.recurrent and cell.second is None
 
 
-@functools.lru_cache(maxsize=16)
-def _gru_mask(H: int, dtype: torch.dtype) -> Tensor:
-    """(3H,) ones over the r and z blocks, zeros over n: the b_hh that folds into GRU's input bias."""
-    mask = torch.ones(3 * H, dtype=dtype)
-    mask[2 * H:] = 0
+@functools.lru_cache(maxsize=32)
+def _apart_mask(apart: tuple, G: int, H: int, dtype: torch.dtype) -> Tensor:
+    """(G*H,) zeros over the gate blocks kept apart, ones elsewhere: the b_hh that folds into the
+    input bias."""
+    mask = torch.ones(G * H, dtype=dtype)
+    for k in apart:
+        mask[k * H:(k + 1) * H] = 0
     return mask
 
 
-def _input_bias(code: int, b_ih: Tensor | None, b_hh: Tensor | None, H: int) -> Tensor | None:
+def _input_bias(cell, b_ih: Tensor | None, b_hh: Tensor | None, H: int) -> Tensor | None:
     """The bias folded into the input projection (None when there is none): b_ih + b_hh, but for
-    GRU's b_hn (reset after), which r scales and so stays out of it."""
+    the blocks of b_hh the cell keeps with the recurrent product (GRU's b_hn, which r scales)."""
     if b_hh is not None:
         b_hh = b_hh.detach()
-    if code == loops.GRU and b_hh is not None:
+    if cell.apart and b_hh is not None:
+        mask = _apart_mask(cell.apart, cell.gates, H, b_hh.dtype)
         if b_ih is not None:
-            return torch.addcmul(b_ih.detach(), b_hh, _gru_mask(H, b_hh.dtype))
-        b_hh = b_hh * _gru_mask(H, b_hh.dtype)
+            return torch.addcmul(b_ih.detach(), b_hh, mask)
+        b_hh = b_hh * mask
     if b_ih is None or b_hh is None:
         bias = b_ih if b_hh is None else b_hh
     else:
@@ -134,49 +177,55 @@ def _input_bias(code: int, b_ih: Tensor | None, b_hh: Tensor | None, H: int) -> 
     return None if bias is None else bias.detach()
 
 
-def _forward(code: int, reverse: bool, lengths: Tensor | None, x: Tensor, h0: Tensor, c0: Tensor | None,
-             W_ih: Tensor, W_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, store: bool):
+def _params(params: tuple, H: int, dtype: torch.dtype) -> Tensor:
+    """The cell's unit parameters as one (P, H) tensor (the loops read them so)."""
+    return torch.stack([p.detach() for p in params]).contiguous()
+
+
+def _forward(cell, reverse: bool, lengths: Tensor | None, x: Tensor, h0: Tensor, c0: Tensor | None,
+             W_ih: Tensor, W_hh: Tensor | None, b_ih: Tensor | None, b_hh: Tensor | None, params: tuple, store: bool):
     """The forward pass of :class:`FusedLayer` (see there) as a plain function, with autograd off.
     Returns out, h_n, c_n and what the backward pass needs (its activations only when store)."""
     B, T, I = x.shape
-    GH, H = W_hh.shape
+    H = h0.shape[1]
+    G = cell.gates
+    GH = G * H
+    two = cell.states == 2
     # (No detach: autograd is off here, and compiled code reads the tensors by address.)
     x3 = x.contiguous()  # (B, T, I), read by the loop
     W_ih = W_ih.contiguous()
+    W = W_hh.contiguous() if cell.recurrent else zeros((0, 0), x.dtype)
     if b_ih is not None:
         b_ih = b_ih.contiguous()
     if b_hh is not None:
         b_hh = b_hh.contiguous()
-    W = W_hh.contiguous()
     lens = _lengths(lengths, B, T)
-    # (H,), read by GRU (reset after) only
-    b_hn = b_hh[2 * H:] if code == loops.GRU and b_hh is not None else zeros((H,), x.dtype)
-    plan = blas.plan(B, H, GH)
-    lstm = code == loops.LSTM
+    plan = make_plan(B, H, GH, cell.recurrent)
     # Where one thread has every unit, each row shard's thread copies its initial states and, with one
-    # input feature, projects its input (loops.forward): else torch does, here.
+    # input feature, projects its input (loops: forward): else torch does, here.
     start = plan.parties == 1
+    project = start and I == 1
     h_init = h0.contiguous()
-    c_init = c0.contiguous() if lstm else h_init
+    c_init = c0.contiguous() if two else h_init
     zero = zeros((GH,), x.dtype)
     b_i = zero if b_ih is None else b_ih
     b_h = zero if b_hh is None else b_hh
-    # Where nothing will read the activations and the loops project x (one row shard each, one input
-    # feature), they project each step's row as they go into an xp of one step (loops.forward): the
-    # per-step time at B64 H128 LSTM otherwise grew by 14% from T=50 to T=200 with xp's megabytes.
-    steps = T if store or not (start and I == 1) else 1
-    shapes = ((B, steps, GH), (B, T + 1, H), (B, T + 1 if lstm else 0, H), (B, T if store else 1, loops.ACTS[code] * H))
+    prm = _params(params, H, x.dtype) if params else zeros((0, H), x.dtype)
+    # Where nothing will read the activations and the loops project x, they project each step's
+    # row as they go into an xp of one step, in cache (an xp of every step is megabytes written and
+    # read back, and the per-step time grew with T).
+    steps = T if store or not project else 1
+    shapes = ((B, steps, GH), (B, T + 1, H), (B, T + 1 if two else 0, H), (B, T if store else 1, cell.saved * H))
+    def others():
+        return {"W_hh": tuple(W.shape), "b_hh": (GH,), "lengths": (B,), "x": (B, T, I), "W_ih": (GH, I),
+                "b_ih": (GH,), "h_init": (B, H), "c_init": (B, H), "params": tuple(prm.shape)}
 
-    def compose(arrays):  # the loop's arrays
-        return [*arrays, W, b_hn, lens, x3, W_ih, b_i, b_h, h_init, c_init]
-
-    # (keyed on I too: the block holds x's and W_ih's shapes)
-    work, arrays = _work(("forward", I), loops.forward, code, reverse, plan, shapes, x.dtype, compose, 13)
+    work, arrays = _work(("forward", I), cell, FORWARD_OP, reverse, plan, shapes, x.dtype, others, project)
     xp, hs, cs, acts = arrays
-    if not (start and I == 1):
+    if not project:
         x2 = x3.view(B * T, I)
         xp2 = xp.view(B * T, GH)
-        bias = _input_bias(code, b_ih, b_hh, H)
+        bias = _input_bias(cell, b_ih, b_hh, H)
         if bias is None:
             torch.mm(x2, W_ih.t(), out=xp2)  # (B*T, G*H)
         elif I == 1:  # an outer product: addcmul measured ~1.7x faster than addmm's K = 1 GEMM
@@ -186,25 +235,26 @@ def _forward(code: int, reverse: bool, lengths: Tensor | None, x: Tensor, h0: Te
     first, last = (T, 0) if reverse else (0, T)
     if not start:
         hs.select(1, first).copy_(h0)  # (select and narrow: cheaper than indexing, a call that counts)
-        if lstm:
+        if two:
             cs.select(1, first).copy_(c0)
-    _launch(work, loops.forward, code, reverse, plan, compose(arrays), 13)
+    work.extra([xp, hs, cs, acts, W, b_h, lens, x3, W_ih, b_i, h_init, c_init, prm])
+    buffers.done(work)  # (a call not kept: its launch to the next call of the same shapes)
     # The results, views all made by as_strided: in a train step the first call of each kind of
-    # torch operation costs 4-7 us, its code gone from the caches, a second one 1-2 us
-    # (benchmarks/README.md, twelfth pass).
+    # torch operation costs several times a second one (its code gone from the caches).
     row, at = (T + 1) * H, hs.storage_offset()
     out = hs.as_strided((B, T, H), (row, H, 1), at + (0 if reverse else H))  # hs[:, :-1] reverse, else hs[:, 1:]
     if lengths is not None:
         alive = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
         out = out * alive.unsqueeze(2).to(out.dtype)
     h_n = hs.as_strided((B, H), (row, 1), at + last * H)  # hs[:, last]
-    c_n = cs.as_strided((B, H), (row, 1), cs.storage_offset() + last * H) if lstm else None
-    return out, h_n, c_n, (x3, xp, hs, cs, acts, W, lens, plan)
+    c_n = cs.as_strided((B, H), (row, 1), cs.storage_offset() + last * H) if two else None
+    return out, h_n, c_n, (x3, xp, hs, cs, acts, W, lens, plan, prm)
 
 
 class FusedLayer(torch.autograd.Function):
-    """One layer-direction. Inputs x (B, T, I), h0, c0 (B, H) (c0 None but for LSTM), torch-layout
-    weights; returns output (B, T, H) (zero past each sequence's length), h_n and c_n (B, H).
+    """One layer-direction of ``cell``. Inputs x (B, T, I), h0, c0 (B, H) (c0 None but for a cell
+    of two states), torch-layout weights and the cell's unit parameters; returns output (B, T, H)
+    (zero past each sequence's length), h_n and c_n (B, H).
 
     The backward is the hand-written BPTT. Where the gradient's own graph is asked for
     (``create_graph=True``: a gradient penalty, a Hessian-vector product), it is the reference
@@ -212,17 +262,16 @@ class FusedLayer(torch.autograd.Function):
     numbers, and the graph through them that the loops do not build."""
 
     @staticmethod
-    def forward(ctx, code: int, reverse: bool, lengths: Tensor | None, x: Tensor, h0: Tensor,
-                c0: Tensor | None, W_ih: Tensor, W_hh: Tensor, b_ih: Tensor | None,
-                b_hh: Tensor | None):
-        out, h_n, c_n, (x3, xp, hs, cs, acts, W, lens, plan) = _forward(
-            code, reverse, lengths, x, h0, c0, W_ih, W_hh, b_ih, b_hh, store=True)
+    def forward(ctx, cell, reverse: bool, lengths: Tensor | None, x: Tensor, h0: Tensor, c0: Tensor | None,
+                W_ih: Tensor, W_hh: Tensor | None, b_ih: Tensor | None, b_hh: Tensor | None, *params: Tensor):
+        out, h_n, c_n, (x3, xp, hs, cs, acts, W, lens, plan, prm) = _forward(
+            cell, reverse, lengths, x, h0, c0, W_ih, W_hh, b_ih, b_hh, params, store=True)
         # (Not the biases: the first-order backward does not read them, so one changed in place
         # since does not make its result wrong. The inputs themselves, for a recomputation.)
-        ctx.save_for_backward(x3, xp, hs, cs, acts, W_ih, W)
+        ctx.save_for_backward(x3, xp, hs, cs, acts, W_ih, W, prm)
         ctx.set_materialize_grads(False)  # an unused output's gradient comes as None, not new zeros
-        ctx.config = (code, reverse, lens, plan)  # the backward splits the work the same way
-        ctx.inputs = inputs = (lengths, x, h0, c0, W_ih, W_hh, b_ih, b_hh)
+        ctx.config = (cell, reverse, lens, plan)  # the backward splits the work the same way
+        ctx.inputs = inputs = (lengths, x, h0, c0, W_ih, W_hh, b_ih, b_hh, *params)
         ctx.versions = tuple(t._version for t in inputs if t is not None)  # (as saved tensors' are checked)
         return out, h_n, c_n
 
@@ -239,17 +288,16 @@ class FusedLayer(torch.autograd.Function):
 
 
 def _recomputed_grads(config: tuple, inputs: tuple, need: tuple, grads: tuple) -> tuple:
-    """The gradients of inputs (lengths, x, h0, c0, W_ih, W_hh, b_ih, b_hh) for the outputs' ``grads``
-    as functions of the inputs and ``grads`` (a graph autograd can differentiate again): the layer
-    run again on the reference loop, and its autograd's gradients."""
+    """The gradients of inputs (lengths, x, h0, c0, W_ih, W_hh, b_ih, b_hh, *params) for the outputs'
+    ``grads`` as functions of the inputs and ``grads`` (a graph autograd can differentiate again):
+    the layer run again on the reference loop, and its autograd's gradients."""
     from ..layers import run_reference
 
-    code, reverse = config
+    cell, reverse = config
     lengths, x, h0, c0, *weights = inputs
-    kind, nonlinearity, reset_after = KINDS[code]
     with torch.enable_grad():
-        out, state = run_reference(kind, x, (h0,) if c0 is None else (h0, c0), tuple(weights), lengths,
-                                   reverse, nonlinearity, reset_after)
+        out, state = run_reference(cell.name, x, (h0,) if c0 is None else (h0, c0), tuple(weights), lengths,
+                                   reverse)
         pairs = [(o, g) for o, g in zip((out, *state), grads) if g is not None]
         wanted = [t for t, n in zip(inputs, need) if n]
         got = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs],
@@ -259,52 +307,57 @@ def _recomputed_grads(config: tuple, inputs: tuple, need: tuple, grads: tuple) -
 
 def _backward(config: tuple, saved: tuple, dout: Tensor | None, dh_n: Tensor | None, dc_n: Tensor | None,
               need: tuple) -> tuple:
-    """The hand-written BPTT of one layer-direction: from the forward's ``config`` (code, reverse,
-    lens, plan) and ``saved`` arrays (x3, xp, hs, cs, acts, W_ih, W_hh) and the outputs' gradients
-    (None where unused), the gradients (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh), each None where
-    ``need`` (one flag each, in that order) says it is not wanted."""
-    x3, xp, hs, cs, acts, W_ih, W_hh = saved
-    code, reverse, lens, plan = config
+    """The hand-written BPTT of one layer-direction: from the forward's ``config`` (cell, reverse,
+    lens, plan) and ``saved`` arrays (x3, xp, hs, cs, acts, W_ih, W_hh, params) and the outputs'
+    gradients (None where unused), the gradients (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, *dparams),
+    each None where ``need`` (one flag each, in that order) says it is not wanted."""
+    x3, xp, hs, cs, acts, W_ih, W_hh, prm = saved
+    cell, reverse, lens, plan = config
     B, T, GH = xp.shape
     H = hs.shape[2]
-    lstm = code == loops.LSTM
+    P = prm.shape[0]
+    two = cell.states == 2
     dy = torch.zeros(B, T, H, dtype=hs.dtype) if dout is None else dout.contiguous()  # (B, T, H)
     dh_n = zeros((B, H), hs.dtype) if dh_n is None else dh_n.contiguous()
-    dc_n = dh_n if not lstm else zeros((B, H), hs.dtype) if dc_n is None else dc_n.contiguous()
-    hn = H if code == loops.GRU_RESET_BEFORE else 0
+    dc_n = dh_n if not two else zeros((B, H), hs.dtype) if dc_n is None else dc_n.contiguous()
+    second = cell.second is not None
     I = x3.shape[2]
     first_rows = _first_rows(plan)
-    in_loop = need[4] and _weights_grad_in_loop(code, plan)
+    in_loop = need[4] and _weights_grad_in_loop(cell, plan)
     # h_prev, the states the loop copies for dW_hh's product; none where its shares read them in
-    # hs, row by row, for a small W_hh (loops._shard_weights_grad)
-    prev = (0, 0, 0) if in_loop and GH * H * hs.element_size() <= loops.DIRECT_BYTES else (B, T, H)
-    shapes = ((B, H), (B, H) if lstm else (0, 0), (B, T, GH), (B, T, GH if code == loops.GRU else 0),
-              (B, hn), (B, hn), prev, (len(first_rows), 3 * GH + (GH * H if in_loop else 0)))
+    # hs, row by row, for a small W_hh (loops: shard_weights_grad), or where there is no W_hh
+    copy = cell.recurrent and not (in_loop and GH * H * hs.element_size() <= DIRECT_BYTES)
+    prev = (B, T, H) if copy else (0, 0, 0)
+    shapes = ((B, H), (B, H) if two else (0, 0), (B, T, GH), (B, T, GH if cell.apart else 0),
+              (B, H if second else 0), (B, H if second else 0), prev,
+              (len(first_rows), 3 * GH + P * H + (GH * H if in_loop else 0)))
     slot = _slots(plan, B)
+    def others():
+        return {"dy": (B, T, H), "hs": tuple(hs.shape), "cs": tuple(cs.shape), "xp": (B, T, GH),
+                "acts": tuple(acts.shape), "W_hh": tuple(W_hh.shape), "lengths": (B,), "x": (B, T, I),
+                "dh_n": (B, H), "dc_n": (B, H), "slot": (B,), "params": tuple(prm.shape)}
 
-    def compose(arrays):  # the loop's arrays
-        return [dy, *arrays[:2], hs, cs, xp, acts, W_hh, lens, *arrays[2:7], x3, arrays[7], dh_n, dc_n, slot]
-
-    # (keyed on I too: the block holds x's shape)
-    work, arrays = _work(("backward", I), loops.backward, code, reverse, plan, shapes, hs.dtype, compose, 9)
-    dh, dc, dG, dG_h, _, _, h_prev, sums = arrays
+    work, arrays = _work(("backward", I), cell, BACKWARD_OP, reverse, plan, shapes, hs.dtype, others)
+    dh, dc, dG, grec, dan, drh, h_prev, sums = arrays
     if plan.parties > 1:  # (else each thread copies its rows)
         dh.copy_(dh_n)  # the loop turns them into the initial states' gradients
-        if lstm:
+        if two:
             dc.copy_(dc_n)
-    _launch(work, loops.backward, code, reverse, plan, compose(arrays), 9)
-    # The shards' rows of sums (loops.backward), added up: the input bias's gradient, W_ih's where
-    # I = 1, b_hh's, each (G*H,); then dW_hh where the loops made it. The gradients are views of
-    # this one fresh tensor (the work's arrays stay with it), as contiguous as their parameters
-    # (DDP checks a gradient's strides against its parameter's), made by as_strided as the
-    # forward's results are (and sum for one shard too): one kind of torch call fewer each.
+    work.extra([dy, dh, dc, hs, cs, xp, acts, W_hh, lens, dG, grec, dan, drh, h_prev, x3, sums, dh_n, dc_n, slot, prm])
+    buffers.done(work)
+    # The shards' rows of sums (loops: backward), added up: the input bias's gradient, W_ih's where
+    # I = 1, b_hh's, each (G*H,); the unit parameters'; then dW_hh where the loops made it. The
+    # gradients are views of this one fresh tensor (the work's arrays stay with it), as contiguous
+    # as their parameters (DDP checks a gradient's strides against its parameter's), made by
+    # as_strided as the forward's results are (and sum for one shard too): one kind of torch call
+    # fewer each.
     total = sums.sum(0)
     dx = dW_ih = dW_hh = None
-    if need[0] or (need[3] and I > 1) or (need[4] and not in_loop):
+    if need[0] or (need[3] and I > 1) or (need[4] and cell.recurrent and not in_loop):
         dG2 = dG.view(B * T, GH)  # (B*T, G*H)
         x2 = x3.view(B * T, I)
     # Written as the products that measured fast: with 2-8 input features, dG W_ih and dG^T x
-    # took 4-6x longer than the same products transposed (benchmarks/README.md).
+    # take several times longer than the same products transposed.
     odd = 1 < I <= 8
     if need[0]:
         dx = (torch.mm(W_ih.t(), dG2.t()).t().contiguous() if odd else torch.mm(dG2, W_ih)).view(B, T, I)
@@ -318,58 +371,73 @@ def _backward(config: tuple, saved: tuple, dout: Tensor | None, dh_n: Tensor | N
     db_ih = total.as_strided((GH,), (1,), 0) if need[5] else None  # (False for a missing bias)
     db_hh = total.as_strided((GH,), (1,), 2 * GH) if need[6] else None
     if in_loop:  # the shards' shares, each from its loop
-        dW_hh = total.as_strided((GH, H), (H, 1), 3 * GH)
-    elif need[4]:
+        dW_hh = total.as_strided((GH, H), (H, 1), 3 * GH + P * H)
+    elif need[4] and cell.recurrent:
         h_prev = h_prev.view(B * T, H)  # (B*T, H), hs[:, 1:] reverse, else hs[:, :-1] (the loop copies it)
-        if code == loops.GRU_RESET_BEFORE:
-            # The n rows of W_hh multiply r ⊙ h_prev, stored in acts.
-            rh = acts.view(B * T, H)
-            dW_hh = torch.cat([torch.mm(dG2[:, : 2 * H].t(), h_prev), torch.mm(dG2[:, 2 * H:].t(), rh)])
+        if second:
+            # The last block's rows of W_hh multiply saved value 0 (r ⊙ h_prev), in acts.
+            first = GH - H
+            rh = acts.view(B * T, -1)[:, :H]
+            dW_hh = torch.cat([torch.mm(dG2[:, :first].t(), h_prev), torch.mm(dG2[:, first:].t(), rh)])
         else:
-            # GRU: the n rows of W_hh h + b_hh are scaled by r before they meet the input's, so
-            # their gradient is the loop's dG_h, not dG.
-            dG_h = dG_h.view(B * T, GH) if code == loops.GRU else dG2
+            # Blocks kept apart: the product's gradient there is the loop's grec, not dG.
+            dG_h = grec.view(B * T, GH) if cell.apart else dG2
             dW_hh = torch.mm(dG_h.t(), h_prev)
     dh0 = dh.clone() if need[1] else None  # (the work's own arrays stay with it)
-    dc0 = dc.clone() if lstm and need[2] else None
-    return dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh
+    dc0 = dc.clone() if two and need[2] else None
+    dparams = tuple(total.as_strided((H,), (1,), 3 * GH + i * H) if need[7 + i] else None for i in range(P))
+    return (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, *dparams)
 
 
 _apply = super(torch.autograd.Function, FusedLayer).apply  # (torch._C._FunctionBase.apply)
 
 
-_GATES = {"rnn": 1, "lstm": 4, "gru": 3}
-
-
-def _fits(G: int, lstm: bool, x, state, weights, lengths) -> bool:
-    """Whether the arguments of :func:`run_fused` are what the loops read (see :func:`check_call`)."""
+def _fits(cell, x, state, weights, lengths) -> bool:
+    """Whether the arguments of :func:`run_fused` are what the loops read (see :func:`check_call`).
+    (Written for speed: a call of a small layer is tens of microseconds.)"""
     try:
-        W_ih, W_hh, b_ih, b_hh = weights
         B, T, I = x.shape
-        GH, H = W_hh.shape
+        h0 = state[0]
+        B_, H = h0.shape
         dtype = x.dtype
-        tensors = (x, W_ih, W_hh, *state) + ((b_ih,) if b_ih is not None else ()) + ((b_hh,) if b_hh is not None else ())
-        return (B > 0 and T > 0 and H > 0 and GH == G * H and W_ih.shape == (GH, I) and len(state) == 1 + lstm
-                and all(s.shape == (B, H) for s in state) and (b_ih is None or b_ih.shape == (GH,))
-                and (b_hh is None or b_hh.shape == (GH,)) and dtype in DTYPES
-                and all(t.dtype == dtype and t.is_cpu for t in tensors)
-                and (lengths is None or (lengths.shape == (B,) and lengths.dtype == torch.int64 and lengths.is_cpu)))
-    except (AttributeError, TypeError, ValueError):
+        W_ih, W_hh, b_ih, b_hh = weights[0], weights[1], weights[2], weights[3]
+        GH = cell.gates * H
+        if not (B == B_ and B and T and H and x.is_cpu and (dtype is torch.float32 or dtype is torch.float64)
+                and h0.dtype is dtype and h0.is_cpu and len(state) == cell.states
+                and len(weights) == 4 + len(cell.params)
+                and W_ih.shape == (GH, I) and W_ih.dtype is dtype and W_ih.is_cpu):
+            return False
+        if W_hh is None:
+            if cell.recurrent:
+                return False
+        elif not cell.recurrent or W_hh.shape != (GH, H) or W_hh.dtype is not dtype or not W_hh.is_cpu:
+            return False
+        if len(state) == 2:
+            c0 = state[1]
+            if c0.shape != (B, H) or c0.dtype is not dtype or not c0.is_cpu:
+                return False
+        for b in (b_ih, b_hh):
+            if b is not None and (b.shape != (GH,) or b.dtype is not dtype or not b.is_cpu):
+                return False
+        for p in weights[4:]:
+            if p.shape != (H,) or p.dtype is not dtype or not p.is_cpu:
+                return False
+        return lengths is None or (lengths.shape == (B,) and lengths.dtype is torch.int64 and lengths.is_cpu)
+    except (AttributeError, TypeError, ValueError, IndexError):
         return False
 
 
-def check_call(kind: str, x, state, weights, lengths) -> None:
+def check_call(cell, x, state, weights, lengths) -> None:
     """Raise a ShapeError naming the first argument of a :func:`run_fused` call that the loops cannot
-    read, in the caller's terms: x (B, T, I) float32/float64 on the CPU, non-empty; state (h0,) or,
-    for LSTM, (h0, c0), each (B, H); weights (W_ih (G*H, I), W_hh (G*H, H), b_ih, b_hh (G*H,) or
-    None) with G gate blocks (RNN 1, LSTM 4, GRU 3), all of x's dtype; lengths None or (B,) int64 on
-    the CPU. (Contiguity is the engine's: it copies what is not.)"""
-    G = _GATES.get(kind)
-    if G is None:
-        raise ShapeError(f"rnnkit's fused engine runs the cells rnn, lstm, gru; got {kind!r}")
-    if _fits(G, kind == "lstm", x, state, weights, lengths):
+    read, in the caller's terms: x (B, T, I) float32/float64 on the CPU, non-empty; state, one (B, H)
+    tensor per state of the cell (h0, and c0 for LSTM); weights (W_ih (G*H, I), W_hh (G*H, H) (None
+    for a cell without a recurrent matrix), b_ih, b_hh (G*H,) or None, then the cell's unit
+    parameters (H,) each), all of x's dtype; lengths None or (B,) int64 on the CPU. (Contiguity is
+    the engine's: it copies what is not.)"""
+    if _fits(cell, x, state, weights, lengths):
         return
-    name = f"rnnkit's fused {kind.upper()} layer"
+    G = cell.gates
+    name = f"rnnkit's fused {cell.name} layer"
 
     def shape(t):
         return tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
@@ -379,49 +447,74 @@ def check_call(kind: str, x, state, weights, lengths) -> None:
     if x.dtype not in DTYPES or not x.is_cpu:
         raise ShapeError(f"{name} runs float32/float64 CPU tensors; got input {x.dtype} on {x.device}")
     B, T, I = x.shape
-    if not isinstance(weights, (tuple, list)) or len(weights) != 4:
-        raise ShapeError(f"{name} expects weights (W_ih, W_hh, b_ih, b_hh); got {len(weights)} of them"
-                         if isinstance(weights, (tuple, list)) else f"{name} expects a tuple of weights")
-    W_ih, W_hh, b_ih, b_hh = weights
-    if not isinstance(W_hh, Tensor) or W_hh.dim() != 2 or W_hh.shape[1] == 0 or W_hh.shape[0] != G * W_hh.shape[1]:
-        raise ShapeError(f"{name} expects W_hh of shape ({G}*hidden_size, hidden_size); got {shape(W_hh)}")
-    GH, H = W_hh.shape
-    wanted = [("W_ih", W_ih, (GH, I)), ("b_ih", b_ih, (GH,)), ("b_hh", b_hh, (GH,))]
-    names = ("h0", "c0") if kind == "lstm" else ("h0",)
-    if not isinstance(state, (tuple, list)) or len(state) != len(names):
+    names = ("h0", "c0")[:cell.states]
+    if not isinstance(state, (tuple, list)) or len(state) != cell.states:
         raise ShapeError(f"{name} expects the state as a tuple ({', '.join(names)})")
-    wanted += [(n, s, (B, H)) for n, s in zip(names, state)]
-    for n, t, want in wanted:
-        if t is None and n.startswith("b_"):
+    if not isinstance(state[0], Tensor) or state[0].dim() != 2 or state[0].shape[1] == 0:
+        raise ShapeError(f"{name} expects h0 of shape (batch, hidden_size); got {shape(state[0])}")
+    H = state[0].shape[1]
+    GH = G * H
+    wanted = ["W_ih", "W_hh", "b_ih", "b_hh", *cell.params]
+    if not isinstance(weights, (tuple, list)) or len(weights) != len(wanted):
+        raise ShapeError(f"{name} expects weights ({', '.join(wanted)})")
+    W_ih, W_hh, b_ih, b_hh, *params = weights
+    if not cell.recurrent and W_hh is not None:
+        raise ShapeError(f"{name} has no recurrent matrix: W_hh must be None")
+    checks = [("W_ih", W_ih, (GH, I)), ("W_hh", W_hh, (GH, H) if cell.recurrent else None), ("b_ih", b_ih, (GH,)),
+              ("b_hh", b_hh, (GH,)), *[(n, p, (H,)) for n, p in zip(cell.params, params)],
+              *[(n, s, (B, H)) for n, s in zip(names, state)]]
+    for n, t, want in checks:
+        if want is None or (t is None and n.startswith("b_")):
             continue
         if not isinstance(t, Tensor) or tuple(t.shape) != want:
-            raise ShapeError(f"{name} with input of shape {tuple(x.shape)} and W_hh of shape {tuple(W_hh.shape)} "
-                             f"(hidden size {H}) expects {n} of shape {want}; got {shape(t)}")
+            raise ShapeError(f"{name} with input of shape {tuple(x.shape)} and h0 of shape {tuple(state[0].shape)} "
+                             f"(hidden size {H}, {G} gate block{'s' if G > 1 else ''}) expects {n} of shape {want}; "
+                             f"got {shape(t)}")
         if t.dtype != x.dtype or not t.is_cpu:
             raise ShapeError(f"{name} expects {n} of the input's dtype {x.dtype} on the CPU; got {t.dtype} on {t.device}")
     raise ShapeError(f"{name} expects lengths None or of shape ({B},), int64 on the CPU; got "
                      f"{shape(lengths)}{'' if not isinstance(lengths, Tensor) else f' {lengths.dtype} on {lengths.device}'}")
 
 
-def run_fused(kind: str, x: Tensor, state: tuple, weights: tuple, lengths: Tensor | None = None,
+def run_fused(kind, x: Tensor, state: tuple, weights: tuple, lengths: Tensor | None = None,
               reverse: bool = False, nonlinearity: str = "tanh",
               reset_after: bool = True) -> tuple[Tensor, tuple]:
-    """The fused engine, with the signature and results of :func:`rnnkit.layers.run_reference`. The
-    arguments are checked first (:func:`check_call`): a wrong shape or dtype raises a ShapeError
-    instead of reaching the loops, which read arrays by address."""
-    check_call(kind, x, state, weights, lengths)
-    W_ih, W_hh, b_ih, b_hh = weights
-    code = kind_code(kind, nonlinearity, reset_after)
-    c0 = state[1] if code == loops.LSTM else None
-    args = (code, reverse, lengths, x, state[0], c0, W_ih, W_hh, b_ih, b_hh)
-    if torch.is_grad_enabled() and (W_ih.requires_grad or W_hh.requires_grad or x.requires_grad
-                                    or any(t is not None and t.requires_grad for t in (b_ih, b_hh, *state))):
+    """The fused engine, with the signature and results of :func:`rnnkit.layers.run_reference`:
+    ``kind`` is torch.nn's cell ("rnn", "lstm", "gru", with ``nonlinearity`` and ``reset_after``), a
+    registered cell's name or a :class:`rnnkit.kernels.cells.Cell`; weights (W_ih, W_hh, b_ih, b_hh,
+    *unit parameters). The arguments are checked first (:func:`check_call`): a wrong shape or dtype
+    raises a ShapeError instead of reaching the loops, which read arrays by address."""
+    cell = _cell(kind, nonlinearity, reset_after)
+    check_call(cell, x, state, weights, lengths)
+    W_ih, W_hh, b_ih, b_hh, *params = weights
+    two = cell.states == 2
+    c0 = state[1] if two else None
+    args = (cell, reverse, lengths, x, state[0], c0, W_ih, W_hh, b_ih, b_hh, *params)
+    if torch.is_grad_enabled() and (W_ih.requires_grad or x.requires_grad or any(
+            t is not None and t.requires_grad for t in (W_hh, b_ih, b_hh, *state, *params))):
         # autograd.Function.apply's own C++ part where no functorch transform is on: the Python
-        # wrapper around it only unwraps functorch's tensors (a few us of a small layer's call).
+        # wrapper around it only unwraps functorch's tensors (a cost in a small layer's call).
         apply = FusedLayer.apply if torch._C._are_functorch_transforms_active() else _apply
         out, h_n, c_n = apply(*args)
     else:
-        # No gradient wanted: skip the autograd.Function (~8 us a call) and the stored activations
+        # No gradient wanted: skip the autograd.Function (its cost per call) and the stored activations
         # (needs_input_grad inside it is set under torch.no_grad too).
-        out, h_n, c_n, _ = _forward(*args, store=False)
-    return out, ((h_n, c_n) if code == loops.LSTM else (h_n,))
+        out, h_n, c_n, _ = _forward(*args[:10], tuple(params), store=False)
+    return out, ((h_n, c_n) if two else (h_n,))
+
+
+@functools.lru_cache(maxsize=64)
+def _builtin(kind: str, nonlinearity: str, reset_after: bool):
+    return cells.builtin(kind, nonlinearity, reset_after)
+
+
+def _cell(kind, nonlinearity: str = "tanh", reset_after: bool = True):
+    """The cell a run_fused call names (see there)."""
+    if isinstance(kind, cells.Cell):
+        return kind
+    if kind in ("rnn", "lstm", "gru"):
+        return _builtin(kind, nonlinearity, reset_after)
+    try:
+        return cells.get(kind)
+    except KeyError:
+        raise ShapeError(f"rnnkit's fused engine has no cell {kind!r} (registered: {', '.join(cells.REGISTRY)})") from None
