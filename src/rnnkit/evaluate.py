@@ -171,26 +171,27 @@ def part_forecasts(forecaster: Any, windows: Any, splits: Sequence, part: str, s
     places = window_places(splits, part)  # (W, 2): series, first target position
     values = [s.values[:, :T] for s in f.panel.series]
     steps = np.arange(H)
-    true = np.full(pred.shape, np.nan)
-    for k, (i, p) in enumerate(places):
-        at = p + steps
-        inside = at < len(values[i])
-        true[k, inside] = values[i][at[inside]]
     ds = getattr(windows, part)
-    if len(ds.tensors) > 2:  # short windows: their masked targets are not known
-        true[ds.tensors[2].double().numpy() == 0] = np.nan
+    true = np.full(pred.shape, np.nan)
     preds = {"model": pred}
-    if baselines and len(places):
-        preds["naive"] = np.stack([naive(values[i], np.array([p]), H)[0] for i, p in places]).reshape(pred.shape)
-        preds["seasonal_naive"] = np.stack([seasonal_naive(values[i], np.array([p]), H, season)[0]
-                                            for i, p in places]).reshape(pred.shape)
+    if baselines:
+        preds.update(naive=np.empty_like(pred), seasonal_naive=np.empty_like(pred))
         if ar_weights is not None:
             x = ds.tensors[0].double().numpy()
             ar = ridge_predict(ar_weights, x.reshape(len(x), -1)).reshape(len(x), H, T)
             preds["linear_ar"] = np.empty_like(ar)
-            for i in np.unique(places[:, 0]):
-                rows = np.flatnonzero(places[:, 0] == i)
-                preds["linear_ar"][rows] = windows.scalers[i].inverse(ar[rows], list(range(T)), places[rows, 1][:, None] + steps)
+    for i in np.unique(places[:, 0]):  # each series' windows at once
+        rows = np.flatnonzero(places[:, 0] == i)
+        first, v = places[rows, 1], values[i]
+        at = first[:, None] + steps  # (W_i, H): each target's grid position
+        true[rows] = np.where((at < len(v))[..., None], v[np.minimum(at, len(v) - 1)], np.nan)
+        if baselines:
+            preds["naive"][rows] = naive(v, first, H)
+            preds["seasonal_naive"][rows] = seasonal_naive(v, first, H, season)
+            if ar_weights is not None:
+                preds["linear_ar"][rows] = windows.scalers[i].inverse(ar[rows], list(range(T)), at)
+    if len(ds.tensors) > 2:  # short windows: their masked targets are not known
+        true[ds.tensors[2].double().numpy() == 0] = np.nan
     return PartForecasts(true, places, preds)
 
 
