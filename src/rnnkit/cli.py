@@ -16,6 +16,7 @@ import math
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 from . import distributed
@@ -23,6 +24,10 @@ from .config import CSV_PRESET, CELLS, DEVICES, FILLS, LOSS_STEPS, LOSSES, MODEL
 from .errors import ConfigError, Interrupted, RnnkitError, on_the_command_line
 
 DEFAULT_RUN = "runs/default"
+# How long a rank other than 0 that meets a user error waits before it exits (torchrun then stops the
+# rest), so that rank 0, which says the error, gets there first even on a loaded machine; rank 0's
+# exit ends the wait.
+USER_ERROR_WAIT_S = 15.0
 
 
 class Parser(argparse.ArgumentParser):
@@ -697,6 +702,8 @@ def _main(argv: list[str] | None) -> int:
         if distributed.speaks():
             print(line, file=sys.stderr)
         distributed.record(line)
+        if not distributed.speaks():  # torchrun stops the others when the first rank exits: let rank 0
+            time.sleep(USER_ERROR_WAIT_S)  # say it first (it stops this one then), however late it got there
         return 2
     except KeyboardInterrupt:
         if distributed.speaks():
