@@ -10,7 +10,7 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,triton]'
 	$(BIN)/python -c 'import rnnkit.kernels; rnnkit.kernels.precompile()'  # numba's loops, once
 	touch $@
 

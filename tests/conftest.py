@@ -1,12 +1,20 @@
 """Shared fixtures and helpers for the recurrent-core oracles (torch.nn is the reference)."""
 
-import pytest
-import torch
+import os
 
-from rnnkit.layers import ENGINES
+# The Triton engine's kernels run in Triton's interpreter on CPU tensors here (tests/test_triton.py).
+# Triton reads this when it defines a kernel, its own library's included: before anything imports it
+# (torch.compile may).
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
-# Every concrete engine, then "auto" (what users get), so the tests keep holding as engines are added.
-ENGINES_UNDER_TEST = [e for e in ENGINES if e != "auto"] + ["auto"]
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from rnnkit.layers import ENGINES  # noqa: E402
+
+# Every engine of the CPU, then "auto" (what users get), so the tests keep holding as engines are
+# added; "triton" (GPU cells) has tests/test_triton.py.
+ENGINES_UNDER_TEST = [e for e in ENGINES if e not in ("auto", "triton")] + ["auto"]
 
 DOUBLE = torch.float64
 

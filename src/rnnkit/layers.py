@@ -19,7 +19,7 @@ from torch import Tensor, _VF, nn
 from torch.autograd import forward_ad
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import cells, kernels
+from . import cells, kernels, triton_engine
 from .errors import ConfigError, ShapeError
 from .kernels import cells as kernel_cells
 
@@ -77,9 +77,10 @@ def run_reference(kind, x: Tensor, state: State, weights: Weights,
 
 
 # "auto": the fused engine wherever it serves this call (see :func:`special_mode`), else torch's own
-# fused op (cuDNN on a GPU) wherever that runs the layer, else the reference loop. "fused", "torch":
-# that engine or a ConfigError; "reference": always the loop above.
-ENGINES = ("auto", "fused", "torch", "reference")
+# fused op (cuDNN on a GPU) wherever that runs the layer, else on a GPU the Triton kernels
+# (rnnkit.triton_engine) wherever Triton is installed and runs the cell, else the reference loop.
+# "fused", "torch", "triton": that engine or a ConfigError; "reference": always the loop above.
+ENGINES = ("auto", "fused", "torch", "triton", "reference")
 
 
 def special_mode(x: Tensor) -> str | None:
@@ -118,13 +119,24 @@ def _in_onnx_export() -> bool:
 
 
 def choose_engine(engine: str, x: Tensor, lengths: Tensor | None, torch_serves: bool,
-                  shape: tuple | str | None = None, fused_serves: bool = True, op_serves: bool = True) -> str:
+                  shape: tuple | str | None = None, fused_serves: bool = True, op_serves: bool = True,
+                  cell=None, projection: bool = False) -> str:
     """"fused", "op" (the fused engine as a torch operator, where a tracer or compiler runs the
-    layer), "torch" or "reference": the engine that runs this call. ``torch_serves``: whether
-    torch's op runs this layer (not GRU reset_after=False, nor CustomRNN, nor the registry's other
-    cells); ``fused_serves``: whether the fused engine runs its configuration (not LSTM with
+    layer), "torch", "triton" or "reference": the engine that runs this call. ``torch_serves``:
+    whether torch's op runs this layer (not GRU reset_after=False, nor CustomRNN, nor the registry's
+    other cells); ``fused_serves``: whether the fused engine runs its configuration (not LSTM with
     proj_size); ``op_serves``: whether its torch operator runs the cell (rnnkit.kernels.op.serves);
-    ``shape``: the caller's input shape (or a description of a PackedSequence), for the errors."""
+    ``cell`` (a rnnkit.kernels.cells Cell) and ``projection`` (LSTM's proj_size): what the Triton
+    engine is asked to run (rnnkit.triton_engine.serves); ``shape``: the caller's input shape (or a
+    description of a PackedSequence), for the errors."""
+    if engine == "triton":
+        if not triton_engine.serves(cell, x, lengths, projection):
+            raise ConfigError(triton_engine.refusal(cell, x, lengths, projection))
+        mode = special_mode(x)
+        if mode is not None:
+            raise ConfigError(f"engine='triton' cannot run under {mode}, whose gradients or graph need torch's "
+                              f"own ops (use engine='auto', which takes them there)")
+        return "triton"
     if not op_serves and (torch.compiler.is_compiling() or type(x) is not Tensor):
         if engine == "fused":
             raise ConfigError("engine='fused' cannot run this cell under torch.compile or torch.export (the "
@@ -159,17 +171,21 @@ def choose_engine(engine: str, x: Tensor, lengths: Tensor | None, torch_serves: 
                           f"torch's own ops (use engine='auto', which takes them there)")
     if mode == "torch.func":  # plain ops: torch's RNN ops have no batching rule for vmap
         return "reference"
-    return "torch" if torch_serves else "reference"
+    if torch_serves:
+        return "torch"
+    return "triton" if mode is None and triton_engine.serves(cell, x, lengths, projection) else "reference"
 
 
 def pick_engine(engine: str, kind: str, x: Tensor, lengths: Tensor | None) -> Callable:
     """The function that runs one layer-direction of a layer torch has no op for (CustomRNN), with
     the signature of :func:`run_reference`."""
-    return _RUN[choose_engine(engine, x, lengths, torch_serves=False)]()
+    return _RUN[choose_engine(engine, x, lengths, torch_serves=False, cell=cell_of(kind))]()
 
 
-# engine -> its function of one layer-direction (looked up when called: run_fused loads numba)
-_RUN = {"fused": lambda: kernels.run_fused, "op": lambda: kernels.op.run_op, "reference": lambda: run_reference}
+# engine -> its function of one layer-direction (looked up when called: run_fused loads numba,
+# run_triton Triton)
+_RUN = {"fused": lambda: kernels.run_fused, "op": lambda: kernels.op.run_op, "reference": lambda: run_reference,
+        "triton": lambda: triton_engine.run_triton}
 
 
 def check_engine(engine: str) -> None:
@@ -433,7 +449,8 @@ class RNNBase(nn.Module):
             autocast = False  # torch's op casts as torch.nn's does
         if not autocast:
             engine = choose_engine(self.engine, x, lengths, op is not None, shape, fused_serves=not self.proj_size,
-                                   op_serves=self._op_serves)
+                                   op_serves=self._op_serves, cell=self._cell,
+                                   projection=bool(self.proj_size))
             if engine == "torch":
                 return self._forward_torch(op, input, hx, weights, packed, batched)
             output, h_n = self._run_layers(engine, x, lengths, hx, weights)
@@ -448,7 +465,8 @@ class RNNBase(nn.Module):
             hx = None if hx is None else tuple(h.to(cast) for h in hx)
             with torch.autocast(device_type, enabled=False):
                 engine = choose_engine(self.engine, x, lengths, False, shape, fused_serves=not self.proj_size,
-                                       op_serves=self._op_serves)
+                                       op_serves=self._op_serves, cell=self._cell,
+                                       projection=bool(self.proj_size))
                 output, h_n = self._run_layers(engine, x, lengths, hx, weights)
         if packed:
             output = _repack(output, lengths, input)
