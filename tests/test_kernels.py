@@ -539,6 +539,66 @@ def test_compiled_loops_are_keyed_on_what_they_are_compiled_from(tmp_path, monke
     compiled._kernels_hash.cache_clear()
 
 
+def test_what_is_missing_is_built_in_one_go(tmp_path, monkeypatch, capsys):
+    """The products and built-in cells missing go to one build process, a cell of this process is
+    built here after it, under one line on stderr; what is on disk is not built again."""
+    import dataclasses
+    import pathlib
+    import subprocess
+
+    from rnnkit.kernels import build, compiled
+
+    monkeypatch.setattr(compiled, "cache_dir", lambda: tmp_path)
+    mine = dataclasses.replace(cells.get("lstm"), name="mine")  # (not registered: built here)
+    runs, here = [], []
+
+    def run(command, env, **kwargs):
+        runs.append(command[command.index("-j") + 2:])
+        assert env["RNNKIT_CACHE_DIR"] == str(tmp_path)
+        for job in runs[-1]:
+            name, dtype = job.split(":")
+            pathlib.Path(compiled.path(None if name == "products" else cells.get(name), dtype)).touch()
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(compiled.subprocess, "run", run)
+    monkeypatch.setattr(build, "build", lambda cell, dtype, where: here.append(cell.name) or pathlib.Path(where).touch())
+    compiled._build([None, cells.get("gru"), mine], "float64")
+    compiled._build([None, cells.get("gru"), mine], "float64")
+    assert runs == [["products:float64", "gru:float64"]] and here == ["mine"]
+    assert capsys.readouterr().err.splitlines() == [
+        f"rnnkit: compiling the fused engine's product, gru and mine loops for float64 on this machine, once "
+        f"(kept in {tmp_path})"]
+
+
+COLD_CALL = """
+import torch
+import rnnkit
+layer = rnnkit.LSTM(2, 8, batch_first=True, engine="fused")
+x = torch.randn(3, 5, 2, requires_grad=True)
+out, (h, c) = layer(x)
+(out.sum() + c.sum()).backward()
+assert torch.isfinite(x.grad).all() and all(torch.isfinite(p.grad).all() for p in layer.parameters())
+"""
+
+
+def test_a_first_call_compiles_what_it_needs_at_once(tmp_path):
+    """A fresh process's first fused LSTM call on an empty cache compiles the product entry points
+    and the LSTM's loops for float32 together: one line on stderr naming both (one build process);
+    a second process finds them on disk and says nothing."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, RNNKIT_CACHE_DIR=str(tmp_path / "cache"))
+    lines = []
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", COLD_CALL], capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        lines.append([line for line in done.stderr.splitlines() if line.startswith("rnnkit: compiling")])
+    assert len(lines[0]) == 1 and "product and lstm loops for float32" in lines[0][0], lines[0]
+    assert lines[1] == []
+    assert sorted(name.split("-")[0] for name in os.listdir(tmp_path / "cache")) == ["lstm", "products"]
+
+
 FIRST_CALL = """
 import torch
 import rnnkit
