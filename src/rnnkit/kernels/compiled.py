@@ -7,8 +7,9 @@ missing, together: one line on stderr naming them (~10-25 s, once per machine), 
 process (``python -m rnnkit.kernels.build``, so that numba never loads into the caller) for the
 products and the built-in cells; a cell defined in this process (rnnkit.kernels.cells.register) is
 then built here. Thread-safe (one lock): a thread that needs an object being built waits for it.
-``make install`` builds every built-in one ahead (rnnkit.kernels.precompile); with the objects on
-disk, a fresh process's first fused call costs only loading them (~0.1 s).
+``make install`` builds the CLI's cells (gru, lstm, rnn_tanh) for float32 ahead
+(rnnkit.kernels.precompile); with the objects on disk, a fresh process's first fused call costs only
+loading them (~0.1 s).
 
 Where: RNNKIT_CACHE_DIR, else ``__pycache__/rnnkit-kernels`` beside this file if it can be written,
 else ``~/.cache/rnnkit/kernels``. Each file's name holds a hash of what it was compiled from and for:
