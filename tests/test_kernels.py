@@ -183,12 +183,13 @@ def test_weights_grad_from_the_loop_matches_reference(name, path, H_):
     row, for a W_hh within layout.DIRECT_BYTES, else over the h_prev the loop copies (100 units in
     float64: 80-320 KB); 70 steps, so one thread's product is deeper than layout.PACKED_DEPTH and
     runs in chunks. GRU with the reset gate before the product keeps torch's two products."""
-    from rnnkit.kernels import fused, layout, plan as plans
+    from rnnkit.kernels import blas, fused, launch, layout, plan as plans
 
     cell = _cell(name)
     plan = plans.plan(B, H_, cell.gates * H_)
     assert fused._weights_grad_in_loop(cell, plan) == (name != "gru-reset-before")
-    assert len(plan.shards) == (1 if path == "one" else 3) and B * 70 > layout.PACKED_DEPTH
+    sharded = path == "shards" or (path == "rows" and blas.blas().name == "mkl" and launch.openmp() is not None)
+    assert len(plan.shards) == (3 if sharded else 1) and B * 70 > layout.PACKED_DEPTH  # (rows: a team's, MKL's)
     assert (cell.gates * H_ * H_ * 8 <= layout.DIRECT_BYTES) == (H_ == H)
     _compare(name, CONFIGS[2], torch.float64, 1e-9, H=H_, T=70)
 
@@ -322,6 +323,44 @@ def test_blas_found_and_checked():
     chosen = blas.blas()
     assert chosen.name in ("mkl", "openblas") and blas._works(chosen)
     assert blas._works(blas._openblas())
+    if os.environ.get("RNNKIT_BLAS") == "scipy":  # (make test-portable's second run)
+        assert chosen.name == "openblas"
+
+
+WITHOUT_MKL = """
+import torch
+import rnnkit
+from rnnkit.kernels import blas, fused, layout
+assert blas.blas().name == "openblas", blas.blas().name
+torch.manual_seed(0)
+for H, limit in ((16, layout.PACKED_MAX_BYTES), (24, 0)):  # W_hh packed in the loops; every product through BLAS
+    fused.PACKED_MAX_BYTES = limit
+    assert (fused.products(4 * H, H, 4) == layout.THROUGH_BLAS) == (limit == 0)
+    fast = rnnkit.LSTM(3, H, batch_first=True, engine="fused")
+    slow = rnnkit.LSTM(3, H, batch_first=True, engine="reference")
+    slow.load_state_dict(fast.state_dict())
+    x, weights = torch.randn(4, 7, 3), torch.randn(4, 7, H)
+    got = []
+    for layer in (fast, slow):
+        xi = x.clone().requires_grad_()
+        out, (h, c) = layer(xi)
+        ((out * weights).sum() + h.sum() + c.sum()).backward()
+        got.append([out, h, c, xi.grad, *(p.grad for p in layer.parameters())])
+    for a, b in zip(*got):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+"""
+
+
+def test_the_path_without_mkl_as_the_process_chooses_it():
+    """RNNKIT_BLAS=scipy in a fresh process: scipy's OpenBLAS is the loops' BLAS (the path of a torch
+    without MKL, which the tests otherwise force by patching), and a fused float32 LSTM's outputs,
+    states and gradients match the reference loop, with W_hh packed and with it through BLAS."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, RNNKIT_BLAS="scipy")
+    done = subprocess.run([sys.executable, "-c", WITHOUT_MKL], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_shard_pool_is_remade_after_fork():
@@ -537,6 +576,66 @@ def test_compiled_loops_are_keyed_on_what_they_are_compiled_from(tmp_path, monke
     monkeypatch.setattr(compiled, "__file__", str(changed / "compiled.py"))
     assert compiled.path(lstm, "float32") != before
     compiled._kernels_hash.cache_clear()
+
+
+def test_what_is_missing_is_built_in_one_go(tmp_path, monkeypatch, capsys):
+    """The products and built-in cells missing go to one build process, a cell of this process is
+    built here after it, under one line on stderr; what is on disk is not built again."""
+    import dataclasses
+    import pathlib
+    import subprocess
+
+    from rnnkit.kernels import build, compiled
+
+    monkeypatch.setattr(compiled, "cache_dir", lambda: tmp_path)
+    mine = dataclasses.replace(cells.get("lstm"), name="mine")  # (not registered: built here)
+    runs, here = [], []
+
+    def run(command, env, **kwargs):
+        runs.append(command[command.index("-j") + 2:])
+        assert env["RNNKIT_CACHE_DIR"] == str(tmp_path)
+        for job in runs[-1]:
+            name, dtype = job.split(":")
+            pathlib.Path(compiled.path(None if name == "products" else cells.get(name), dtype)).touch()
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(compiled.subprocess, "run", run)
+    monkeypatch.setattr(build, "build", lambda cell, dtype, where: here.append(cell.name) or pathlib.Path(where).touch())
+    compiled._build([None, cells.get("gru"), mine], "float64")
+    compiled._build([None, cells.get("gru"), mine], "float64")
+    assert runs == [["products:float64", "gru:float64"]] and here == ["mine"]
+    assert capsys.readouterr().err.splitlines() == [
+        f"rnnkit: compiling the fused engine's product, gru and mine loops for float64 on this machine, once "
+        f"(kept in {tmp_path})"]
+
+
+COLD_CALL = """
+import torch
+import rnnkit
+layer = rnnkit.LSTM(2, 8, batch_first=True, engine="fused")
+x = torch.randn(3, 5, 2, requires_grad=True)
+out, (h, c) = layer(x)
+(out.sum() + c.sum()).backward()
+assert torch.isfinite(x.grad).all() and all(torch.isfinite(p.grad).all() for p in layer.parameters())
+"""
+
+
+def test_a_first_call_compiles_what_it_needs_at_once(tmp_path):
+    """A fresh process's first fused LSTM call on an empty cache compiles the product entry points
+    and the LSTM's loops for float32 together: one line on stderr naming both (one build process);
+    a second process finds them on disk and says nothing."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, RNNKIT_CACHE_DIR=str(tmp_path / "cache"))
+    lines = []
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", COLD_CALL], capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        lines.append([line for line in done.stderr.splitlines() if line.startswith("rnnkit: compiling")])
+    assert len(lines[0]) == 1 and "product and lstm loops for float32" in lines[0][0], lines[0]
+    assert lines[1] == []
+    assert sorted(name.split("-")[0] for name in os.listdir(tmp_path / "cache")) == ["lstm", "products"]
 
 
 FIRST_CALL = """

@@ -98,17 +98,22 @@ def zeros(shape: tuple, dtype: torch.dtype, device: torch.device | None = None) 
         return torch.zeros(shape, dtype=dtype, device=device)
 
 
-def precompile(processes: int | None = None) -> None:
-    """Compile every built-in cell's loops for both dtypes into the cache (rnnkit.kernels.compiled),
-    in ``processes`` processes at once (default: the CPU count), so that no later call waits for
-    it. ``make install`` runs it; without it each cell compiles when it is first used."""
+def precompile(processes: int | None = None, *, cells: tuple | None = None,
+               dtypes: tuple = ("float32", "float64")) -> None:
+    """Compile the product entry points and ``cells``' loops (names; default: every built-in cell)
+    for ``dtypes`` into the cache (rnnkit.kernels.compiled), in ``processes`` processes at once
+    (default: the CPU count), so that no later call waits for them; what is already there is kept.
+    Whatever is left out compiles when a call first needs it (one line on stderr). ``make install``
+    builds the CLI's cells (gru, lstm, rnn_tanh) for float32 this way."""
     import os
     import subprocess
     import sys
 
-    from . import compiled
+    from . import cells as registry, compiled
 
-    command = [sys.executable, "-m", f"{__name__}.build", "--all", "-j", str(processes or os.cpu_count() or 1)]
+    names = registry.BUILTIN if cells is None else tuple(cells)
+    jobs = [f"{name}:{dtype}" for name in ("products", *names) for dtype in dtypes]
+    command = [sys.executable, "-m", f"{__name__}.build", "-j", str(processes or os.cpu_count() or 1), *jobs]
     subprocess.run(command, env=compiled.build_env(), check=True)
 
 

@@ -6,7 +6,8 @@ by address so that no pointer of this process enters the compiled code:
   shapes.
 * **scipy's OpenBLAS** (``scipy.linalg.cython_blas``) everywhere else.
 
-``RNNKIT_BLAS=scipy`` forces the second (the tests run both). The choice is checked once on a small
+``RNNKIT_BLAS=scipy`` forces the second (the tests patch it in; ``make test-portable`` runs the
+kernel tests with it set, as a torch without MKL runs them). The choice is checked once on a small
 product against numpy before it is used. Every product runs on one BLAS thread (the threads are the
 loops' own), and which BLAS there is also decides how the threads are shared out
 (rnnkit.kernels.plan).

@@ -14,8 +14,14 @@ object for the chosen machine (:func:`target`). The module is checked to call no
 no address of this process, so that the object loads into any process with llvmlite alone
 (rnnkit.kernels.compiled), without numba.
 
-    python -m rnnkit.kernels.build --all -j 2      # every built-in cell, both dtypes (make install)
-    python -m rnnkit.kernels.build lstm:float32 products:float32
+    python -m rnnkit.kernels.build --all -j 2      # every built-in cell, both dtypes (~100 s on 2 cores)
+    python -m rnnkit.kernels.build products:float32 lstm:float32 -j 1
+
+Each job (CELL:DTYPE, ``products`` for the product entry points) is written to its place in the cache
+(rnnkit.kernels.compiled.path, RNNKIT_CACHE_DIR as the caller passes it), skipped if it is there
+already; ``-j`` shares the jobs out to that many processes. A first call that finds objects missing
+runs this with all of them and ``-j 1`` (one process); ``make install`` with the products and the
+CLI's cells for float32 (rnnkit.kernels.precompile), leaving the rest to first use.
 
 The machine: the host, or RNNKIT_CPU (an LLVM CPU name, e.g. ``x86-64`` for a generic x86-64 without
 AVX, FMA or AVX-512) with RNNKIT_CPU_FEATURES (default: the CPU's own). RNNKIT_BOUNDSCHECK=1

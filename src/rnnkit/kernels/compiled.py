@@ -1,10 +1,15 @@
 """The compiled bodies (rnnkit.kernels.build), loaded: built once per cell, dtype and machine, kept
 on disk as object files, loaded with llvmlite alone (no numba in the process that runs them).
 
-A call that needs a body nobody built yet builds it first (one line on stderr: ~5-20 s, once): a
-built-in cell in a process of its own (``python -m rnnkit.kernels.build``), so that numba never
-loads into the caller; a cell defined in this process (rnnkit.kernels.cells.register), here. ``make
-install`` builds every built-in one ahead (``build --all``).
+What a call needs is built when it first needs it, and only that: a cell's bodies for the call's
+dtype and the product entry points for that dtype (which the bodies call), whichever of them is
+missing, together: one line on stderr naming them (~10-25 s, once per machine), and one build
+process (``python -m rnnkit.kernels.build``, so that numba never loads into the caller) for the
+products and the built-in cells; a cell defined in this process (rnnkit.kernels.cells.register) is
+then built here. Thread-safe (one lock): a thread that needs an object being built waits for it.
+``make install`` builds the CLI's cells (gru, lstm, rnn_tanh) for float32 ahead
+(rnnkit.kernels.precompile); with the objects on disk, a fresh process's first fused call costs only
+loading them (~0.1 s).
 
 Where: RNNKIT_CACHE_DIR, else ``__pycache__/rnnkit-kernels`` beside this file if it can be written,
 else ``~/.cache/rnnkit/kernels``. Each file's name holds a hash of what it was compiled from and for:
@@ -77,28 +82,49 @@ def path(cell, dtype: str) -> str:
 
 
 def build_env() -> dict:
-    """The environment of a build process: this package importable, whatever the caller's path."""
+    """The environment of a build process: this package importable, whatever the caller's path, and
+    the cache this process reads (RNNKIT_CACHE_DIR), so that what it builds lands where it is looked
+    for."""
     env = dict(os.environ)
     top = pathlib.Path(__file__).resolve().parents[2]  # (the directory holding the package)
     env["PYTHONPATH"] = os.pathsep.join([str(top)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env["RNNKIT_CACHE_DIR"] = str(cache_dir())
     return env
 
 
-def _build(cell, dtype: str, where: str) -> None:
-    name = "product" if cell is None else cell.name
-    print(f"rnnkit: compiling the fused engine's {name} loops for {dtype} on this machine, once "
-          f"(kept in {os.path.dirname(where)})", file=sys.stderr, flush=True)
-    if cell is None or (cells.REGISTRY.get(cell.name) is cell and cell.name in cells.BUILTIN):
+def _builtin(cell) -> bool:
+    """Whether a build process finds the same cell under its name (a built-in one, not replaced)."""
+    return cells.REGISTRY.get(cell.name) is cell and cell.name in cells.BUILTIN
+
+
+def _build(needed: list, dtype: str) -> None:
+    """Build whichever of ``needed`` (cells; None: the product entry points) has no object for
+    ``dtype`` yet: one line on stderr naming them all, the product entry points and built-in cells
+    in one build process (numba never loads here), then a cell defined in this process, here."""
+    missing = [cell for cell in needed if not os.path.exists(path(cell, dtype))]
+    if not missing:
+        return
+    names = ["product" if cell is None else cell.name for cell in missing]
+    named = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+    print(f"rnnkit: compiling the fused engine's {named} loops for {dtype} on this machine, once "
+          f"(kept in {cache_dir()})", file=sys.stderr, flush=True)
+    apart = [cell for cell in missing if cell is None or _builtin(cell)]
+    if apart:
         package = __package__  # (rnnkit.kernels, or a copy of it under another name)
-        job = f"{'products' if cell is None else cell.name}:{dtype}"
-        done = subprocess.run([sys.executable, "-m", f"{package}.build", job, "--out", where],
+        jobs = [f"{'products' if cell is None else cell.name}:{dtype}" for cell in apart]
+        done = subprocess.run([sys.executable, "-m", f"{package}.build", "-j", "1", *jobs],
                               env=build_env(), capture_output=True, text=True)
         if done.returncode != 0:
-            raise RuntimeError(f"compiling the fused engine's {name} loops failed:\n{done.stderr[-3000:]}")
-    else:
-        from . import build
+            raise RuntimeError(f"compiling the fused engine's {named} loops failed:\n{done.stderr[-3000:]}")
+        lost = [where for where in (path(cell, dtype) for cell in apart) if not os.path.exists(where)]
+        if lost:  # (it computed other names: another package, machine or source than this process's)
+            raise RuntimeError(f"compiling the fused engine's {named} loops wrote no {', '.join(lost)}:\n"
+                               f"{done.stderr[-3000:]}")
+    for cell in missing:
+        if cell is not None and not _builtin(cell):
+            from . import build
 
-        build.build(cell, dtype, where)
+            build.build(cell, dtype, path(cell, dtype))
 
 
 @functools.cache
@@ -126,7 +152,8 @@ def _load(where: str, names: tuple) -> tuple:
 
 def _entries(cell, dtype: str, names: tuple) -> dict:
     """{name: address} of the entry points in ``cell``'s object for ``dtype`` (None: the products'),
-    loaded once (keyed on its file, whose name says what it was compiled from and for)."""
+    loaded once (keyed on its file, whose name says what it was compiled from and for). A cell's
+    object is built with the products' if either is missing (their loops call the products)."""
     where = path(cell, dtype)
     found = _loaded.get(where)
     if found is None:
@@ -134,14 +161,16 @@ def _entries(cell, dtype: str, names: tuple) -> dict:
             found = _loaded.get(where)
             if found is None:
                 if not os.path.exists(where):
-                    _build(cell, dtype, where)
+                    _build([None] if cell is None else [None, cell], dtype)
                 found = _loaded[where] = _load(where, names)
     return found[0]
 
 
 def bodies(cell, dtype: str) -> tuple[int, int]:
     """The addresses of ``cell``'s compiled bodies for ``dtype`` (a numpy dtype name), forward and
-    backward, built first if nobody has built them (see the module docstring)."""
+    backward, built first if nobody has built them, together with the product entry points for
+    ``dtype`` if those are missing too (see the module docstring): ask for these before
+    :func:`products`, so that a first call builds both at once."""
     from .build import BACKWARD, FORWARD
 
     found = _entries(cell, dtype, (FORWARD, BACKWARD))

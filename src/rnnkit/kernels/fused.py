@@ -93,10 +93,10 @@ class _Launch:
         block["reverse"], block["products"], block["project"] = int(reverse), mode, int(project)
         block["units"] = H if plan.parties == 1 else max(j1 - j0 for _, _, j0, j1 in plan.shards)
         block["rows"] = max(b1 - b0 for b0, b1, _, _ in plan.shards)
+        self.body = compiled.bodies(cell, str(np_dtype))[op]  # (first: builds the products with it)
         for name, address in compiled.products(str(np_dtype)).items():
             block[name] = address
         self.block = block
-        self.body = compiled.bodies(cell, str(np_dtype))[op]
         self.threads = len(plan.shards)
         self.through_blas = mode == THROUGH_BLAS
 
