@@ -40,10 +40,17 @@ from .errors import ConfigError
 CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru", "gru_reset_before")
 DTYPES = (torch.float32, torch.float64)
 BLOCK_ROWS = 16  # batch rows a program (tl.dot's smallest tile)
-BLOCK_UNITS = 64  # the largest tile of hidden units (smaller where H is)
+BLOCK_UNITS = 32  # the largest tile of hidden units (smaller where H is)
 # Up to this hidden size one persistent kernel runs the whole time loop (its programs are the batch's
 # tiles of rows); above it each step is a GEMM (cuBLAS) and a kernel over tiles of rows and units.
 PERSISTENT_MAX_UNITS = 256
+# A persistent kernel whose W_hh fits one tile of units and this many elements (G blocks of BJ x BJ)
+# loads it once and holds it (in registers) for every step; a bigger one reads it from L2 each step.
+HOLD_MAX_ELEMENTS = 4096
+# Warps a program: what the persistent loops need so that ptxas keeps them in registers at these
+# tiles (tests/triton_compile.py reports the registers and spills of every variant); 4 where W_hh
+# is held (8 crashed Triton 3.9's LLVM on the held LSTM) and for the lighter kernels of one step.
+WARPS_PERSISTENT, WARPS_HELD, WARPS_STEP = 8, 4, 4
 
 
 def interpreting() -> bool:
@@ -93,20 +100,29 @@ def refusal(cell, x: Tensor, lengths: Tensor | None, projection: bool = False) -
 
 def _launcher(kernel, B: int, H: int, code: int, G: int, dtype: torch.dtype, lengths: Tensor | None):
     """``launch(persistent, *args, **constants)``: ``kernel`` on one program per BLOCK_ROWS rows
-    (persistent: each over every unit), or per tile of rows and units (one step)."""
-    rows, constants = -(-B // BLOCK_ROWS), dict(_constants(H, dtype, lengths), CELL=code, G=G)
+    (persistent: each over every unit, holding W_hh where it is small), or per tile of rows and units
+    (one step)."""
+    rows = -(-B // BLOCK_ROWS)
+    constants = dict(_common(dtype, lengths), CELL=code, G=G)
 
     def launch(persistent: bool, *args, **more):
-        kernel[(rows, 1 if persistent else -(-H // constants["BJ"]))](*args, **constants, **more)
+        tiles = launch_options(H, G, persistent)
+        kernel[(rows, 1 if persistent else -(-H // tiles["BJ"]))](*args, **constants, **tiles, **more)
 
     return launch
 
 
-def _constants(H: int, dtype: torch.dtype, lengths: Tensor | None) -> dict:
-    """The compile-time constants and options every kernel takes: tiles, precision, lengths."""
+def launch_options(H: int, G: int, persistent: bool, pointwise: bool = False) -> dict:
+    """The tiles, warps and HOLD of a kernel over H units of G gate blocks: persistent (the whole
+    loop) or one step; ``pointwise``: a pointwise cell's loop (rnnkit.triton_pointwise), which holds
+    nothing."""
     BJ = min(BLOCK_UNITS, max(16, 1 << (H - 1).bit_length()))
-    return dict(HAS_LENGTHS=lengths is not None, BB=BLOCK_ROWS, BJ=BJ, BK=BJ, PREC=_precision(dtype),
-                enable_fp_fusion=True)  # (a * b + c as one FMA, as cuBLAS)
+    options = dict(BB=BLOCK_ROWS, BJ=BJ, BK=BJ)
+    if pointwise:
+        return dict(options, num_warps=WARPS_PERSISTENT)
+    hold = persistent and H <= BJ and G * BJ * BJ <= HOLD_MAX_ELEMENTS
+    warps = WARPS_HELD if hold else WARPS_PERSISTENT if persistent else WARPS_STEP
+    return dict(options, HOLD=hold, num_warps=warps)
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -235,7 +251,7 @@ class _PointwiseLoop(torch.autograd.Function):
         keep = xg.new_empty(B, T, (cell.gates + cell.saved) * H)
         lengths_here = None if lengths is None else lengths.to(xg.device)
         module(cell).forward_kernel[(-(-B // BLOCK_ROWS),)](
-            xg, w_hh, prm, hs, cs, keep, lengths_here, B, T, H, **_constants(H, xg.dtype, lengths_here))
+            xg, w_hh, prm, hs, cs, keep, lengths_here, B, T, H, **_pointwise_constants(cell, H, xg.dtype, lengths))
         ctx.save_for_backward(w_hh, prm, hs, cs, keep, lengths_here)
         ctx.cell = cell
         return _outputs(hs, cs, lengths_here, cell.states == 2)
@@ -253,10 +269,21 @@ class _PointwiseLoop(torch.autograd.Function):
         dc = (hs.new_zeros(B, H) if d_cT is None else d_cT.clone()) if cell.states == 2 else dh
         dprm = hs.new_empty(B, T, max(len(cell.params), 1), H)
         module(cell).backward_kernel[(-(-B // BLOCK_ROWS),)](
-            w_hh, prm, hs, cs, keep, dy, dg, dh, dc, dprm, lengths, B, T, H, **_constants(H, hs.dtype, lengths))
+            w_hh, prm, hs, cs, keep, dy, dg, dh, dc, dprm, lengths, B, T, H,
+            **_pointwise_constants(cell, H, hs.dtype, lengths))
         d_w = dg.reshape(B * T, -1).t() @ hs[:, :T].reshape(B * T, H) if cell.recurrent else None
         d_prm = dprm.sum((0, 1)) if cell.params else None
         return None, None, dg, d_w, d_prm, dh[T % 2].clone(), (dc if cell.states == 2 else None)
+
+
+def _common(dtype: torch.dtype, lengths: Tensor | None) -> dict:
+    """What every kernel is compiled with besides its tiles: lengths or not, the products' precision,
+    a * b + c as one FMA (as cuBLAS)."""
+    return dict(HAS_LENGTHS=lengths is not None, PREC=_precision(dtype), enable_fp_fusion=True)
+
+
+def _pointwise_constants(cell, H: int, dtype: torch.dtype, lengths: Tensor | None) -> dict:
+    return dict(launch_options(H, cell.gates, True, pointwise=True), **_common(dtype, lengths))
 
 
 def _alive(lengths: Tensor, T: int) -> Tensor:

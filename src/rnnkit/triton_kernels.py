@@ -9,7 +9,9 @@ Two ways to run them (rnnkit.triton_engine picks by the hidden size):
   products a tile of units at a time (BJ output units by BK inputs, ``tl.dot``), applies the cell's
   pointwise math and writes the new state, which the next step reads back (from L1/L2); a
   ``tl.debug_barrier`` between the phases of a step orders the program's own writes and reads.
-  W_hh is read from memory each step (L2 holds it at the sizes this way serves).
+  Where every unit fits one tile and W_hh is small (HOLD), its blocks are loaded once, before the
+  first step, and held in registers; otherwise they are read from memory each step (L2 holds them
+  at the sizes this way serves).
 * **per step**: the caller computes each step's products as one GEMM (``rec``: REC=True) and
   launches the kernel for that one step, one program per tile of rows and units (PHASE: which part
   of the step: the reset-before GRU's n block, and the backward's r gradient, wait for a GEMM in
@@ -97,22 +99,62 @@ def _rows(lengths, B, BB: tl.constexpr, HAS_LENGTHS: tl.constexpr):
 
 
 @triton.jit
-def _rec(k, kk, src, src_row, w, rec, rec_row, rows, rmask, j, jmask, H,
-         REC: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+def _held(w, H, G: tl.constexpr, w_m, w_n, BM: tl.constexpr, BN: tl.constexpr):
+    """W_hh's G blocks as (BM, BN) tiles, loaded once (a tuple): w_k[m * w_m + n * w_n], so (1, H)
+    gives W_k^T (h W_k^T), (H, 1) W_k (d W_k)."""
+    m = tl.arange(0, BM)[:, None]
+    n = tl.arange(0, BN)[None, :]
+    inside = (m < H) & (n < H)
+    first = tl.load(w + m * w_m + n * w_n, mask=inside, other=0.0)
+    if G == 1:
+        tiles = (first,)
+    elif G == 3:
+        tiles = (first, tl.load(w + H * H + m * w_m + n * w_n, mask=inside, other=0.0),
+                 tl.load(w + 2 * H * H + m * w_m + n * w_n, mask=inside, other=0.0))
+    else:
+        tiles = (first, tl.load(w + H * H + m * w_m + n * w_n, mask=inside, other=0.0),
+                 tl.load(w + 2 * H * H + m * w_m + n * w_n, mask=inside, other=0.0),
+                 tl.load(w + 3 * H * H + m * w_m + n * w_n, mask=inside, other=0.0))
+    return tiles
+
+
+@triton.jit
+def _times(k: tl.constexpr, src, src_row, w, w_m, w_n, held, rows, rmask, j, jmask, H, HOLD: tl.constexpr,
+           BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+    """src[rows] times gate block k of W_hh, for units j: (w_m, w_n) = (1, H) for h W_k^T, (H, 1) for
+    d W_k; from the tile held since the kernel began (HOLD: all units in one tile), else read."""
+    if HOLD:
+        m = tl.arange(0, BK)
+        a = tl.load(src + rows[:, None] * src_row + m[None, :], mask=rmask[:, None] & (m < H)[None, :], other=0.0)
+        return tl.dot(a, held[k], tl.zeros((BB, BJ), dtype=src.dtype.element_ty), input_precision=PREC)
+    else:
+        return _product(src, src_row, w + k * H * H, w_m, w_n, rows, rmask, j, jmask, H, BB, BJ, BK, PREC)
+
+
+@triton.jit
+def _rec(k: tl.constexpr, kk: tl.constexpr, src, src_row, w, held, rec, rec_row, rows, rmask, j, jmask, H,
+         REC: tl.constexpr, HOLD: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
+         PREC: tl.constexpr):
     """Gate block k's recurrent product src W_k^T for rows' units j: block kk of ``rec`` (REC), or
     computed here."""
     if REC:
         return tl.load(_tile(rec + kk * H, rec_row, rows, j), mask=rmask[:, None] & jmask[None, :], other=0.0)
     else:
-        return _product(src, src_row, w + k * H * H, 1, H, rows, rmask, j, jmask, H, BB, BJ, BK, PREC)
+        return _times(k, src, src_row, w, 1, H, held, rows, rmask, j, jmask, H, HOLD, BB, BJ, BK, PREC)
 
 
 @triton.jit
 def forward_kernel(xg, w, bn, hs, cs, acts, aux, rec, rec_row, lengths, B, T, H, t0, steps,
                    CELL: tl.constexpr, G: tl.constexpr, HAS_LENGTHS: tl.constexpr, REC: tl.constexpr,
-                   PHASE: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
-    """Steps t0 .. t0+steps-1. PHASE (the reset-before GRU): 0 the whole step, 1 r and z, 2 the rest."""
+                   PHASE: tl.constexpr, HOLD: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
+                   PREC: tl.constexpr):
+    """Steps t0 .. t0+steps-1. PHASE (the reset-before GRU): 0 the whole step, 1 r and z, 2 the rest.
+    HOLD: W_hh's blocks loaded once, before the first step, and held (every unit in one tile)."""
     rows, rmask, length = _rows(lengths, B, BB, HAS_LENGTHS)
+    if HOLD:
+        held = _held(w, H, G, 1, H, BK, BJ)
+    else:
+        held = (0,)
     GH = G * H
     xrow, srow, hrow = T * GH, (T + 1) * H, T * H  # elements a batch row: xg/acts, hs/cs, aux
     first, stride = tl.program_id(1) * BJ, tl.num_programs(1) * BJ  # this program's tiles of units
@@ -127,9 +169,11 @@ def forward_kernel(xg, w, bn, hs, cs, acts, aux, rec, rec_row, lengths, B, T, H,
                 jmask = j < H
                 m2 = rmask[:, None] & jmask[None, :]
                 r = _sigmoid(tl.load(_tile(x_t, xrow, rows, j), mask=m2, other=0.0) + _rec(
-                    0, 0, h_now, srow, w, rec, rec_row, rows, rmask, j, jmask, H, REC, BB, BJ, BK, PREC))
+                    0, 0, h_now, srow, w, held, rec, rec_row, rows, rmask, j, jmask, H, REC, HOLD, BB, BJ,
+                    BK, PREC))
                 z = _sigmoid(tl.load(_tile(x_t + H, xrow, rows, j), mask=m2, other=0.0) + _rec(
-                    1, 1, h_now, srow, w, rec, rec_row, rows, rmask, j, jmask, H, REC, BB, BJ, BK, PREC))
+                    1, 1, h_now, srow, w, held, rec, rec_row, rows, rmask, j, jmask, H, REC, HOLD, BB, BJ,
+                    BK, PREC))
                 h = tl.load(_tile(h_now, srow, rows, j), mask=m2, other=0.0)
                 tl.store(_tile(a_t, xrow, rows, j), r, mask=m2)
                 tl.store(_tile(a_t + H, xrow, rows, j), z, mask=m2)
@@ -143,20 +187,25 @@ def forward_kernel(xg, w, bn, hs, cs, acts, aux, rec, rec_row, lengths, B, T, H,
                 h = tl.load(_tile(h_now, srow, rows, j), mask=m2, other=0.0)
                 if CELL == RNN_TANH or CELL == RNN_RELU:
                     a = tl.load(_tile(x_t, xrow, rows, j), mask=m2, other=0.0) + _rec(
-                        0, 0, h_now, srow, w, rec, rec_row, rows, rmask, j, jmask, H, REC, BB, BJ, BK, PREC)
+                        0, 0, h_now, srow, w, held, rec, rec_row, rows, rmask, j, jmask, H, REC, HOLD, BB, BJ,
+                        BK, PREC)
                     if CELL == RNN_TANH:
                         new = _tanh(a)
                     else:
                         new = _relu(a)
                 elif CELL == LSTM:
                     i = _sigmoid(tl.load(_tile(x_t, xrow, rows, j), mask=m2, other=0.0) + _rec(
-                        0, 0, h_now, srow, w, rec, rec_row, rows, rmask, j, jmask, H, REC, BB, BJ, BK, PREC))
+                        0, 0, h_now, srow, w, held, rec, rec_row, rows, rmask, j, jmask, H, REC, HOLD, BB, BJ,
+                        BK, PREC))
                     f = _sigmoid(tl.load(_tile(x_t + H, xrow, rows, j), mask=m2, other=0.0) + _rec(
-                        1, 1, h_now, srow, w, rec, rec_row, rows, rmask, j, jmask, H, REC, BB, BJ, BK, PREC))
+                        1, 1, h_now, srow, w, held, rec, rec_row, rows, rmask, j, jmask, H, REC, HOLD, BB, BJ,
+                        BK, PREC))
                     g = _tanh(tl.load(_tile(x_t + 2 * H, xrow, rows, j), mask=m2, other=0.0) + _rec(
-                        2, 2, h_now, srow, w, rec, rec_row, rows, rmask, j, jmask, H, REC, BB, BJ, BK, PREC))
+                        2, 2, h_now, srow, w, held, rec, rec_row, rows, rmask, j, jmask, H, REC, HOLD, BB, BJ,
+                        BK, PREC))
                     o = _sigmoid(tl.load(_tile(x_t + 3 * H, xrow, rows, j), mask=m2, other=0.0) + _rec(
-                        3, 3, h_now, srow, w, rec, rec_row, rows, rmask, j, jmask, H, REC, BB, BJ, BK, PREC))
+                        3, 3, h_now, srow, w, held, rec, rec_row, rows, rmask, j, jmask, H, REC, HOLD, BB, BJ,
+                        BK, PREC))
                     c = tl.load(_tile(cs + t * H, srow, rows, j), mask=m2, other=0.0)
                     c_new = f * c + i * g
                     new = o * _tanh(c_new)
@@ -169,11 +218,14 @@ def forward_kernel(xg, w, bn, hs, cs, acts, aux, rec, rec_row, lengths, B, T, H,
                     tl.store(_tile(cs + (t + 1) * H, srow, rows, j), c_new, mask=m2)
                 elif CELL == GRU:
                     r = _sigmoid(tl.load(_tile(x_t, xrow, rows, j), mask=m2, other=0.0) + _rec(
-                        0, 0, h_now, srow, w, rec, rec_row, rows, rmask, j, jmask, H, REC, BB, BJ, BK, PREC))
+                        0, 0, h_now, srow, w, held, rec, rec_row, rows, rmask, j, jmask, H, REC, HOLD, BB, BJ,
+                        BK, PREC))
                     z = _sigmoid(tl.load(_tile(x_t + H, xrow, rows, j), mask=m2, other=0.0) + _rec(
-                        1, 1, h_now, srow, w, rec, rec_row, rows, rmask, j, jmask, H, REC, BB, BJ, BK, PREC))
+                        1, 1, h_now, srow, w, held, rec, rec_row, rows, rmask, j, jmask, H, REC, HOLD, BB, BJ,
+                        BK, PREC))
                     hn = tl.load(bn + j, mask=jmask, other=0.0)[None, :] + _rec(
-                        2, 2, h_now, srow, w, rec, rec_row, rows, rmask, j, jmask, H, REC, BB, BJ, BK, PREC)
+                        2, 2, h_now, srow, w, held, rec, rec_row, rows, rmask, j, jmask, H, REC, HOLD, BB, BJ,
+                        BK, PREC)
                     n = _tanh(tl.load(_tile(x_t + 2 * H, xrow, rows, j), mask=m2, other=0.0) + r * hn)
                     new = (1.0 - z) * n + z * h
                     tl.store(_tile(a_t, xrow, rows, j), r, mask=m2)
@@ -182,7 +234,8 @@ def forward_kernel(xg, w, bn, hs, cs, acts, aux, rec, rec_row, lengths, B, T, H,
                     tl.store(_tile(aux_t, hrow, rows, j), hn, mask=m2)
                 else:  # GRU_RESET_BEFORE: the n block, whose product reads r ⊙ h (its rec alone, in phase 2)
                     n = _tanh(tl.load(_tile(x_t + 2 * H, xrow, rows, j), mask=m2, other=0.0) + _rec(
-                        2, 0, aux_t, hrow, w, rec, rec_row, rows, rmask, j, jmask, H, REC, BB, BJ, BK, PREC))
+                        2, 0, aux_t, hrow, w, held, rec, rec_row, rows, rmask, j, jmask, H, REC, HOLD, BB, BJ,
+                        BK, PREC))
                     z = tl.load(_tile(a_t + H, xrow, rows, j), mask=m2, other=0.0)
                     new = (1.0 - z) * n + z * h
                     tl.store(_tile(a_t + 2 * H, xrow, rows, j), n, mask=m2)
@@ -195,13 +248,17 @@ def forward_kernel(xg, w, bn, hs, cs, acts, aux, rec, rec_row, lengths, B, T, H,
 @triton.jit
 def backward_kernel(w, hs, cs, acts, aux, dy, dg, dr, dh, dc, rec, rec_row, lengths, B, T, H, s0, steps,
                     CELL: tl.constexpr, G: tl.constexpr, NK: tl.constexpr, HAS_LENGTHS: tl.constexpr,
-                    REC: tl.constexpr, PHASE: tl.constexpr,
+                    REC: tl.constexpr, PHASE: tl.constexpr, HOLD: tl.constexpr,
                     BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
     """Steps s0 .. s0+steps-1 counted from the last (t = T-1-s). NK: the gate blocks whose product
     reads h (all G but the reset-before GRU's n block). PHASE: 0 the whole step; 1 the pointwise
     part; 2 the reset-before GRU's r gradient from rec = dG_n W_n (REC); the per-step caller adds
-    the product with W_hh itself."""
+    the product with W_hh itself. HOLD: W_hh's blocks loaded once and held, as forward_kernel."""
     rows, rmask, length = _rows(lengths, B, BB, HAS_LENGTHS)
+    if HOLD:
+        held = _held(w, H, G, H, 1, BK, BJ)
+    else:
+        held = (0,)
     GH = G * H
     xrow, srow, hrow = T * GH, (T + 1) * H, T * H
     first, stride = tl.program_id(1) * BJ, tl.num_programs(1) * BJ
@@ -277,7 +334,7 @@ def backward_kernel(w, hs, cs, acts, aux, dy, dg, dr, dh, dc, rec, rec_row, leng
                 if REC:
                     drh = tl.load(_tile(rec, rec_row, rows, j), mask=m2, other=0.0)
                 else:
-                    drh = _product(g_t + 2 * H, xrow, w + 2 * H * H, H, 1, rows, rmask, j, jmask, H, BB, BJ, BK, PREC)
+                    drh = _times(2, g_t + 2 * H, xrow, w, H, 1, held, rows, rmask, j, jmask, H, HOLD, BB, BJ, BK, PREC)
                 r = tl.load(_tile(a_t, xrow, rows, j), mask=m2, other=0.0)
                 h = tl.load(_tile(hs + t * H, srow, rows, j), mask=m2, other=0.0)
                 tl.store(_tile(g_t, xrow, rows, j), drh * h * r * (1.0 - r), mask=m2)
@@ -291,6 +348,6 @@ def backward_kernel(w, hs, cs, acts, aux, dy, dg, dr, dh, dc, rec, rec_row, leng
                 m2 = rmask[:, None] & jmask[None, :]
                 acc = tl.load(_tile(before, H, rows, j), mask=m2, other=0.0)
                 for k in tl.static_range(NK):
-                    acc += _product(r_t + k * H, xrow, w + k * H * H, H, 1, rows, rmask, j, jmask, H, BB, BJ, BK, PREC)
+                    acc += _times(k, r_t + k * H, xrow, w, H, 1, held, rows, rmask, j, jmask, H, HOLD, BB, BJ, BK, PREC)
                 tl.store(_tile(before, H, rows, j), acc, mask=m2)
             tl.debug_barrier()
