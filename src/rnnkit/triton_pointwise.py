@@ -23,6 +23,7 @@ translated: :func:`translation_error` says what, and the engine does not serve t
 from __future__ import annotations
 
 import ast
+import builtins
 import functools
 import hashlib
 import importlib.util
@@ -56,12 +57,11 @@ class _Untranslatable(Exception):
 class _ToTriton(ast.NodeTransformer):
     """The rewrites of the module docstring, on one function's tree."""
 
-    def __init__(self, fn):
+    def __init__(self, fn, definition: ast.FunctionDef):
         self.fn = fn
         self.globals = fn.__globals__
-        self.locals = {a.arg for a in ast.walk(ast.parse(textwrap.dedent(inspect.getsource(fn))))
-                       if isinstance(a, ast.arg)}
-        self.assigned: set = set()
+        self.locals = {a.arg for a in ast.walk(definition.args) if isinstance(a, ast.arg)}  # its arguments
+        self.assigned: set = set()  # its variables, as the rewrite comes to them
 
     def visit_Call(self, node):
         self.generic_visit(node)
@@ -89,8 +89,7 @@ class _ToTriton(ast.NodeTransformer):
             return node
         if node.id in self.locals or node.id in self.assigned or node.id == "type":
             return node
-        value = self.globals.get(node.id, getattr(__builtins__, node.id, None) if not isinstance(
-            __builtins__, dict) else __builtins__.get(node.id))
+        value = self.globals.get(node.id, getattr(builtins, node.id, None))
         if id(value) in _OPS:
             return ast.copy_location(ast.Name(id=_OPS[id(value)], ctx=ast.Load()), node)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -111,7 +110,7 @@ def _translate(fn, name: str) -> str:
     definition.body = body or [ast.Pass()]
     definition.decorator_list = []
     definition.name = name
-    definition = ast.fix_missing_locations(_ToTriton(fn).visit(definition))
+    definition = ast.fix_missing_locations(_ToTriton(fn, definition).visit(definition))
     return "@triton.jit\n" + ast.unparse(definition) + "\n"
 
 
