@@ -103,11 +103,12 @@ def _launcher(kernel, B: int, H: int, code: int, G: int, dtype: torch.dtype, len
     (persistent: each over every unit, holding W_hh where it is small), or per tile of rows and units
     (one step)."""
     rows = -(-B // BLOCK_ROWS)
-    constants = dict(_common(dtype, lengths), CELL=code, G=G)
+    constants = {persistent: dict(_common(dtype, lengths), CELL=code, G=G, **launch_options(H, G, persistent))
+                 for persistent in (True, False)}  # (made once: a per-step caller launches T times)
 
     def launch(persistent: bool, *args, **more):
-        tiles = launch_options(H, G, persistent)
-        kernel[(rows, 1 if persistent else -(-H // tiles["BJ"]))](*args, **constants, **tiles, **more)
+        chosen = constants[persistent]
+        kernel[(rows, 1 if persistent else -(-H // chosen["BJ"]))](*args, **chosen, **more)
 
     return launch
 

@@ -144,6 +144,17 @@ def _rec(k: tl.constexpr, kk: tl.constexpr, src, src_row, w, held, rec, rec_row,
 
 
 @triton.jit
+def _pre(k: tl.constexpr, step, REC: tl.constexpr, HOLD: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr,
+         BK: tl.constexpr, PREC: tl.constexpr):
+    """Gate block k's pre-activation for rows' units j: the input's (xg at this step) plus h W_k^T;
+    ``step``: (x_t, xrow, h, h_row, w, held, rec, rec_row, rows, rmask, j, jmask, m2, H), the
+    forward kernel's names for this step and tile."""
+    x_t, xrow, h, h_row, w, held, rec, rec_row, rows, rmask, j, jmask, m2, H = step
+    return tl.load(_tile(x_t + k * H, xrow, rows, j), mask=m2, other=0.0) + _rec(
+        k, k, h, h_row, w, held, rec, rec_row, rows, rmask, j, jmask, H, REC, HOLD, BB, BJ, BK, PREC)
+
+
+@triton.jit
 def forward_kernel(xg, w, bn, hs, cs, acts, aux, rec, rec_row, lengths, B, T, H, t0, steps,
                    CELL: tl.constexpr, G: tl.constexpr, HAS_LENGTHS: tl.constexpr, REC: tl.constexpr,
                    PHASE: tl.constexpr, HOLD: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
@@ -168,12 +179,9 @@ def forward_kernel(xg, w, bn, hs, cs, acts, aux, rec, rec_row, lengths, B, T, H,
                 j = j0 + tl.arange(0, BJ)
                 jmask = j < H
                 m2 = rmask[:, None] & jmask[None, :]
-                r = _sigmoid(tl.load(_tile(x_t, xrow, rows, j), mask=m2, other=0.0) + _rec(
-                    0, 0, h_now, srow, w, held, rec, rec_row, rows, rmask, j, jmask, H, REC, HOLD, BB, BJ,
-                    BK, PREC))
-                z = _sigmoid(tl.load(_tile(x_t + H, xrow, rows, j), mask=m2, other=0.0) + _rec(
-                    1, 1, h_now, srow, w, held, rec, rec_row, rows, rmask, j, jmask, H, REC, HOLD, BB, BJ,
-                    BK, PREC))
+                step = (x_t, xrow, h_now, srow, w, held, rec, rec_row, rows, rmask, j, jmask, m2, H)
+                r = _sigmoid(_pre(0, step, REC, HOLD, BB, BJ, BK, PREC))
+                z = _sigmoid(_pre(1, step, REC, HOLD, BB, BJ, BK, PREC))
                 h = tl.load(_tile(h_now, srow, rows, j), mask=m2, other=0.0)
                 tl.store(_tile(a_t, xrow, rows, j), r, mask=m2)
                 tl.store(_tile(a_t + H, xrow, rows, j), z, mask=m2)
@@ -184,28 +192,19 @@ def forward_kernel(xg, w, bn, hs, cs, acts, aux, rec, rec_row, lengths, B, T, H,
                 j = j0 + tl.arange(0, BJ)
                 jmask = j < H
                 m2 = rmask[:, None] & jmask[None, :]
+                step = (x_t, xrow, h_now, srow, w, held, rec, rec_row, rows, rmask, j, jmask, m2, H)
                 h = tl.load(_tile(h_now, srow, rows, j), mask=m2, other=0.0)
                 if CELL == RNN_TANH or CELL == RNN_RELU:
-                    a = tl.load(_tile(x_t, xrow, rows, j), mask=m2, other=0.0) + _rec(
-                        0, 0, h_now, srow, w, held, rec, rec_row, rows, rmask, j, jmask, H, REC, HOLD, BB, BJ,
-                        BK, PREC)
+                    a = _pre(0, step, REC, HOLD, BB, BJ, BK, PREC)
                     if CELL == RNN_TANH:
                         new = _tanh(a)
                     else:
                         new = _relu(a)
                 elif CELL == LSTM:
-                    i = _sigmoid(tl.load(_tile(x_t, xrow, rows, j), mask=m2, other=0.0) + _rec(
-                        0, 0, h_now, srow, w, held, rec, rec_row, rows, rmask, j, jmask, H, REC, HOLD, BB, BJ,
-                        BK, PREC))
-                    f = _sigmoid(tl.load(_tile(x_t + H, xrow, rows, j), mask=m2, other=0.0) + _rec(
-                        1, 1, h_now, srow, w, held, rec, rec_row, rows, rmask, j, jmask, H, REC, HOLD, BB, BJ,
-                        BK, PREC))
-                    g = _tanh(tl.load(_tile(x_t + 2 * H, xrow, rows, j), mask=m2, other=0.0) + _rec(
-                        2, 2, h_now, srow, w, held, rec, rec_row, rows, rmask, j, jmask, H, REC, HOLD, BB, BJ,
-                        BK, PREC))
-                    o = _sigmoid(tl.load(_tile(x_t + 3 * H, xrow, rows, j), mask=m2, other=0.0) + _rec(
-                        3, 3, h_now, srow, w, held, rec, rec_row, rows, rmask, j, jmask, H, REC, HOLD, BB, BJ,
-                        BK, PREC))
+                    i = _sigmoid(_pre(0, step, REC, HOLD, BB, BJ, BK, PREC))
+                    f = _sigmoid(_pre(1, step, REC, HOLD, BB, BJ, BK, PREC))
+                    g = _tanh(_pre(2, step, REC, HOLD, BB, BJ, BK, PREC))
+                    o = _sigmoid(_pre(3, step, REC, HOLD, BB, BJ, BK, PREC))
                     c = tl.load(_tile(cs + t * H, srow, rows, j), mask=m2, other=0.0)
                     c_new = f * c + i * g
                     new = o * _tanh(c_new)
@@ -217,12 +216,8 @@ def forward_kernel(xg, w, bn, hs, cs, acts, aux, rec, rec_row, lengths, B, T, H,
                         c_new = tl.where(alive, c_new, c)
                     tl.store(_tile(cs + (t + 1) * H, srow, rows, j), c_new, mask=m2)
                 elif CELL == GRU:
-                    r = _sigmoid(tl.load(_tile(x_t, xrow, rows, j), mask=m2, other=0.0) + _rec(
-                        0, 0, h_now, srow, w, held, rec, rec_row, rows, rmask, j, jmask, H, REC, HOLD, BB, BJ,
-                        BK, PREC))
-                    z = _sigmoid(tl.load(_tile(x_t + H, xrow, rows, j), mask=m2, other=0.0) + _rec(
-                        1, 1, h_now, srow, w, held, rec, rec_row, rows, rmask, j, jmask, H, REC, HOLD, BB, BJ,
-                        BK, PREC))
+                    r = _sigmoid(_pre(0, step, REC, HOLD, BB, BJ, BK, PREC))
+                    z = _sigmoid(_pre(1, step, REC, HOLD, BB, BJ, BK, PREC))
                     hn = tl.load(bn + j, mask=jmask, other=0.0)[None, :] + _rec(
                         2, 2, h_now, srow, w, held, rec, rec_row, rows, rmask, j, jmask, H, REC, HOLD, BB, BJ,
                         BK, PREC)
